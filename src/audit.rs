@@ -1,0 +1,115 @@
+//! One structured record per launch, per denial and per exit, to syslog
+//! (journald reads it from /dev/log) or to a JSON-lines file, per policy.
+
+use crate::error::{Error, Result};
+use serde::Serialize;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Record {
+    pub time: u64,
+    pub event: &'static str,
+    pub host: String,
+    pub caller_uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<String>,
+    pub decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Record {
+    pub fn new(event: &'static str, decision: &'static str) -> Record {
+        Record {
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            event,
+            decision,
+            host: crate::sys::hostname(),
+            caller_uid: crate::sys::real_uid(),
+            ..Default::default()
+        }
+    }
+}
+
+pub enum Audit {
+    None,
+    File(std::fs::File),
+    Syslog(syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>),
+    /// syslog was asked for but /dev/log is absent: records go to stderr.
+    Stderr,
+}
+
+impl Audit {
+    pub fn open(dest: &str) -> Result<Audit> {
+        match dest {
+            "none" => Ok(Audit::None),
+            "syslog" => {
+                let f = syslog::Formatter3164 {
+                    facility: syslog::Facility::LOG_AUTHPRIV,
+                    hostname: None,
+                    process: "berth".into(),
+                    pid: std::process::id(),
+                };
+                match syslog::unix(f) {
+                    Ok(l) => Ok(Audit::Syslog(l)),
+                    Err(_) => Ok(Audit::Stderr),
+                }
+            }
+            path => std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)
+                .map(Audit::File)
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "audit log {path} cannot be opened: {e}; fix audit.log in the policy"
+                    ))
+                }),
+        }
+    }
+
+    pub fn record(&mut self, r: &Record) {
+        let line = serde_json::to_string(r).unwrap_or_default();
+        match self {
+            Audit::None => {}
+            Audit::File(f) => {
+                // One write per record: O_APPEND keeps concurrent jobs' lines whole.
+                let _ = f.write_all(format!("{line}\n").as_bytes());
+            }
+            Audit::Syslog(l) => {
+                let _ = if r.decision == "deny" {
+                    l.warning(&line)
+                } else {
+                    l.info(&line)
+                };
+            }
+            Audit::Stderr => log::info!("audit: {line}"),
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The top-level flow of each command, read as a checklist:
+//! harden → policy → identity → request → image facts → plan → audit →
+//! launch → audit.
+
+use crate::audit::{Audit, Record};
+use crate::cli::{Cli, Command, PolicyCommand, RunArgs, Scheduler};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::facts::ImageFacts;
+use crate::identity::{self, Identity, Nss};
+use crate::plan::{self, Context, HostFs, LaunchPlan};
+use crate::policy::{self, Policy, Severity};
+use crate::request::{self, ImageSpec, Request};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub fn main(cli: Cli) -> i32 {
+    crate::logger::init(log::LevelFilter::Warn);
+    let result = match cli.command {
+        Command::Run(a) => run(&cli.policy, &a),
+        Command::Explain(a) => explain(&cli.policy, &a.run, a.json),
+        Command::Policy(PolicyCommand::Check { file, json }) => {
+            policy_check(&file.unwrap_or(cli.policy), json)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// The node's filesystem, for the planner.
+pub struct RealFs;
+
+impl HostFs for RealFs {
+    fn canonicalize(&self, p: &Path) -> std::io::Result<PathBuf> {
+        std::fs::canonicalize(p)
+    }
+    fn is_dir(&self, p: &Path) -> std::io::Result<bool> {
+        std::fs::metadata(p).map(|m| m.is_dir())
+    }
+    fn user_can_access(&self, id: &Identity, paths: &[PathBuf]) -> Result<Vec<bool>> {
+        crate::sys::user_can_access(id, paths)
+    }
+}
+
+/// The job's environment as strings. A berth or scheduler variable that is
+/// not UTF-8 is malformed (never silently ignored); other such variables
+/// cannot be passed to docker and are left out.
+pub fn environment() -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in std::env::vars_os() {
+        match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) => {
+                out.insert(k, v);
+            }
+            (Ok(k), Err(_))
+                if k.starts_with("LSF_") || k.starts_with("LSB_") || k.starts_with("LS_") =>
+            {
+                return Err(Error::Malformed(format!("{k} is not valid UTF-8")));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Everything decided about a job, and what the audit record knows so far.
+pub struct Decision {
+    pub plan: Result<LaunchPlan>,
+    pub record: Record,
+}
+
+/// Inputs of a decision that come from the caller's process.
+pub struct Caller {
+    pub uid: u32,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub command: Vec<String>,
+    pub scheduler: Scheduler,
+}
+
+impl Caller {
+    pub fn from_process(args: &RunArgs) -> Result<Caller> {
+        Ok(Caller {
+            uid: crate::sys::real_uid(),
+            env: environment()?,
+            cwd: std::env::current_dir().ok(),
+            command: args.command.clone(),
+            scheduler: args.scheduler,
+        })
+    }
+}
+
+/// Decide a job: resolve identity and request, learn image facts, plan.
+/// `engine` is `None` when explaining without a reachable engine.
+pub fn decide(policy: &Policy, caller: &Caller, engine: Option<&Engine>) -> Decision {
+    let mut record = Record::new("launch", "allow");
+    let plan = decide_inner(policy, caller, engine, &mut record);
+    if let Err(e) = &plan {
+        record.event = "denial";
+        record.decision = if matches!(e, Error::Denied(_)) {
+            "deny"
+        } else {
+            "error"
+        };
+        if let Error::Denied(d) = e {
+            record.rule = Some(d.rule.to_string());
+        }
+        record.reason = Some(e.to_string());
+    }
+    Decision { plan, record }
+}
+
+fn decide_inner(
+    policy: &Policy,
+    caller: &Caller,
+    engine: Option<&Engine>,
+    record: &mut Record,
+) -> Result<LaunchPlan> {
+    let named = match caller.scheduler {
+        Scheduler::Lsf => caller.env.get("LSFUSER").map(String::as_str),
+        Scheduler::Env => None,
+    };
+    let id = identity::resolve(&Nss, policy, caller.uid, named)?;
+    record.user = Some(id.name.clone());
+    record.uid = Some(id.uid);
+
+    let req = request::from_env(&caller.env, caller.cwd.clone(), caller.command.clone())?;
+    if let Some(l) = req.log_level {
+        log::set_max_level(l);
+    }
+    record.job = Some(req.job.id.clone());
+    record.index = Some(req.job.index);
+    record.image = Some(match &req.image {
+        ImageSpec::Registry(r) => r.to_string(),
+        ImageSpec::Bundle(b) => format!("bundle:{b}"),
+    });
+
+    let nonce = crate::sys::random_hex(4)?;
+    let ctx = Context {
+        env_file_vars: read_env_files(&id, &req)?,
+        nonce: nonce.clone(),
+    };
+    // An image policy refuses is never asked about (nor pulled).
+    plan::check_image(policy, &req)?;
+    let facts = match engine {
+        Some(e) => Some(image_facts(e, policy, &req, &nonce)?),
+        None => None,
+    };
+    if let Some(f) = &facts {
+        record.image_id = Some(f.id.clone());
+    }
+    let p = plan::plan(policy, &id, &req, facts.as_ref(), &RealFs, &ctx)?;
+    record.container = Some(p.name.clone());
+    record.mounts = p
+        .mounts
+        .iter()
+        .map(|m| {
+            format!(
+                "{}:{}:{}",
+                m.src.display(),
+                m.dst.display(),
+                m.mode.as_str()
+            )
+        })
+        .collect();
+    Ok(p)
+}
+
+fn image_facts(engine: &Engine, policy: &Policy, req: &Request, nonce: &str) -> Result<ImageFacts> {
+    match &req.image {
+        ImageSpec::Registry(r) => crate::facts::gather(engine, policy, &r.to_string(), nonce),
+        ImageSpec::Bundle(b) => Err(Error::Config(format!(
+            "bundle:{b}: this berth build has no bundle support yet; use a registry image"
+        ))),
+    }
+}
+
+/// `LSF_DOCKER_ENV_FILE`: read with the user's credentials, never berth's.
+fn read_env_files(id: &Identity, req: &Request) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for f in &req.env_files {
+        if !f.is_absolute() {
+            return Err(Error::Malformed(format!(
+                "LSF_DOCKER_ENV_FILE entry {} must be an absolute path",
+                f.display()
+            )));
+        }
+        let bytes = crate::sys::read_file_as_user(id, f, 1 << 20)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::Malformed(format!("env file {} is not UTF-8", f.display())))?;
+        out.extend(request::parse_env_file(&f.display().to_string(), &text)?);
+    }
+    Ok(out)
+}
+
+fn run(policy_path: &Path, args: &RunArgs) -> Result<i32> {
+    crate::sys::harden()?;
+    let policy = Policy::load(policy_path)?;
+    let mut audit = Audit::open(&policy.audit.log)?;
+    let caller = Caller::from_process(args)?;
+    let engine = Engine::new(&policy.docker.socket);
+    let Decision { plan, mut record } = decide(&policy, &caller, Some(&engine));
+    audit.record(&record);
+    let plan = plan?;
+    let code = crate::launch::run(&plan);
+    record.event = "exit";
+    record.decision = "allow";
+    match &code {
+        Ok(c) => record.exit_code = Some(*c),
+        Err(e) => record.reason = Some(e.to_string()),
+    }
+    audit.record(&record);
+    code
+}
+
+fn explain(policy_path: &Path, args: &RunArgs, json: bool) -> Result<i32> {
+    crate::sys::harden()?;
+    let policy = Policy::load(policy_path)?;
+    let caller = Caller::from_process(args)?;
+    let engine = Engine::new(&policy.docker.socket);
+    let reachable = engine.version().is_ok();
+    let Decision { plan, .. } = decide(&policy, &caller, reachable.then_some(&engine));
+    let plan = match plan {
+        Ok(p) => p,
+        Err(Error::Denied(d)) if json => {
+            let mut v = serde_json::to_value(&d).unwrap_or_default();
+            v["decision"] = "deny".into();
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            return Ok(crate::error::exit::DENIED);
+        }
+        Err(e) => return Err(e),
+    };
+    if json {
+        let mut v = serde_json::to_value(&plan).map_err(|e| Error::internal("plan to JSON", e))?;
+        v["decision"] = "allow".into();
+        v["image_facts_checked"] = reachable.into();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print!("{}", describe(&plan, reachable));
+    }
+    Ok(0)
+}
+
+/// The plan in words, for `berth explain`.
+pub fn describe(p: &LaunchPlan, facts_checked: bool) -> String {
+    let mut s = String::new();
+    let groups: Vec<String> = p.user.groups.iter().map(u32::to_string).collect();
+    s += &format!(
+        "job        {}[{}] as {} (uid {}, gid {}, groups {})\n",
+        p.job.id,
+        p.job.index,
+        p.user.name,
+        p.user.uid,
+        p.user.gid,
+        if groups.is_empty() {
+            "none".into()
+        } else {
+            groups.join(" ")
+        }
+    );
+    s += &format!(
+        "image      {}{}\n",
+        p.image.requested,
+        match (&p.image.id, facts_checked) {
+            (Some(id), _) => format!(" -> {id}"),
+            (None, _) =>
+                " (engine not reachable: image id, ENTRYPOINT and /bin/sh not checked)".into(),
+        }
+    );
+    s += &format!("container  {}\n", p.name);
+    s += &format!("workdir    {}\n", p.workdir.display());
+    for m in &p.mounts {
+        s += &format!(
+            "mount      {} -> {} ({}, {:?})\n",
+            m.src.display(),
+            m.dst.display(),
+            m.mode.as_str(),
+            m.kind
+        );
+    }
+    match &p.tmp.dir {
+        Some(d) => {
+            s += &format!(
+                "tmp        {} (0700, owned by {}), removed after the job\n",
+                d.display(),
+                p.user.name
+            )
+        }
+        None => s += &format!("tmp        tmpfs of {}\n", p.tmp.size),
+    }
+    s += &format!("env        {} passed", p.env_names.len());
+    if !p.env_dropped.is_empty() {
+        let d: Vec<String> = p
+            .env_dropped
+            .iter()
+            .map(|d| format!("{} ({})", d.name, d.reason))
+            .collect();
+        s += &format!(", dropped: {}", d.join(", "));
+    }
+    s += "\n";
+    let argv: Vec<String> = p.argv.iter().map(|a| plan::shell_quote(a)).collect();
+    s += &format!("command    {}\n", argv.join(" "));
+    s
+}
+
+fn policy_check(path: &Path, json: bool) -> Result<i32> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    let origin = path.display().to_string();
+    let parsed: std::result::Result<Policy, _> = toml::from_str(&text);
+    let mut findings: Vec<policy::Finding> = Vec::new();
+    match parsed {
+        Err(e) => findings.push(policy::Finding {
+            severity: Severity::Error,
+            message: e.to_string().replace('\n', " | "),
+        }),
+        Ok(p) => findings.extend(p.lint()),
+    }
+    if let Err(e) = policy::check_trusted_path(path, 0) {
+        findings.push(policy::Finding {
+            severity: Severity::Error,
+            message: e.to_string(),
+        });
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"file": origin, "ok": errors == 0, "findings": findings})
+        );
+    } else {
+        for f in &findings {
+            let sev = if f.severity == Severity::Error {
+                "error"
+            } else {
+                "warning"
+            };
+            println!("{origin}: {sev}: {}", f.message);
+        }
+        if errors == 0 {
+            println!("{origin}: ok ({} warnings)", findings.len());
+        }
+    }
+    Ok(if errors == 0 {
+        0
+    } else {
+        crate::error::exit::CONFIG
+    })
+}

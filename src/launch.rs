@@ -1,0 +1,325 @@
+//! The launcher performs a [`LaunchPlan`] and nothing else:
+//!
+//! 1. create the root-owned per-job directory (tmp/ owned by the user,
+//!    passwd, group, env, an empty DOCKER_CONFIG);
+//! 2. fork a reaper in its own session that cleans up if berth is killed
+//!    (even with SIGKILL): kills docker, kills and removes the container,
+//!    removes the per-job directory;
+//! 3. exec docker by absolute path with a cleared environment, in its own
+//!    process group so signals sent to the job reach berth only;
+//! 4. forward SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 to the container through
+//!    the engine (escalating to SIGKILL after `stop_timeout` for SIGTERM);
+//! 5. wait, clean up, and return the container's exit code.
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::plan::LaunchPlan;
+use crate::policy::TmpKind;
+use nix::sys::signal::{SigSet, Signal};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const FORWARDED: [Signal; 5] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Create the per-job directory and what docker mounts from it.
+pub fn prepare(plan: &LaunchPlan) -> Result<()> {
+    let base = plan
+        .job_dir
+        .parent()
+        .ok_or_else(|| Error::Internal("job directory has no parent".into()))?;
+    ensure_base(base)?;
+    let io = |what: &str, e: std::io::Error| Error::internal(&format!("creating {what}"), e);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&plan.job_dir)
+        .map_err(|e| io(&plan.job_dir.display().to_string(), e))?;
+    let write = |name: &str, mode: u32, text: &str| -> Result<()> {
+        let p = plan.job_dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(|e| io(&p.display().to_string(), e))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| io(&p.display().to_string(), e))?;
+        // The umask may have narrowed the mode.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io(&p.display().to_string(), e))
+    };
+    if let Some(p) = &plan.passwd {
+        write("passwd", 0o644, p)?;
+    }
+    if let Some(g) = &plan.group {
+        write("group", 0o644, g)?;
+    }
+    let env: String = plan.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    write("env", 0o600, &env)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(plan.job_dir.join(".docker"))
+        .map_err(|e| io("DOCKER_CONFIG", e))?;
+    if plan.tmp.kind == TmpKind::Host {
+        let tmp = plan.job_dir.join("tmp");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| io(&tmp.display().to_string(), e))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("tmp", e))?;
+        nix::unistd::fchownat(
+            None,
+            &tmp,
+            Some(nix::unistd::Uid::from_raw(plan.user.uid)),
+            Some(nix::unistd::Gid::from_raw(plan.user.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::internal("chown of the per-job /tmp", e))?;
+    }
+    Ok(())
+}
+
+/// The tmp base must be a root-owned directory others cannot write.
+fn ensure_base(base: &Path) -> Result<()> {
+    if !base.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(base)
+            .map_err(|e| {
+                Error::Config(format!("cannot create tmp.base {}: {e}", base.display()))
+            })?;
+    }
+    let md = std::fs::symlink_metadata(base)
+        .map_err(|e| Error::Config(format!("tmp.base {}: {e}", base.display())))?;
+    if !md.is_dir() || md.uid() != 0 || md.mode() & 0o022 != 0 {
+        return Err(Error::Config(format!(
+            "tmp.base {} must be a directory owned by root and not writable by others (chown root: ; chmod 0711)",
+            base.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Remove the per-job directory without following symlinks planted in it.
+pub fn remove_job_dir(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("cannot remove {}: {e}", dir.display()),
+    }
+}
+
+/// Kill and remove the container, retrying while a create may be in flight.
+fn destroy(engine: &Engine, name: &str, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let _ = engine.kill(name, "KILL");
+        match engine.remove(name) {
+            Ok(true) => {}
+            Ok(false) if Instant::now() >= deadline => return,
+            Ok(false) => {}
+            Err(e) => {
+                log::warn!("cannot remove container {name}: {e}");
+                return;
+            }
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A process that outlives berth to clean up after it.
+struct Reaper {
+    pipe: std::fs::File,
+}
+
+impl Reaper {
+    fn spawn(plan: &LaunchPlan) -> Result<Reaper> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::internal("pipe", e))?;
+        // SAFETY: berth is single-threaded here (the signal thread starts
+        // after), so the child may allocate and run ordinary Rust code.
+        match unsafe { nix::unistd::fork() }.map_err(|e| Error::internal("fork", e))? {
+            nix::unistd::ForkResult::Child => {
+                drop(w);
+                reaper_main(plan, r);
+                // SAFETY: leave without running the parent's atexit handlers.
+                unsafe { libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { .. } => {
+                drop(r);
+                Ok(Reaper {
+                    pipe: std::fs::File::from(w),
+                })
+            }
+        }
+    }
+
+    fn tell(&mut self, msg: &str) {
+        let _ = self.pipe.write_all(msg.as_bytes());
+    }
+}
+
+fn reaper_main(plan: &LaunchPlan, r: OwnedFd) {
+    let _ = nix::unistd::setsid();
+    for s in FORWARDED {
+        // SAFETY: setting SIG_IGN installs no Rust handler.
+        let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
+    }
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::empty()),
+        None,
+    );
+    // Hold no end of the job's stdin/stdout: readers must see EOF when
+    // berth and docker are done.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+    let mut f = std::fs::File::from(r);
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    if text.contains("D\n") {
+        return;
+    }
+    // berth died before it cleaned up.
+    for line in text.lines() {
+        if let Some(pid) = line.strip_prefix('P').and_then(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    let engine = Engine::new(&plan.socket);
+    destroy(&engine, &plan.name, Duration::from_secs(3));
+    remove_job_dir(&plan.job_dir);
+}
+
+/// Forward job-control signals to the container until the process exits.
+fn spawn_forwarder(name: String, socket: std::path::PathBuf, stop_timeout: u32, set: SigSet) {
+    std::thread::spawn(move || {
+        let engine = Engine::new(&socket);
+        let mut kill_at: Option<Instant> = None;
+        loop {
+            let sig = wait_signal(&set, Duration::from_millis(250));
+            if let Some(at) = kill_at {
+                if Instant::now() >= at {
+                    let _ = engine.kill(&name, "KILL");
+                    kill_at = None;
+                }
+            }
+            let Some(sig) = sig else { continue };
+            log::info!("forwarding {sig} to container {name}");
+            // The container may still be being created: retry briefly.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !engine.kill(&name, sig.as_str()).unwrap_or(false) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) && kill_at.is_none()
+            {
+                kill_at = Some(Instant::now() + Duration::from_secs(stop_timeout.into()));
+            }
+        }
+    });
+}
+
+fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: set and ts are valid for the call; info may be null.
+    let r = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    if r <= 0 {
+        None
+    } else {
+        Signal::try_from(r).ok()
+    }
+}
+
+/// Perform the plan; return the job's exit code.
+pub fn run(plan: &LaunchPlan) -> Result<i32> {
+    if !crate::sys::is_root() {
+        return Err(Error::Config(
+            "berth run needs root to prepare the job (or the broker); run it from the scheduler as root or a relay".into(),
+        ));
+    }
+    let engine = Engine::new(&plan.socket);
+    prepare(plan).inspect_err(|_| remove_job_dir(&plan.job_dir))?;
+    let mut reaper = Reaper::spawn(plan).inspect_err(|_| remove_job_dir(&plan.job_dir))?;
+
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+
+    let mut cmd = Command::new(&plan.argv[0]);
+    cmd.args(&plan.argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("DOCKER_HOST", format!("unix://{}", plan.socket.display()))
+        .env("DOCKER_CONFIG", plan.job_dir.join(".docker"))
+        .env("HOME", plan.job_dir.join(".docker"));
+    // SAFETY: setpgid and sigprocmask are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&SigSet::empty()),
+                None,
+            )?;
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            reaper.tell("D\n");
+            remove_job_dir(&plan.job_dir);
+            return Err(Error::Config(format!(
+                "cannot run {}: {e}; fix docker.path in the policy",
+                plan.argv[0]
+            )));
+        }
+    };
+    reaper.tell(&format!("P{}\n", child.id()));
+    spawn_forwarder(
+        plan.name.clone(),
+        plan.socket.clone(),
+        plan.stop_timeout,
+        set,
+    );
+
+    let status = child
+        .wait()
+        .map_err(|e| Error::internal("waiting for docker", e));
+    // docker run --rm removes the container before it returns; make sure.
+    let _ = engine.remove(&plan.name);
+    remove_job_dir(&plan.job_dir);
+    reaper.tell("D\n");
+    let status = status?;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}

@@ -1,0 +1,916 @@
+//! The planner: a pure function from (policy, identity, request, image
+//! facts) to a [`LaunchPlan`] or a [`Denial`]. Every security decision of
+//! berth is made here; the launcher only performs what a plan says. The
+//! host's filesystem is seen through [`HostFs`] so that rules are tested
+//! without a node.
+
+use crate::envfilter::{self, Dropped};
+use crate::error::{Denial, Error, Result};
+use crate::facts::ImageFacts;
+use crate::identity::Identity;
+use crate::paths::{is_under, normalize_abs, unsafe_char};
+use crate::policy::{EntrypointRule, Mode, Policy, TmpKind};
+use crate::request::{ImageSpec, Request, Workdir};
+use serde::Serialize;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The host's filesystem, as the planner needs to see it.
+pub trait HostFs {
+    /// Resolve every symlink (realpath).
+    fn canonicalize(&self, p: &Path) -> io::Result<PathBuf>;
+    fn is_dir(&self, p: &Path) -> io::Result<bool>;
+    /// Whether the user can read and search each path with their own
+    /// credentials (dockerd mounts as root and would skip that check).
+    fn user_can_access(&self, id: &Identity, paths: &[PathBuf]) -> Result<Vec<bool>>;
+}
+
+/// Inputs that are neither policy, identity nor request: decided by the
+/// launcher (randomness) or read by it as the user (env files).
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Random suffix of the container name (hex).
+    pub nonce: String,
+    /// Variables from `LSF_DOCKER_ENV_FILE`, read with the user's credentials.
+    pub env_file_vars: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Volume,
+    Workdir,
+    Tmp,
+    Passwd,
+    Group,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MountPlan {
+    pub kind: MountKind,
+    /// The host path docker binds (symlinks resolved).
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TmpPlan {
+    pub kind: TmpKind,
+    /// host: the directory created for the job (0700, owned by the user).
+    pub dir: Option<PathBuf>,
+    pub size: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImagePlan {
+    /// What the job asked for, normalized (`docker.io/library/alpine:latest`
+    /// or `bundle:NAME`).
+    pub requested: String,
+    /// The id the container runs from; `None` only when explaining without
+    /// an engine.
+    pub id: Option<String>,
+    pub bundle: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserPlan {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Everything the launcher does for one job, decided in advance.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaunchPlan {
+    pub name: String,
+    pub job: crate::request::JobId,
+    pub image: ImagePlan,
+    pub user: UserPlan,
+    pub mounts: Vec<MountPlan>,
+    pub workdir: PathBuf,
+    pub tmp: TmpPlan,
+    /// Root-owned per-job directory holding tmp/, passwd, group, env.
+    pub job_dir: PathBuf,
+    /// Variables written to `<job_dir>/env` and passed with `--env-file`
+    /// (never in argv, where any user on the node could read them).
+    #[serde(skip)]
+    pub env: Vec<(String, String)>,
+    pub env_names: Vec<String>,
+    pub env_dropped: Vec<Dropped>,
+    pub passwd: Option<String>,
+    pub group: Option<String>,
+    /// The complete docker command line, argv[0] the docker binary.
+    pub argv: Vec<String>,
+    pub socket: PathBuf,
+    pub stop_timeout: u32,
+}
+
+fn deny<T>(
+    rule: &'static str,
+    value: impl Into<String>,
+    msg: impl Into<String>,
+    hint: impl Into<String>,
+) -> Result<T> {
+    Err(Error::Denied(Denial::new(rule, value, msg, hint)))
+}
+
+fn roots_list(policy: &Policy) -> String {
+    let v: Vec<String> = policy
+        .volumes
+        .iter()
+        .map(|r| r.root.display().to_string())
+        .collect();
+    if v.is_empty() {
+        "none configured".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Plan a launch, or say why not.
+pub fn plan(
+    policy: &Policy,
+    id: &Identity,
+    req: &Request,
+    facts: Option<&ImageFacts>,
+    host: &dyn HostFs,
+    ctx: &Context,
+) -> Result<LaunchPlan> {
+    let image = plan_image(policy, req, facts)?;
+    let name = container_name(req, &ctx.nonce)?;
+    let job_dir = normalize_abs(&policy.tmp.base)
+        .ok_or_else(|| Error::Config("tmp.base must be absolute".into()))?
+        .join(&name);
+
+    // Host paths to mount: volumes, then the working directory.
+    let mut mounts: Vec<MountPlan> = Vec::new();
+    for v in &req.volumes {
+        let (src, root_mode) = resolve_source(policy, host, &v.raw, &v.src, "volume")?;
+        let dst = check_destination(policy, &v.raw, &v.dst)?;
+        let mode = match (v.mode, root_mode) {
+            (Some(Mode::Rw), Mode::Ro) => {
+                return deny(
+                    "volumes.mode",
+                    &v.raw,
+                    format!(
+                        "volume {} may only be mounted read-only under its root",
+                        v.src.display()
+                    ),
+                    format!("write {}:{}:ro", v.src.display(), v.dst.display()),
+                )
+            }
+            (Some(m), _) => m,
+            (None, r) => r,
+        };
+        if let Some(prev) = mounts.iter().find(|m| m.dst == dst) {
+            return deny(
+                "volumes.overlap",
+                &v.raw,
+                format!(
+                    "two volumes are mounted at {} ({} and {})",
+                    dst.display(),
+                    prev.src.display(),
+                    src.display()
+                ),
+                "give each volume its own destination",
+            );
+        }
+        mounts.push(MountPlan {
+            kind: MountKind::Volume,
+            src,
+            dst,
+            mode,
+        });
+    }
+
+    let workdir = plan_workdir(policy, req, host, &mut mounts)?;
+
+    // Every host source must be reachable by the user with their own
+    // credentials: dockerd mounts as root and would skip parents' modes.
+    let srcs: Vec<PathBuf> = mounts.iter().map(|m| m.src.clone()).collect();
+    let ok = host.user_can_access(id, &srcs)?;
+    for (m, ok) in mounts.iter().zip(ok) {
+        if !ok {
+            return deny(
+                "volumes.access",
+                m.src.display().to_string(),
+                format!(
+                    "user {} cannot read {} with their own permissions",
+                    id.name,
+                    m.src.display()
+                ),
+                "mount a directory you can read; ask its owner for access",
+            );
+        }
+    }
+
+    let tmp = match policy.tmp.kind {
+        TmpKind::Host => {
+            let dir = job_dir.join("tmp");
+            mounts.push(MountPlan {
+                kind: MountKind::Tmp,
+                src: dir.clone(),
+                dst: "/tmp".into(),
+                mode: Mode::Rw,
+            });
+            TmpPlan {
+                kind: TmpKind::Host,
+                dir: Some(dir),
+                size: policy.tmp.size.clone(),
+            }
+        }
+        TmpKind::Tmpfs => TmpPlan {
+            kind: TmpKind::Tmpfs,
+            dir: None,
+            size: policy.tmp.size.clone(),
+        },
+    };
+    let (passwd, group) = if policy.identity.passwd {
+        mounts.push(MountPlan {
+            kind: MountKind::Passwd,
+            src: job_dir.join("passwd"),
+            dst: "/etc/passwd".into(),
+            mode: Mode::Ro,
+        });
+        mounts.push(MountPlan {
+            kind: MountKind::Group,
+            src: job_dir.join("group"),
+            dst: "/etc/group".into(),
+            mode: Mode::Ro,
+        });
+        (Some(passwd_file(id)), Some(group_file(id)))
+    } else {
+        (None, None)
+    };
+
+    let network = pick_mode(
+        "network",
+        req.network.as_deref(),
+        &policy.docker.networks,
+        &policy.docker.default_network,
+        "LSF_DOCKER_NETWORK",
+    )?;
+    let ipc = pick_mode(
+        "ipc",
+        req.ipc.as_deref(),
+        &policy.docker.ipc,
+        &policy.docker.default_ipc,
+        "LSF_DOCKER_IPC",
+    )?;
+
+    if let Some(shm) = &req.shm_size {
+        let (want, max) = (
+            crate::size::parse(shm).unwrap_or(u64::MAX),
+            crate::size::parse(&policy.docker.max_shm_size).unwrap_or(0),
+        );
+        if want > max {
+            return deny(
+                "docker.max_shm_size",
+                shm,
+                format!(
+                    "shm size {shm} is above the site maximum {}",
+                    policy.docker.max_shm_size
+                ),
+                format!("ask for at most {}", policy.docker.max_shm_size),
+            );
+        }
+    }
+    for p in &req.ports {
+        let allowed = policy
+            .docker
+            .ports
+            .iter()
+            .filter_map(|r| crate::request::parse_port_range(r))
+            .any(|(lo, hi)| (lo..=hi).contains(&p.host_port));
+        if !allowed {
+            return deny(
+                "docker.ports",
+                &p.raw,
+                format!(
+                    "host port {} is not open to jobs here (allowed: {})",
+                    p.host_port,
+                    if policy.docker.ports.is_empty() {
+                        "none".into()
+                    } else {
+                        policy.docker.ports.join(", ")
+                    }
+                ),
+                "pick a port in an allowed range, or do without LSF_DOCKER_PORTS",
+            );
+        }
+        if network == "none" || network == "host" {
+            return deny(
+                "docker.ports",
+                &p.raw,
+                format!("ports cannot be published with network {network}"),
+                "set LSF_DOCKER_NETWORK=bridge",
+            );
+        }
+    }
+    if !req.add_hosts.is_empty() && !policy.docker.add_host {
+        return deny(
+            "docker.add_host",
+            &req.add_hosts[0].0,
+            "LSF_DOCKER_ADD_HOST is disabled by the site",
+            "unset LSF_DOCKER_ADD_HOST",
+        );
+    }
+
+    let (env, env_dropped) = plan_env(policy, req, ctx);
+
+    // The command, run under /bin/sh -c like every LSF job.
+    let (entrypoint, tail) = plan_command(policy, req, facts)?;
+
+    let mut argv: Vec<String> = vec![
+        policy.docker.path.display().to_string(),
+        "run".into(),
+        "--rm".into(),
+        "--interactive".into(),
+        "--init".into(),
+        "--sig-proxy=false".into(),
+        "--log-driver=none".into(),
+        format!("--name={name}"),
+        format!("--user={}:{}", id.uid, id.gid),
+    ];
+    argv.extend(id.groups.iter().map(|g| format!("--group-add={}", g.gid)));
+    argv.push("--cap-drop=ALL".into());
+    argv.extend(
+        policy
+            .docker
+            .cap_add
+            .iter()
+            .map(|c| format!("--cap-add={}", c.to_ascii_uppercase())),
+    );
+    argv.push("--security-opt=no-new-privileges".into());
+    argv.push(format!("--pids-limit={}", policy.docker.pids_limit));
+    argv.push(format!("--network={network}"));
+    argv.push(format!("--ipc={ipc}"));
+    if let Some(shm) = &req.shm_size {
+        argv.push(format!("--shm-size={shm}"));
+    }
+    argv.push(format!("--label=berth.job={}", req.job.id));
+    argv.push(format!("--label=berth.index={}", req.job.index));
+    argv.push(format!("--label=berth.user={}", id.name));
+    argv.push(format!("--label=berth.uid={}", id.uid));
+    for m in &mounts {
+        let mut s = format!(
+            "--mount=type=bind,src={},dst={}",
+            m.src.display(),
+            m.dst.display()
+        );
+        if m.mode == Mode::Ro {
+            s.push_str(",readonly");
+        }
+        argv.push(s);
+    }
+    if tmp.kind == TmpKind::Tmpfs {
+        let bytes = crate::size::parse(&tmp.size).unwrap_or(0);
+        argv.push(format!(
+            "--tmpfs=/tmp:rw,nosuid,nodev,size={bytes},mode=1777"
+        ));
+    }
+    argv.push(format!("--workdir={}", workdir.display()));
+    argv.push(format!("--env-file={}", job_dir.join("env").display()));
+    for (h, ip) in &req.add_hosts {
+        argv.push(format!("--add-host={h}:{ip}"));
+    }
+    for p in &req.ports {
+        let ip = p.host_ip.map(|i| format!("{i}:")).unwrap_or_default();
+        argv.push(format!(
+            "--publish={ip}{}:{}/{}",
+            p.host_port, p.container_port, p.proto
+        ));
+    }
+    if let Some(ep) = &entrypoint {
+        argv.push(format!("--entrypoint={ep}"));
+    }
+    argv.push(image.id.clone().unwrap_or_else(|| image.requested.clone()));
+    argv.extend(tail);
+
+    Ok(LaunchPlan {
+        name,
+        job: req.job.clone(),
+        image,
+        user: UserPlan {
+            name: id.name.clone(),
+            uid: id.uid,
+            gid: id.gid,
+            groups: id.groups.iter().map(|g| g.gid).collect(),
+        },
+        mounts,
+        workdir,
+        tmp,
+        job_dir,
+        env_names: env.iter().map(|(k, _)| k.clone()).collect(),
+        env,
+        env_dropped,
+        passwd,
+        group,
+        argv,
+        socket: policy.docker.socket.clone(),
+        stop_timeout: policy.docker.stop_timeout,
+    })
+}
+
+/// The image rules that need no facts: allow-list, bundles only.
+pub fn check_image(policy: &Policy, req: &Request) -> Result<()> {
+    plan_image(policy, req, None).map(|_| ())
+}
+
+fn plan_image(policy: &Policy, req: &Request, facts: Option<&ImageFacts>) -> Result<ImagePlan> {
+    let (requested, bundle) = match &req.image {
+        ImageSpec::Registry(r) => {
+            let s = r.to_string();
+            if policy.bundles.only {
+                return deny(
+                    "bundles.only",
+                    &s,
+                    format!("image {s} is not a bundle, and this site runs only bundles"),
+                    "use LSB_CONTAINER_IMAGE=bundle:NAME (berth bundle list shows them)",
+                );
+            }
+            let allowed = policy
+                .images
+                .allow
+                .iter()
+                .filter_map(|p| glob::Pattern::new(p).ok())
+                .any(|p| p.matches(&s));
+            if !allowed {
+                return deny(
+                    "images.allow",
+                    &s,
+                    format!(
+                        "image {s} is not allowed here (allowed: {})",
+                        if policy.images.allow.is_empty() {
+                            "none".into()
+                        } else {
+                            policy.images.allow.join(", ")
+                        }
+                    ),
+                    "use an allowed image or ask your administrator to add it",
+                );
+            }
+            (s, None)
+        }
+        ImageSpec::Bundle(n) => {
+            if policy.bundles.cache.is_none() {
+                return deny(
+                    "bundles.cache",
+                    format!("bundle:{n}"),
+                    "this site has no bundle cache",
+                    "use a registry image",
+                );
+            }
+            (format!("bundle:{n}"), Some(n.clone()))
+        }
+    };
+    let Some(f) = facts else {
+        return Ok(ImagePlan {
+            requested,
+            id: None,
+            bundle,
+        });
+    };
+    if !crate::facts::valid_image_id(&f.id) {
+        return Err(Error::Internal(format!(
+            "engine returned an invalid image id {:?}",
+            f.id
+        )));
+    }
+    Ok(ImagePlan {
+        requested,
+        id: Some(f.id.clone()),
+        bundle,
+    })
+}
+
+fn plan_command(
+    policy: &Policy,
+    req: &Request,
+    facts: Option<&ImageFacts>,
+) -> Result<(Option<String>, Vec<String>)> {
+    let img = || match &req.image {
+        ImageSpec::Registry(r) => r.to_string(),
+        ImageSpec::Bundle(n) => format!("bundle:{n}"),
+    };
+    if let Some(f) = facts {
+        let ep_ok =
+            f.entrypoint.is_empty() || f.entrypoint[0] == "/bin/sh" || f.entrypoint[0] == "sh";
+        if policy.images.entrypoint == EntrypointRule::ShellOrNone && !ep_ok {
+            return deny(
+                "images.entrypoint",
+                f.entrypoint.join(" "),
+                format!("image {} has ENTRYPOINT {:?}; jobs need an image whose ENTRYPOINT is /bin/sh or empty", img(), f.entrypoint),
+                "rebuild the image without ENTRYPOINT (or with ENTRYPOINT [\"/bin/sh\"])",
+            );
+        }
+        if policy.images.require_shell && !f.has_shell {
+            return deny(
+                "images.require_shell",
+                img(),
+                format!(
+                    "image {} has no /bin/sh, which runs every job command",
+                    img()
+                ),
+                "use an image that contains a shell (e.g. add busybox)",
+            );
+        }
+    }
+    if req.raw_args {
+        if !policy.images.raw_args {
+            return deny(
+                "images.raw_args",
+                "LSF_DOCKER_RUN_RAW_ARGS",
+                "running the image's own entrypoint is disabled by the site",
+                "give the job's command instead of LSB_DOCKER_PLACE_HOLDER",
+            );
+        }
+        return Ok((None, Vec::new()));
+    }
+    match &req.entrypoint {
+        Some(ep) if ep == "/bin/sh" => {}
+        Some(ep) => {
+            if policy.images.entrypoint == EntrypointRule::ShellOrNone {
+                return deny(
+                    "images.entrypoint",
+                    ep,
+                    format!("LSF_DOCKER_ENTRYPOINT={ep} is not allowed; only /bin/sh"),
+                    "unset LSF_DOCKER_ENTRYPOINT and put the program in the job command",
+                );
+            }
+            let p = normalize_abs(Path::new(ep));
+            if p.is_none() || unsafe_char(Path::new(ep)).is_some() {
+                return deny(
+                    "images.entrypoint",
+                    ep,
+                    format!("LSF_DOCKER_ENTRYPOINT={ep:?} is not an absolute path"),
+                    "give the absolute path of a program in the image",
+                );
+            }
+            return Ok((Some(ep.clone()), req.command.clone()));
+        }
+        None => {}
+    }
+    if facts.is_some_and(|f| !f.has_shell) {
+        return deny(
+            "images.require_shell",
+            img(),
+            format!("image {} has no /bin/sh to run the job command", img()),
+            "use an image that contains a shell",
+        );
+    }
+    Ok((
+        Some("/bin/sh".into()),
+        vec!["-c".into(), shell_script(&req.command)],
+    ))
+}
+
+/// One argument is the job script as LSF passes it; several are quoted so
+/// each stays one word.
+pub fn shell_script(cmd: &[String]) -> String {
+    if cmd.len() == 1 {
+        return cmd[0].clone();
+    }
+    cmd.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn shell_quote(a: &str) -> String {
+    if !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./=:,+-@%".contains(&b))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+fn container_name(req: &Request, nonce: &str) -> Result<String> {
+    if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Internal("container name nonce must be hex".into()));
+    }
+    Ok(format!("berth-{}-{}-{}", req.job.id, req.job.index, nonce))
+}
+
+/// Resolve a host path the job names to the directory docker will bind,
+/// checking it stays under the same allowed root. Returns the root's mode.
+fn resolve_source(
+    policy: &Policy,
+    host: &dyn HostFs,
+    raw: &str,
+    src: &Path,
+    what: &'static str,
+) -> Result<(PathBuf, Mode)> {
+    let rule = if what == "volume" {
+        "volumes.source"
+    } else {
+        "workdir.source"
+    };
+    let shown = src.display().to_string();
+    if let Some(c) = unsafe_char(src) {
+        return deny(
+            rule,
+            raw,
+            format!("{what} {shown:?} contains {c}, which docker would parse"),
+            "rename the directory or mount a parent without such characters",
+        );
+    }
+    let Some(norm) = normalize_abs(src) else {
+        return deny(
+            rule,
+            raw,
+            format!("{what} {shown} must be an absolute path without '.' or '..'"),
+            format!(
+                "write the full path under an allowed root ({})",
+                roots_list(policy)
+            ),
+        );
+    };
+    let Some(root) = policy
+        .volumes
+        .iter()
+        .find(|r| normalize_abs(&r.root).is_some_and(|rr| is_under(&norm, &rr)))
+    else {
+        return deny(
+            rule,
+            raw,
+            format!(
+                "{what} {shown} is not under an allowed root ({})",
+                roots_list(policy)
+            ),
+            "mount a directory under one of them",
+        );
+    };
+    let real = host.canonicalize(&norm).map_err(|e| {
+        Error::Denied(Denial::new(
+            rule,
+            raw,
+            format!("{what} {shown} cannot be resolved: {e}"),
+            "check that the directory exists on this node",
+        ))
+    })?;
+    // The root itself may be a symlink (a GPFS mount point link): compare
+    // resolved against resolved.
+    let real_root = host
+        .canonicalize(&root.root)
+        .unwrap_or_else(|_| root.root.clone());
+    if !is_under(&real, &real_root) {
+        return deny(
+            rule,
+            raw,
+            format!(
+                "{what} {shown} resolves to {}, outside its root {}",
+                real.display(),
+                root.root.display()
+            ),
+            "mount the real directory under an allowed root, not a symlink leaving it",
+        );
+    }
+    if unsafe_char(&real).is_some() {
+        return deny(
+            rule,
+            raw,
+            format!(
+                "{what} {shown} resolves to {:?}, which holds characters docker would parse",
+                real
+            ),
+            "rename the directory",
+        );
+    }
+    match host.is_dir(&real) {
+        Ok(true) => {}
+        Ok(false) => {
+            return deny(
+                rule,
+                raw,
+                format!("{what} {shown} is not a directory; only directories may be mounted"),
+                "mount the directory that holds the file",
+            )
+        }
+        Err(e) => {
+            return deny(
+                rule,
+                raw,
+                format!("{what} {shown}: {e}"),
+                "check that the directory exists on this node",
+            )
+        }
+    }
+    Ok((real, root.mode))
+}
+
+fn check_destination(policy: &Policy, raw: &str, dst: &Path) -> Result<PathBuf> {
+    let shown = dst.display().to_string();
+    if let Some(c) = unsafe_char(dst) {
+        return deny(
+            "volumes.destination",
+            raw,
+            format!("volume destination {shown:?} contains {c}"),
+            "choose a plain absolute path such as /data",
+        );
+    }
+    let Some(norm) = normalize_abs(dst) else {
+        return deny(
+            "volumes.destination",
+            raw,
+            format!("volume destination {shown:?} must be an absolute path without '.' or '..'"),
+            "write SRC:/absolute/destination",
+        );
+    };
+    for r in &policy.mounts.reserved {
+        let Some(r) = normalize_abs(r) else { continue };
+        let hit = if r == Path::new("/") {
+            norm == r
+        } else {
+            is_under(&norm, &r)
+        };
+        if hit {
+            return deny(
+                "mounts.reserved",
+                raw,
+                format!(
+                    "volume destination {} is reserved ({} cannot be mounted over)",
+                    norm.display(),
+                    r.display()
+                ),
+                "mount it somewhere else, e.g. /data or the same path as on the host",
+            );
+        }
+    }
+    Ok(norm)
+}
+
+fn plan_workdir(
+    policy: &Policy,
+    req: &Request,
+    host: &dyn HostFs,
+    mounts: &mut Vec<MountPlan>,
+) -> Result<PathBuf> {
+    let (path, from_submission) = match &req.workdir {
+        Workdir::Explicit(p) => (p, false),
+        Workdir::Submission(p) => (p, true),
+    };
+    let shown = path.display().to_string();
+    let Some(norm) = normalize_abs(path) else {
+        return deny(
+            "workdir.path",
+            &shown,
+            format!("working directory {shown:?} must be an absolute path without '.' or '..'"),
+            "set LSF_DOCKER_WORKDIR to an absolute path",
+        );
+    };
+    for bad in ["/proc", "/sys", "/dev"] {
+        if is_under(&norm, Path::new(bad)) {
+            return deny(
+                "workdir.path",
+                &shown,
+                format!("working directory {shown} is under {bad}"),
+                "use a directory on a shared filesystem",
+            );
+        }
+    }
+    if let Some(c) = unsafe_char(&norm) {
+        return deny(
+            "workdir.path",
+            &shown,
+            format!("working directory {shown:?} contains {c}"),
+            "submit from a directory without such characters",
+        );
+    }
+    let under_root = policy
+        .volumes
+        .iter()
+        .any(|r| normalize_abs(&r.root).is_some_and(|rr| is_under(&norm, &rr)));
+    if !policy.workdir.mount_cwd || (!from_submission && !under_root) {
+        return Ok(norm);
+    }
+    if !under_root {
+        return deny(
+            "workdir.root",
+            &shown,
+            format!("the job's working directory {shown} is not under an allowed root ({}), so it cannot be mounted", roots_list(policy)),
+            "submit the job from a directory under one of them, or set LSF_DOCKER_WORKDIR",
+        );
+    }
+    let (src, mode) = resolve_source(policy, host, &shown, &norm, "working directory")?;
+    if let Some(m) = mounts.iter().find(|m| m.dst == norm) {
+        if m.src == src {
+            return Ok(norm);
+        }
+        return deny(
+            "volumes.overlap",
+            &shown,
+            format!(
+                "a volume ({}) is mounted over the working directory {shown}",
+                m.src.display()
+            ),
+            "mount the volume elsewhere or submit from another directory",
+        );
+    }
+    mounts.push(MountPlan {
+        kind: MountKind::Workdir,
+        src,
+        dst: norm.clone(),
+        mode,
+    });
+    Ok(norm)
+}
+
+fn pick_mode(
+    what: &'static str,
+    asked: Option<&str>,
+    allowed: &[String],
+    default: &str,
+    var: &str,
+) -> Result<String> {
+    let rule = if what == "network" {
+        "docker.networks"
+    } else {
+        "docker.ipc"
+    };
+    let v = asked.unwrap_or(default);
+    // Sharing another container's or the host's namespace is never a job's
+    // choice, whatever the list says.
+    if v.starts_with("container:") || (what == "ipc" && v == "host") {
+        return deny(
+            rule,
+            v,
+            format!("{what} mode {v} joins another namespace"),
+            format!("unset {var}"),
+        );
+    }
+    if !allowed.iter().any(|a| a == v) {
+        return deny(
+            rule,
+            v,
+            format!(
+                "{what} mode {v} is not allowed here (allowed: {})",
+                allowed.join(", ")
+            ),
+            format!("set {var} to one of them"),
+        );
+    }
+    Ok(v.to_string())
+}
+
+fn plan_env(
+    policy: &Policy,
+    req: &Request,
+    ctx: &Context,
+) -> (Vec<(String, String)>, Vec<Dropped>) {
+    let deny = envfilter::compile(&policy.env.deny);
+    let preserve = req.preserve_env.unwrap_or(policy.env.preserve);
+    let mut vars: Vec<(&str, &str)> = Vec::new();
+    if preserve {
+        vars.extend(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
+    // Env files override the preserved environment.
+    for (k, v) in &ctx.env_file_vars {
+        vars.retain(|(x, _)| x != k);
+        vars.push((k, v));
+    }
+    envfilter::filter(vars, &deny)
+}
+
+/// A minimal /etc/passwd: root and the job user.
+pub fn passwd_file(id: &Identity) -> String {
+    let clean = |s: &str| s.replace([':', '\n'], "_");
+    format!(
+        "root:x:0:0:root:/root:/bin/sh\n{}:x:{}:{}:{}:{}:/bin/sh\n",
+        clean(&id.name),
+        id.uid,
+        id.gid,
+        clean(&id.name),
+        clean(&id.home)
+    )
+}
+
+/// A minimal /etc/group: root (no members) and the user's host groups.
+pub fn group_file(id: &Identity) -> String {
+    let clean = |s: &str| s.replace([':', '\n', ','], "_");
+    let mut s = "root:x:0:\n".to_string();
+    s.push_str(&format!(
+        "{}:x:{}:{}\n",
+        clean(&id.primary_group_name),
+        id.gid,
+        clean(&id.name)
+    ));
+    for g in &id.groups {
+        s.push_str(&format!(
+            "{}:x:{}:{}\n",
+            clean(&g.name),
+            g.gid,
+            clean(&id.name)
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,671 @@
+//! The site policy: a root-owned TOML file (SPEC §10). Every section and key
+//! may be omitted and then takes the safe default documented in
+//! `policy/default.toml`; unknown keys are an error.
+
+use crate::error::{Error, Result};
+use crate::paths::{is_under, normalize_abs};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PATH: &str = "/etc/berth/policy.toml";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub identity: IdentityPolicy,
+    pub images: ImagePolicy,
+    pub volumes: Vec<VolumeRoot>,
+    pub mounts: MountPolicy,
+    pub workdir: WorkdirPolicy,
+    pub tmp: TmpPolicy,
+    pub docker: DockerPolicy,
+    pub env: EnvPolicy,
+    pub bundles: BundlePolicy,
+    pub broker: BrokerPolicy,
+    pub audit: AuditPolicy,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityPolicy {
+    pub min_uid: u32,
+    pub min_gid: u32,
+    /// Callers allowed to name the job user (LSFUSER); root always may.
+    pub relays: Vec<String>,
+    /// Bind a generated /etc/passwd and /etc/group holding the job user.
+    pub passwd: bool,
+}
+
+impl Default for IdentityPolicy {
+    fn default() -> Self {
+        IdentityPolicy {
+            min_uid: 1000,
+            min_gid: 100,
+            relays: Vec::new(),
+            passwd: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    Never,
+    Missing,
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntrypointRule {
+    ShellOrNone,
+    Any,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagePolicy {
+    /// Globs on the normalized reference (`docker.io/library/alpine:latest`).
+    pub allow: Vec<String>,
+    pub pull: Pull,
+    pub require_shell: bool,
+    pub entrypoint: EntrypointRule,
+    /// Where facts learnt about an image (has /bin/sh) are cached, by image id.
+    pub facts_cache: PathBuf,
+    /// Whether `LSF_DOCKER_RUN_RAW_ARGS=1` may run the image's own entrypoint.
+    pub raw_args: bool,
+}
+
+impl Default for ImagePolicy {
+    fn default() -> Self {
+        ImagePolicy {
+            allow: Vec::new(),
+            pull: Pull::Never,
+            require_shell: true,
+            entrypoint: EntrypointRule::ShellOrNone,
+            facts_cache: PathBuf::from("/var/cache/berth/images"),
+            raw_args: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Ro,
+    Rw,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ro => "ro",
+            Mode::Rw => "rw",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRoot {
+    pub root: PathBuf,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+}
+
+fn default_mode() -> Mode {
+    Mode::Ro
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountPolicy {
+    /// Container destinations a job may not mount over: the path itself and
+    /// everything below it (`/` only itself).
+    pub reserved: Vec<PathBuf>,
+}
+
+pub const DEFAULT_RESERVED: &[&str] = &[
+    "/", "/proc", "/sys", "/dev", "/etc", "/tmp", "/run", "/var/run", "/bin", "/sbin", "/lib",
+    "/lib32", "/lib64", "/libx32", "/usr", "/boot",
+];
+
+impl Default for MountPolicy {
+    fn default() -> Self {
+        MountPolicy {
+            reserved: DEFAULT_RESERVED.iter().map(PathBuf::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkdirPolicy {
+    /// Bind the job's submission directory (it must be under an allowed root).
+    pub mount_cwd: bool,
+}
+
+impl Default for WorkdirPolicy {
+    fn default() -> Self {
+        WorkdirPolicy { mount_cwd: true }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TmpKind {
+    Host,
+    Tmpfs,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TmpPolicy {
+    pub kind: TmpKind,
+    pub base: PathBuf,
+    pub size: String,
+}
+
+impl Default for TmpPolicy {
+    fn default() -> Self {
+        TmpPolicy {
+            kind: TmpKind::Host,
+            base: PathBuf::from("/var/tmp/berth"),
+            size: "10g".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerPolicy {
+    pub path: PathBuf,
+    /// The engine's API socket, asked directly for image facts.
+    pub socket: PathBuf,
+    pub networks: Vec<String>,
+    pub default_network: String,
+    pub ipc: Vec<String>,
+    pub default_ipc: String,
+    /// Largest `LSF_DOCKER_SHM_SIZE` a job may ask for.
+    pub max_shm_size: String,
+    pub pids_limit: u32,
+    pub cap_add: Vec<String>,
+    /// Whether jobs may publish ports, and which host ports (`8000-8999`).
+    pub ports: Vec<String>,
+    pub add_host: bool,
+    /// Seconds between SIGTERM and SIGKILL when a job is terminated.
+    pub stop_timeout: u32,
+}
+
+impl Default for DockerPolicy {
+    fn default() -> Self {
+        DockerPolicy {
+            path: PathBuf::from("/usr/bin/docker"),
+            socket: PathBuf::from("/var/run/docker.sock"),
+            networks: vec!["none".into(), "bridge".into()],
+            default_network: "none".into(),
+            ipc: vec!["private".into(), "none".into()],
+            default_ipc: "private".into(),
+            max_shm_size: "1g".into(),
+            pids_limit: 4096,
+            cap_add: Vec::new(),
+            ports: Vec::new(),
+            add_host: true,
+            stop_timeout: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvPolicy {
+    /// Globs on variable names never passed into a container.
+    pub deny: Vec<String>,
+    /// Whether the job's environment is passed by default.
+    pub preserve: bool,
+}
+
+pub const DEFAULT_ENV_DENY: &[&str] = &[
+    "LD_*",
+    "DOCKER_*",
+    "NVIDIA_*",
+    "HOSTNAME",
+    "BASH_FUNC_*",
+    "LSB_INTERACTIVE",
+    "PATH",
+    "TMPDIR",
+];
+
+impl Default for EnvPolicy {
+    fn default() -> Self {
+        EnvPolicy {
+            deny: DEFAULT_ENV_DENY.iter().map(|s| s.to_string()).collect(),
+            preserve: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundlePolicy {
+    pub cache: Option<PathBuf>,
+    pub owner: String,
+    /// Users may run only bundles, never a registry or node image.
+    pub only: bool,
+    pub lock_dir: PathBuf,
+}
+
+impl Default for BundlePolicy {
+    fn default() -> Self {
+        BundlePolicy {
+            cache: None,
+            owner: "root".into(),
+            only: false,
+            lock_dir: PathBuf::from("/run/berth/locks"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerPolicy {
+    pub socket: PathBuf,
+}
+
+impl Default for BrokerPolicy {
+    fn default() -> Self {
+        BrokerPolicy {
+            socket: PathBuf::from("/run/berth/berth.sock"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditPolicy {
+    /// `syslog`, `none`, or an absolute file path (JSON lines).
+    pub log: String,
+}
+
+impl Default for AuditPolicy {
+    fn default() -> Self {
+        AuditPolicy {
+            log: "syslog".into(),
+        }
+    }
+}
+
+impl Policy {
+    /// Parse policy text; `origin` names the file in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Policy> {
+        let p: Policy = toml::from_str(text)
+            .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e.to_string()))))?;
+        let errors: Vec<String> = p
+            .lint()
+            .into_iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.message)
+            .collect();
+        if !errors.is_empty() {
+            return Err(Error::Config(format!("{origin}: {}", errors.join("; "))));
+        }
+        Ok(p)
+    }
+
+    /// Load a policy file after checking that it and every parent directory
+    /// are owned by root and not writable by group or others.
+    pub fn load(path: &Path) -> Result<Policy> {
+        check_trusted_path(path, 0)?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read policy {}: {e}; install one (see policy/default.toml) or pass --policy",
+                path.display()
+            ))
+        })?;
+        Policy::parse(&text, &path.display().to_string())
+    }
+
+    /// The volume roots with their trailing slashes removed.
+    pub fn roots(&self) -> impl Iterator<Item = &VolumeRoot> {
+        self.volumes.iter()
+    }
+
+    /// Findings about settings that parse but are wrong or unsafe.
+    pub fn lint(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut err = |m: String| out.push(Finding::error(m));
+        for (i, v) in self.volumes.iter().enumerate() {
+            match normalize_abs(&v.root) {
+                None => err(format!(
+                    "volumes[{i}].root {:?} must be an absolute path without '.', '..' or '//'",
+                    v.root
+                )),
+                Some(r) if r == Path::new("/") => {
+                    err("volumes root \"/\" would allow the whole node; name GPFS roots such as /storage1/fs1".into())
+                }
+                Some(_) => {}
+            }
+            for (j, w) in self.volumes.iter().enumerate().skip(i + 1) {
+                if is_under(&v.root, &w.root) || is_under(&w.root, &v.root) {
+                    err(format!(
+                        "volumes[{i}].root {} and volumes[{j}].root {} overlap; keep one",
+                        v.root.display(),
+                        w.root.display()
+                    ));
+                }
+            }
+            for r in ["/proc", "/sys", "/dev", "/etc", "/run", "/var/run", "/boot"] {
+                if is_under(&v.root, Path::new(r)) || is_under(Path::new(r), &v.root) {
+                    err(format!(
+                        "volumes[{i}].root {} overlaps the node's {r}; allow only shared filesystems",
+                        v.root.display()
+                    ));
+                }
+            }
+        }
+        if self.identity.min_uid == 0 || self.identity.min_gid == 0 {
+            err(
+                "identity.min_uid and min_gid must be at least 1 (root is never a job identity)"
+                    .into(),
+            );
+        }
+        for c in &self.docker.cap_add {
+            let c = c.to_ascii_uppercase();
+            let c = c.strip_prefix("CAP_").unwrap_or(&c);
+            if matches!(
+                c,
+                "SYS_ADMIN"
+                    | "ALL"
+                    | "SYS_MODULE"
+                    | "SYS_PTRACE"
+                    | "DAC_READ_SEARCH"
+                    | "SYS_RAWIO"
+                    | "NET_ADMIN"
+                    | "SETUID"
+                    | "SETGID"
+                    | "MKNOD"
+                    | "SYS_CHROOT"
+                    | "DAC_OVERRIDE"
+                    | "CHOWN"
+                    | "FOWNER"
+                    | "BPF"
+                    | "PERFMON"
+                    | "SYS_BOOT"
+                    | "SYS_TIME"
+                    | "LINUX_IMMUTABLE"
+                    | "MAC_ADMIN"
+                    | "MAC_OVERRIDE"
+            ) {
+                err(format!(
+                    "docker.cap_add {c} gives a job root-equivalent power; remove it"
+                ));
+            }
+        }
+        for n in &self.docker.networks {
+            if n == "host" {
+                out.push(Finding::warning(
+                    "docker.networks allows \"host\": jobs share the node's network namespace"
+                        .into(),
+                ));
+            } else if n.starts_with("container:") {
+                out.push(Finding::error(format!(
+                    "docker.networks {n:?}: container: namespaces are never allowed"
+                )));
+            }
+        }
+        if !self.docker.networks.contains(&self.docker.default_network) {
+            out.push(Finding::error(format!(
+                "docker.default_network {:?} is not in docker.networks",
+                self.docker.default_network
+            )));
+        }
+        for n in &self.docker.ipc {
+            if n == "host" || n.starts_with("container:") {
+                out.push(Finding::error(format!(
+                    "docker.ipc {n:?} shares another namespace; allow only private, none or shareable"
+                )));
+            }
+        }
+        if !self.docker.ipc.contains(&self.docker.default_ipc) {
+            out.push(Finding::error(format!(
+                "docker.default_ipc {:?} is not in docker.ipc",
+                self.docker.default_ipc
+            )));
+        }
+        if self.docker.pids_limit == 0 {
+            out.push(Finding::error(
+                "docker.pids_limit must be positive (0 means unlimited: a fork bomb takes the node)".into(),
+            ));
+        }
+        if !self.docker.path.is_absolute() || !self.docker.socket.is_absolute() {
+            out.push(Finding::error(
+                "docker.path and docker.socket must be absolute paths".into(),
+            ));
+        }
+        if crate::size::parse(&self.tmp.size).is_none() {
+            out.push(Finding::error(format!(
+                "tmp.size {:?} is not a size like 10g",
+                self.tmp.size
+            )));
+        }
+        if crate::size::parse(&self.docker.max_shm_size).is_none() {
+            out.push(Finding::error(format!(
+                "docker.max_shm_size {:?} is not a size like 1g",
+                self.docker.max_shm_size
+            )));
+        }
+        if normalize_abs(&self.tmp.base).is_none() || self.tmp.base == Path::new("/") {
+            out.push(Finding::error(format!(
+                "tmp.base {:?} must be an absolute directory such as /var/tmp/berth",
+                self.tmp.base
+            )));
+        }
+        for p in &self.docker.ports {
+            if crate::request::parse_port_range(p).is_none() {
+                out.push(Finding::error(format!(
+                    "docker.ports {p:?} is not a host port range like 8000-8999"
+                )));
+            }
+        }
+        for r in &self.mounts.reserved {
+            if normalize_abs(r).is_none() {
+                out.push(Finding::error(format!(
+                    "mounts.reserved {:?} must be an absolute path",
+                    r
+                )));
+            }
+        }
+        for pat in self.images.allow.iter().chain(self.env.deny.iter()) {
+            if glob::Pattern::new(pat).is_err() {
+                out.push(Finding::error(format!("{pat:?} is not a valid glob")));
+            }
+        }
+        if self.images.allow.iter().any(|a| a == "*" || a == "**") {
+            out.push(Finding::warning(
+                "images.allow \"*\" allows every image; list registries or projects instead".into(),
+            ));
+        }
+        if self.volumes.is_empty() {
+            out.push(Finding::warning(
+                "no [[volumes]] roots: jobs can mount nothing and must set LSF_DOCKER_WORKDIR"
+                    .into(),
+            ));
+        }
+        if self.images.allow.is_empty() && self.bundles.cache.is_none() {
+            out.push(Finding::warning(
+                "images.allow is empty and no bundle cache is set: every job will be refused"
+                    .into(),
+            ));
+        }
+        if self.images.entrypoint == EntrypointRule::Any {
+            out.push(Finding::warning(
+                "images.entrypoint = \"any\": job commands may not run under /bin/sh -c".into(),
+            ));
+        }
+        if self.audit.log != "syslog"
+            && self.audit.log != "none"
+            && !Path::new(&self.audit.log).is_absolute()
+        {
+            out.push(Finding::error(format!(
+                "audit.log {:?} must be syslog, none, or an absolute file path",
+                self.audit.log
+            )));
+        }
+        if self.audit.log == "none" {
+            out.push(Finding::warning(
+                "audit.log = \"none\": launches are not recorded".into(),
+            ));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl Finding {
+    fn error(message: String) -> Self {
+        Finding {
+            severity: Severity::Error,
+            message,
+        }
+    }
+    fn warning(message: String) -> Self {
+        Finding {
+            severity: Severity::Warning,
+            message,
+        }
+    }
+}
+
+/// Refuse a file unless it and all its parents are owned by `owner` or root
+/// and not writable by group or others (a sticky root-owned directory such as
+/// /tmp is accepted: others cannot replace what root put there).
+pub fn check_trusted_path(path: &Path, owner: u32) -> Result<()> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::internal("current directory", e))?
+            .join(path)
+    };
+    let mut cur = Some(abs.as_path());
+    let mut first = true;
+    while let Some(p) = cur {
+        let md = std::fs::symlink_metadata(p)
+            .map_err(|e| Error::Config(format!("cannot stat {}: {e}", p.display())))?;
+        if first && md.file_type().is_symlink() {
+            // Follow a symlinked file once (e.g. /etc/berth/policy.toml ->
+            // a config-management copy) but check its target the same way.
+            let target = std::fs::canonicalize(p)
+                .map_err(|e| Error::Config(format!("cannot resolve {}: {e}", p.display())))?;
+            check_trusted_path(p.parent().unwrap_or(Path::new("/")), owner)?;
+            return check_trusted_path(&target, owner);
+        }
+        if md.uid() != 0 && md.uid() != owner {
+            return Err(Error::Config(format!(
+                "{} is owned by uid {}, not root; chown root:root it",
+                p.display(),
+                md.uid()
+            )));
+        }
+        let sticky = md.mode() & 0o1000 != 0 && md.is_dir();
+        if md.mode() & 0o022 != 0 && !(sticky && !first) {
+            return Err(Error::Config(format!(
+                "{} is writable by group or others (mode {:o}); chmod go-w it",
+                p.display(),
+                md.mode() & 0o7777
+            )));
+        }
+        first = false;
+        cur = p.parent();
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_policy_is_the_safe_default() {
+        let p = Policy::parse("", "t").unwrap();
+        assert_eq!(p.identity.min_uid, 1000);
+        assert_eq!(p.images.pull, Pull::Never);
+        assert!(p.volumes.is_empty());
+        assert_eq!(p.docker.default_network, "none");
+        assert!(p.docker.cap_add.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_location() {
+        let e = Policy::parse("[identity]\nmin_uidd = 5\n", "x.toml").unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("x.toml") && m.contains("min_uidd") && m.contains("line 2"),
+            "{m}"
+        );
+        assert_eq!(e.exit_code(), 78);
+    }
+
+    #[test]
+    fn relative_and_overlapping_roots_are_refused() {
+        let e = Policy::parse("[[volumes]]\nroot='storage'\n", "t").unwrap_err();
+        assert!(e.to_string().contains("absolute"));
+        let e = Policy::parse(
+            "[[volumes]]\nroot='/storage1'\n[[volumes]]\nroot='/storage1/fs1'\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("overlap"));
+        // A prefix look-alike is not an overlap.
+        Policy::parse(
+            "[[volumes]]\nroot='/storage1'\n[[volumes]]\nroot='/storage1x'\n",
+            "t",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn unsafe_settings_are_refused() {
+        for bad in [
+            "[docker]\ncap_add=['SYS_ADMIN']",
+            "[docker]\npids_limit=0",
+            "[docker]\nipc=['host']\ndefault_ipc='host'",
+            "[identity]\nmin_uid=0",
+            "[[volumes]]\nroot='/'",
+            "[[volumes]]\nroot='/etc/x'",
+            "[docker]\ndefault_network='host'",
+        ] {
+            assert!(Policy::parse(bad, "t").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn site_example_parses() {
+        let text = include_str!("../policy/example-site.toml");
+        let p = Policy::parse(text, "example-site.toml").unwrap();
+        assert_eq!(p.volumes.len(), 2);
+        let text = include_str!("../policy/default.toml");
+        Policy::parse(text, "default.toml").unwrap();
+    }
+}

@@ -1,0 +1,33 @@
+//! Sizes as docker writes them: `512`, `64k`, `4m`, `10g`, `1t` (binary units).
+
+pub fn parse(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let lower = s.to_ascii_lowercase();
+    let body = lower.strip_suffix('b').unwrap_or(&lower);
+    let (num, mult) = match body.chars().last()? {
+        'k' => (&body[..body.len() - 1], 1u64 << 10),
+        'm' => (&body[..body.len() - 1], 1 << 20),
+        'g' => (&body[..body.len() - 1], 1 << 30),
+        't' => (&body[..body.len() - 1], 1 << 40),
+        c if c.is_ascii_digit() => (body, 1),
+        _ => return None,
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) || num.len() > 15 {
+        return None;
+    }
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse("4g"), Some(4 << 30));
+        assert_eq!(super::parse("64M"), Some(64 << 20));
+        assert_eq!(super::parse("512"), Some(512));
+        assert_eq!(super::parse("10gb"), Some(10 << 30));
+        for bad in ["", "g", "-1g", "1.5g", "1x", "4 g", "99999999999999999999"] {
+            assert_eq!(super::parse(bad), None, "{bad}");
+        }
+    }
+}

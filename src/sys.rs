@@ -1,0 +1,295 @@
+//! Every libc call berth makes lives here: process hardening, acting with a
+//! user's credentials, and randomness. Each `unsafe` block says why it is
+//! sound.
+
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use nix::unistd::{Gid, Uid};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// First thing every entry point does: refuse to run with elevated file
+/// privileges (setuid/setgid bits, file capabilities), set no_new_privs so
+/// nothing berth execs can gain privileges, make sure fds 0-2 are open and
+/// close every other inherited descriptor.
+pub fn harden() -> Result<()> {
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) };
+    if secure != 0
+        || nix::unistd::geteuid() != nix::unistd::getuid()
+        || nix::unistd::getegid() != nix::unistd::getgid()
+    {
+        return Err(Error::Config(
+            "berth is installed setuid/setgid or with file capabilities; remove them (chmod u-s,g-s; setcap -r): berth never needs them".into(),
+        ));
+    }
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if r != 0 {
+        return Err(Error::internal(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    for fd in 0..3 {
+        // SAFETY: F_GETFD on a small integer has no effect beyond the query.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            let flags = if fd == 0 {
+                libc::O_RDONLY
+            } else {
+                libc::O_WRONLY
+            };
+            // SAFETY: the path is a NUL-terminated literal.
+            let n = unsafe { libc::open(c"/dev/null".as_ptr(), flags) };
+            if n != fd {
+                return Err(Error::internal(
+                    "reopening a closed standard descriptor",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+    }
+    close_inherited_fds();
+    Ok(())
+}
+
+/// Close every descriptor above 2 that berth did not open itself.
+pub fn close_inherited_fds() {
+    // SAFETY: close_range on [3, max] closes descriptors this process owns no
+    // Rust object for yet (called before any are created).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r != 0 {
+        // Kernels before 5.9: walk /proc/self/fd instead.
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            let fds: Vec<i32> = dir
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .filter(|fd| *fd > 2)
+                .collect();
+            for fd in fds {
+                // SAFETY: see above; closing the read_dir fd (already gone) fails harmlessly.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
+pub fn real_uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `n` random bytes from the kernel, as hex.
+pub fn random_hex(n: usize) -> Result<String> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        // SAFETY: the buffer is valid for n - got bytes from got.
+        let r = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), n - got, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::internal("getrandom", e));
+        }
+        got += r as usize;
+    }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// How berth can act with the job user's credentials.
+fn as_user_mode(id: &Identity) -> Result<bool> {
+    if is_root() {
+        Ok(true)
+    } else if real_uid() == id.uid {
+        Ok(false)
+    } else {
+        Err(Error::Config(format!(
+            "berth runs as uid {} for user {}, so it cannot check paths with the user's credentials; run it as root or through the broker",
+            real_uid(),
+            id.name
+        )))
+    }
+}
+
+/// Run `f` in a child process holding exactly the user's credentials and
+/// return the bytes it writes. `f` must only make async-signal-safe calls
+/// (the child of a fork); everything it needs is prepared before.
+fn with_user_creds(id: &Identity, f: impl FnOnce(&mut dyn FnMut(&[u8])) -> i32) -> Result<Vec<u8>> {
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::internal("pipe", e))?;
+    let mut gids: Vec<Gid> = vec![Gid::from_raw(id.gid)];
+    gids.extend(id.groups.iter().map(|g| Gid::from_raw(g.gid)));
+    // SAFETY: berth is single-threaded when it plans (the signal thread and
+    // broker workers start later), so the child may run Rust code; it only
+    // calls setgroups/setres*id, access/open/read/write and _exit.
+    match unsafe { nix::unistd::fork() }.map_err(|e| Error::internal("fork", e))? {
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            let ok = nix::unistd::setgroups(&gids).is_ok()
+                && nix::unistd::setresgid(
+                    Gid::from_raw(id.gid),
+                    Gid::from_raw(id.gid),
+                    Gid::from_raw(id.gid),
+                )
+                .is_ok()
+                && nix::unistd::setresuid(
+                    Uid::from_raw(id.uid),
+                    Uid::from_raw(id.uid),
+                    Uid::from_raw(id.uid),
+                )
+                .is_ok();
+            let code = if ok {
+                let mut write = |b: &[u8]| {
+                    let _ = nix::unistd::write(&w, b);
+                };
+                f(&mut write)
+            } else {
+                99
+            };
+            // SAFETY: _exit skips atexit handlers and buffers of the parent.
+            unsafe { libc::_exit(code) };
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(w);
+            let mut out = Vec::new();
+            let mut file = std::fs::File::from(r);
+            use std::io::Read;
+            file.read_to_end(&mut out)
+                .map_err(|e| Error::internal("reading from credential child", e))?;
+            let status =
+                nix::sys::wait::waitpid(child, None).map_err(|e| Error::internal("waitpid", e))?;
+            match status {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(out),
+                nix::sys::wait::WaitStatus::Exited(_, 99) => Err(Error::internal(
+                    "switching to the user's credentials",
+                    "setresuid failed",
+                )),
+                nix::sys::wait::WaitStatus::Exited(_, c) => {
+                    Err(Error::Internal(format!("credential child exited {c}")))
+                }
+                s => Err(Error::Internal(format!("credential child: {s:?}"))),
+            }
+        }
+    }
+}
+
+/// For each path: can the user read and search it with their own
+/// credentials (every parent's search permission included, ACLs honoured)?
+pub fn user_can_access(id: &Identity, paths: &[PathBuf]) -> Result<Vec<bool>> {
+    let cpaths: Vec<CString> = paths
+        .iter()
+        .map(|p| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| Error::Malformed(format!("path {p:?} holds a NUL byte")))
+        })
+        .collect::<Result<_>>()?;
+    let check = |p: &CString| {
+        // SAFETY: p is a valid NUL-terminated string.
+        unsafe { libc::access(p.as_ptr(), libc::R_OK | libc::X_OK) == 0 }
+    };
+    if !as_user_mode(id)? {
+        return Ok(cpaths.iter().map(check).collect());
+    }
+    let out = with_user_creds(id, |write| {
+        for p in &cpaths {
+            write(if check(p) { b"1" } else { b"0" });
+        }
+        0
+    })?;
+    if out.len() != paths.len() {
+        return Err(Error::Internal(
+            "access check answered for the wrong number of paths".into(),
+        ));
+    }
+    Ok(out.iter().map(|b| *b == b'1').collect())
+}
+
+/// Read a file the job names (an env file) with the user's credentials,
+/// at most `limit` bytes.
+pub fn read_file_as_user(id: &Identity, path: &Path, limit: usize) -> Result<Vec<u8>> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::Malformed(format!("path {path:?} holds a NUL byte")))?;
+    let read = |write: &mut dyn FnMut(&[u8])| -> i32 {
+        // SAFETY: c is NUL-terminated; O_NONBLOCK keeps a FIFO from hanging us.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
+            )
+        };
+        if fd < 0 {
+            return 2;
+        }
+        // SAFETY: fd was just opened and is owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: st is plain old data filled by fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is open; st is valid for writes.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0
+            || st.st_mode & libc::S_IFMT != libc::S_IFREG
+        {
+            return 3;
+        }
+        let mut buf = [0u8; 8192];
+        let mut total = 0;
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            total += n as usize;
+            if total > limit {
+                return 4;
+            }
+            write(&buf[..n as usize]);
+        }
+        0
+    };
+    let shown = path.display();
+    let map = |e: Error| match e {
+        Error::Internal(m) if m.contains("exited 2") => Error::Denied(crate::error::Denial::new(
+            "env_file.access",
+            shown.to_string(),
+            format!("env file {shown} cannot be opened by the job user"),
+            "name a file you can read",
+        )),
+        Error::Internal(m) if m.contains("exited 3") => Error::Denied(crate::error::Denial::new(
+            "env_file.kind",
+            shown.to_string(),
+            format!("env file {shown} is not a regular file"),
+            "name a regular file",
+        )),
+        Error::Internal(m) if m.contains("exited 4") => {
+            Error::Malformed(format!("env file {shown} is larger than {limit} bytes"))
+        }
+        e => e,
+    };
+    if !as_user_mode(id)? {
+        let mut out = Vec::new();
+        let code = read(&mut |b: &[u8]| out.extend_from_slice(b));
+        return if code == 0 {
+            Ok(out)
+        } else {
+            Err(map(Error::Internal(format!(
+                "credential child exited {code}"
+            ))))
+        };
+    }
+    with_user_creds(id, read).map_err(map)
+}
+
+/// The node's short host name.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
