@@ -1,1 +1,650 @@
+//! Every planner rule, with a fake filesystem and user table.
 
+use super::*;
+use crate::identity::fake::FakeDb;
+use crate::identity::resolve;
+use crate::request::from_env;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+
+/// A filesystem of directories, files and symlinks; `denied` paths are
+/// unreadable to the user.
+#[derive(Default)]
+struct FakeFs {
+    dirs: Vec<&'static str>,
+    files: Vec<&'static str>,
+    links: HashMap<&'static str, &'static str>,
+    denied: Vec<&'static str>,
+}
+
+impl FakeFs {
+    fn site() -> FakeFs {
+        FakeFs {
+            dirs: vec![
+                "/storage1",
+                "/storage1/fs1",
+                "/storage1/fs1/alice",
+                "/storage1/fs1/alice/proj",
+                "/storage1/fs1/lab",
+                "/storage1/fs1/lab/open",
+                "/scratch1",
+                "/scratch1/fs1",
+                "/scratch1/fs1/alice",
+                "/storage1x",
+                "/storage1x/fs1",
+                "/etc",
+                "/home",
+                "/home/alice",
+                "/gpfs",
+                "/gpfs/real",
+                "/gpfs/real/alice",
+            ],
+            files: vec!["/storage1/fs1/alice/file.txt", "/etc/passwd"],
+            links: HashMap::from([
+                ("/storage1/fs1/alice/out", "/etc"),
+                ("/storage1/fs1/alice/in", "/storage1/fs1/alice/proj"),
+                ("/storage1/fs1/alice/toscratch", "/scratch1/fs1/alice"),
+                ("/linked", "/gpfs/real"),
+            ]),
+            denied: vec!["/storage1/fs1/lab/open"],
+        }
+    }
+}
+
+impl HostFs for FakeFs {
+    fn canonicalize(&self, p: &Path) -> io::Result<PathBuf> {
+        let mut out = PathBuf::from("/");
+        for c in p.components().skip(1) {
+            out.push(c);
+            let key = out.to_str().unwrap().to_string();
+            if let Some((_, t)) = self.links.iter().find(|(k, _)| **k == key) {
+                out = PathBuf::from(t);
+            }
+            let s = out.to_str().unwrap();
+            if !self.dirs.contains(&s) && !self.files.contains(&s) {
+                return Err(io::Error::from(io::ErrorKind::NotFound));
+            }
+        }
+        Ok(out)
+    }
+    fn is_dir(&self, p: &Path) -> io::Result<bool> {
+        Ok(self.dirs.contains(&p.to_str().unwrap()))
+    }
+    fn user_can_access(&self, _id: &Identity, paths: &[PathBuf]) -> Result<Vec<bool>> {
+        Ok(paths
+            .iter()
+            .map(|p| !self.denied.iter().any(|d| p.starts_with(d)))
+            .collect())
+    }
+}
+
+const POLICY: &str = r#"
+[identity]
+relays = ["lsfadmin"]
+[images]
+allow = ["docker.io/library/*", "registry.example.edu/*"]
+[[volumes]]
+root = "/storage1/fs1"
+mode = "rw"
+[[volumes]]
+root = "/scratch1/fs1"
+mode = "ro"
+[[volumes]]
+root = "/linked"
+mode = "rw"
+[docker]
+networks = ["none", "bridge", "host"]
+ports = ["8000-8999"]
+cap_add = ["NET_BIND_SERVICE"]
+"#;
+
+fn facts() -> ImageFacts {
+    ImageFacts {
+        id: format!("sha256:{}", "ab".repeat(32)),
+        entrypoint: vec![],
+        cmd: vec!["/bin/sh".into()],
+        workdir: "/opt".into(),
+        user: "".into(),
+        has_shell: true,
+    }
+}
+
+fn ctx() -> Context {
+    Context {
+        nonce: "0badcafe".into(),
+        env_file_vars: vec![],
+    }
+}
+
+fn try_plan_with(
+    policy: &str,
+    env: &[(&str, &str)],
+    f: Option<ImageFacts>,
+    cmd: &[&str],
+) -> Result<LaunchPlan> {
+    let policy = Policy::parse(policy, "test").unwrap();
+    let mut e: BTreeMap<String, String> = BTreeMap::from([
+        ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
+        ("LSB_JOBID".into(), "42".into()),
+        ("LS_SUBCWD".into(), "/storage1/fs1/alice/proj".into()),
+    ]);
+    for (k, v) in env {
+        e.insert(k.to_string(), v.to_string());
+    }
+    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
+    let req = from_env(&e, None, cmd.iter().map(|s| s.to_string()).collect())?;
+    plan(&policy, &id, &req, f.as_ref(), &FakeFs::site(), &ctx())
+}
+
+fn try_plan(env: &[(&str, &str)]) -> Result<LaunchPlan> {
+    try_plan_with(POLICY, env, Some(facts()), &["python train.py"])
+}
+
+fn denied(env: &[(&str, &str)]) -> Denial {
+    match try_plan(env) {
+        Err(Error::Denied(d)) => d,
+        other => panic!("{env:?}: expected a denial, got {other:?}"),
+    }
+}
+
+fn has(p: &LaunchPlan, arg: &str) -> bool {
+    p.argv.iter().any(|a| a == arg)
+}
+
+#[test]
+fn a_plain_job() {
+    let p = try_plan(&[]).unwrap();
+    assert_eq!(p.argv[0], "/usr/bin/docker");
+    assert_eq!(p.argv[1], "run");
+    for a in [
+        "--rm",
+        "--init",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--pids-limit=4096",
+        "--user=2001:2001",
+        "--group-add=3001",
+        "--group-add=3002",
+        "--network=none",
+        "--ipc=private",
+        "--name=berth-42-0-0badcafe",
+        "--entrypoint=/bin/sh",
+        "--workdir=/storage1/fs1/alice/proj",
+        "--cap-add=NET_BIND_SERVICE",
+        "--label=berth.job=42",
+        "--label=berth.user=alice",
+    ] {
+        assert!(has(&p, a), "missing {a} in {:?}", p.argv);
+    }
+    // Run by id, with the command as one /bin/sh -c script at the end.
+    let n = p.argv.len();
+    assert_eq!(
+        &p.argv[n - 3..],
+        &[facts().id, "-c".into(), "python train.py".into()]
+    );
+    for a in &p.argv {
+        assert!(
+            !a.contains("privileged")
+                && !a.starts_with("--pid=")
+                && !a.starts_with("--userns")
+                && !a.starts_with("--volumes-from")
+                && a != "-d"
+                && !a.starts_with("--restart")
+                && !a.starts_with("--runtime")
+                && !a.starts_with("--device"),
+            "{a}"
+        );
+    }
+    assert_eq!(p.workdir, PathBuf::from("/storage1/fs1/alice/proj"));
+    assert_eq!(p.mounts[0].kind, MountKind::Workdir);
+    assert_eq!(
+        p.tmp.dir,
+        Some(PathBuf::from("/var/tmp/berth/berth-42-0-0badcafe/tmp"))
+    );
+    assert!(has(
+        &p,
+        "--mount=type=bind,src=/var/tmp/berth/berth-42-0-0badcafe/tmp,dst=/tmp"
+    ));
+    assert!(has(
+        &p,
+        "--mount=type=bind,src=/var/tmp/berth/berth-42-0-0badcafe/passwd,dst=/etc/passwd,readonly"
+    ));
+    assert!(p.passwd.as_ref().unwrap().contains("alice:x:2001:2001:"));
+    assert!(p.group.as_ref().unwrap().starts_with("root:x:0:\n"));
+    assert!(!p.group.as_ref().unwrap().contains("root:x:0:alice"));
+}
+
+#[test]
+fn several_args_are_quoted_one_arg_is_a_script() {
+    let p = try_plan_with(
+        POLICY,
+        &[],
+        Some(facts()),
+        &["echo", "a b", "it's", "$HOME"],
+    )
+    .unwrap();
+    assert_eq!(p.argv.last().unwrap(), r#"echo 'a b' 'it'\''s' '$HOME'"#);
+    let p = try_plan_with(POLICY, &[], Some(facts()), &["echo $HOME; exit 3"]).unwrap();
+    assert_eq!(p.argv.last().unwrap(), "echo $HOME; exit 3");
+}
+
+#[test]
+fn volumes_allowed_and_modes() {
+    let p = try_plan(&[(
+        "LSF_DOCKER_VOLUMES",
+        "/storage1/fs1/alice:/data:ro /scratch1/fs1/alice:/scratch",
+    )])
+    .unwrap();
+    assert!(has(
+        &p,
+        "--mount=type=bind,src=/storage1/fs1/alice,dst=/data,readonly"
+    ));
+    // The root's mode caps an unspecified mode.
+    assert!(has(
+        &p,
+        "--mount=type=bind,src=/scratch1/fs1/alice,dst=/scratch,readonly"
+    ));
+    let p = try_plan(&[("LSF_DOCKER_VOLUMES", "/storage1/fs1/alice/in:/in")]).unwrap();
+    assert!(
+        has(&p, "--mount=type=bind,src=/storage1/fs1/alice/proj,dst=/in"),
+        "symlinks inside a root resolve"
+    );
+    let p = try_plan(&[("LSF_DOCKER_VOLUMES", "/linked/alice:/l")]).unwrap();
+    assert!(
+        has(&p, "--mount=type=bind,src=/gpfs/real/alice,dst=/l"),
+        "a symlinked root compares resolved paths"
+    );
+    let p = try_plan(&[("LSF_DOCKER_VOLUMES", "/storage1/fs1/alice")]).unwrap();
+    assert!(has(
+        &p,
+        "--mount=type=bind,src=/storage1/fs1/alice,dst=/storage1/fs1/alice"
+    ));
+}
+
+#[test]
+fn volumes_refused() {
+    for (spec, rule) in [
+        ("/etc:/data", "volumes.source"),
+        ("/home/alice:/h", "volumes.source"),
+        ("/storage1/fs1/alice/out:/x", "volumes.source"),
+        ("/storage1/fs1/alice/toscratch:/x", "volumes.source"),
+        ("/storage1/fs1/alice/../../../etc:/x", "volumes.source"),
+        ("/storage1/fs1/./alice:/x", "volumes.source"),
+        ("/storage1x/fs1:/x", "volumes.source"),
+        ("/storage1/fs1/we:ird:/x", "volumes.source"),
+        ("/storage1/fs1/com,ma:/x", "volumes.source"),
+        ("/storage1/fs1/a=b:/x", "volumes.source"),
+        ("/storage1/fs1/q\"uote:/x", "volumes.source"),
+        ("alice:/x", "volumes.source"),
+        ("myvolume:/x", "volumes.source"),
+        ("/storage1/fs1/alice/file.txt:/f", "volumes.source"),
+        ("/storage1/fs1/alice/missing:/m", "volumes.source"),
+        ("/storage1/fs1/lab/open:/o", "volumes.access"),
+        ("/:/host", "volumes.source"),
+        ("/storage1/fs1/alice:/etc", "mounts.reserved"),
+        ("/storage1/fs1/alice:/etc/ssl", "mounts.reserved"),
+        ("/storage1/fs1/alice:/proc/self", "mounts.reserved"),
+        ("/storage1/fs1/alice:/", "mounts.reserved"),
+        ("/storage1/fs1/alice:/tmp", "mounts.reserved"),
+        ("/storage1/fs1/alice:/usr/lib", "mounts.reserved"),
+        ("/storage1/fs1/alice:data", "volumes.destination"),
+        ("/storage1/fs1/alice:/a/../etc", "volumes.destination"),
+        (
+            "/storage1/fs1/alice:/d,readonly=false",
+            "volumes.destination",
+        ),
+        ("/storage1/fs1/alice:/d:z", "volumes.source"),
+        ("/storage1/fs1/alice:/d:shared", "volumes.source"),
+        ("/scratch1/fs1/alice:/s:rw", "volumes.mode"),
+        (
+            "/storage1/fs1/alice:/d /storage1/fs1/alice/proj:/d",
+            "volumes.overlap",
+        ),
+        (
+            "/storage1/fs1/alice:/storage1/fs1/alice/proj",
+            "volumes.overlap",
+        ),
+    ] {
+        let d = denied(&[("LSF_DOCKER_VOLUMES", spec)]);
+        assert_eq!(d.rule, rule, "{spec}: {d}");
+        assert!(!d.hint.is_empty(), "{spec}: a denial says what to do");
+    }
+}
+
+#[test]
+fn denial_message_names_value_and_roots() {
+    let d = denied(&[("LSF_DOCKER_VOLUMES", "/home/alice/../../etc:/x")]);
+    let m = Error::Denied(d).to_string();
+    assert!(
+        m.contains("/home/alice/../../etc") && m.starts_with("denied:"),
+        "{m}"
+    );
+    let d = denied(&[("LSF_DOCKER_VOLUMES", "/etc:/x")]);
+    let m = d.to_string();
+    assert!(m.contains("/storage1/fs1, /scratch1/fs1"), "{m}");
+}
+
+#[test]
+fn workdir_rules() {
+    // Same directory as a volume: mounted once.
+    let p = try_plan(&[("LSF_DOCKER_VOLUMES", "/storage1/fs1/alice/proj")]).unwrap();
+    assert_eq!(
+        p.mounts
+            .iter()
+            .filter(|m| m.dst == Path::new("/storage1/fs1/alice/proj"))
+            .count(),
+        1
+    );
+    // Explicit container workdir outside the roots: set, not mounted.
+    let p = try_plan(&[("LSF_DOCKER_WORKDIR", "/opt/app")]).unwrap();
+    assert!(has(&p, "--workdir=/opt/app"));
+    assert!(p.mounts.iter().all(|m| m.kind != MountKind::Workdir));
+    for (w, rule) in [
+        ("/proc/self/fd/3", "workdir.path"),
+        ("/proc", "workdir.path"),
+        ("/sys/kernel", "workdir.path"),
+        ("relative", "workdir.path"),
+        ("/a/../proc", "workdir.path"),
+    ] {
+        assert_eq!(denied(&[("LSF_DOCKER_WORKDIR", w)]).rule, rule, "{w}");
+    }
+    assert_eq!(denied(&[("LS_SUBCWD", "/home/alice")]).rule, "workdir.root");
+    assert_eq!(
+        denied(&[("LS_SUBCWD", "/storage1/fs1/alice/out")]).rule,
+        "workdir.source"
+    );
+    let p = try_plan_with(
+        &format!("{POLICY}\n[workdir]\nmount_cwd = false\n"),
+        &[("LS_SUBCWD", "/home/alice")],
+        Some(facts()),
+        &["x"],
+    )
+    .unwrap();
+    assert!(
+        has(&p, "--workdir=/home/alice") && p.mounts.iter().all(|m| m.kind != MountKind::Workdir)
+    );
+}
+
+#[test]
+fn image_rules() {
+    assert_eq!(
+        denied(&[("LSB_CONTAINER_IMAGE", "evil.example.com/x")]).rule,
+        "images.allow"
+    );
+    let mut f = facts();
+    f.entrypoint = vec!["/usr/bin/python".into()];
+    let d = try_plan_with(POLICY, &[], Some(f.clone()), &["x"]).unwrap_err();
+    assert!(
+        matches!(&d, Error::Denied(d) if d.rule == "images.entrypoint" && d.message.contains("/usr/bin/python")),
+        "{d}"
+    );
+    let p = try_plan_with(
+        &POLICY.replace("[images]", "[images]\nentrypoint = \"any\""),
+        &[],
+        Some(f),
+        &["x"],
+    );
+    assert!(p.is_ok());
+    let mut f = facts();
+    f.entrypoint = vec!["/bin/sh".into(), "-c".into()];
+    assert!(try_plan_with(POLICY, &[], Some(f), &["x"]).is_ok());
+    let mut f = facts();
+    f.has_shell = false;
+    let d = try_plan_with(POLICY, &[], Some(f), &["x"]).unwrap_err();
+    assert!(
+        matches!(&d, Error::Denied(d) if d.rule == "images.require_shell" && d.message.contains("/bin/sh")),
+        "{d}"
+    );
+    // Bundles-only sites refuse registry images; sites without a cache refuse bundles.
+    let d = try_plan_with(
+        &format!("{POLICY}\n[bundles]\ncache = \"/c\"\nonly = true\n"),
+        &[],
+        Some(facts()),
+        &["x"],
+    )
+    .unwrap_err();
+    assert!(matches!(d, Error::Denied(d) if d.rule == "bundles.only"));
+    assert_eq!(
+        denied(&[("LSB_CONTAINER_IMAGE", "bundle:pt")]).rule,
+        "bundles.cache"
+    );
+    // Without facts (explain with no engine) the plan names the reference.
+    let p = try_plan_with(POLICY, &[], None, &["x"]).unwrap();
+    assert!(
+        p.image.id.is_none()
+            && p.argv
+                .contains(&"docker.io/library/alpine:latest".to_string())
+    );
+}
+
+#[test]
+fn entrypoint_and_raw_args() {
+    assert_eq!(
+        denied(&[("LSF_DOCKER_ENTRYPOINT", "/usr/bin/python")]).rule,
+        "images.entrypoint"
+    );
+    let p = try_plan(&[("LSF_DOCKER_ENTRYPOINT", "/bin/sh")]).unwrap();
+    assert!(has(&p, "--entrypoint=/bin/sh"));
+    let any = POLICY.replace(
+        "[images]",
+        "[images]\nentrypoint = \"any\"\nraw_args = true",
+    );
+    let p = try_plan_with(
+        &any,
+        &[("LSF_DOCKER_ENTRYPOINT", "/usr/bin/python")],
+        Some(facts()),
+        &["train.py", "--x"],
+    )
+    .unwrap();
+    assert!(
+        has(&p, "--entrypoint=/usr/bin/python")
+            && p.argv.ends_with(&["train.py".into(), "--x".into()])
+    );
+    let raw = [("LSF_DOCKER_RUN_RAW_ARGS", "1")];
+    let d =
+        try_plan_with(POLICY, &raw, Some(facts()), &[crate::request::PLACE_HOLDER]).unwrap_err();
+    assert!(matches!(d, Error::Denied(d) if d.rule == "images.raw_args"));
+    let p = try_plan_with(&any, &raw, Some(facts()), &[crate::request::PLACE_HOLDER]).unwrap();
+    assert_eq!(p.argv.last().unwrap(), &facts().id);
+    assert!(!p.argv.iter().any(|a| a.starts_with("--entrypoint")));
+}
+
+#[test]
+fn network_ipc_shm_ports_hosts() {
+    assert!(has(
+        &try_plan(&[("LSF_DOCKER_NETWORK", "bridge")]).unwrap(),
+        "--network=bridge"
+    ));
+    assert!(has(
+        &try_plan(&[("LSF_DOCKER_NETWORK", "host")]).unwrap(),
+        "--network=host"
+    ));
+    assert_eq!(
+        denied(&[("LSF_DOCKER_NETWORK", "container:abc")]).rule,
+        "docker.networks"
+    );
+    assert_eq!(
+        denied(&[("LSF_DOCKER_NETWORK", "macvlan0")]).rule,
+        "docker.networks"
+    );
+    assert_eq!(denied(&[("LSF_DOCKER_IPC", "host")]).rule, "docker.ipc");
+    assert_eq!(
+        denied(&[("LSF_DOCKER_IPC", "container:x")]).rule,
+        "docker.ipc"
+    );
+    assert!(has(
+        &try_plan(&[("LSF_DOCKER_IPC", "none")]).unwrap(),
+        "--ipc=none"
+    ));
+    assert!(has(
+        &try_plan(&[("LSF_DOCKER_SHM_SIZE", "512m")]).unwrap(),
+        "--shm-size=512m"
+    ));
+    assert_eq!(
+        denied(&[("LSF_DOCKER_SHM_SIZE", "2g")]).rule,
+        "docker.max_shm_size"
+    );
+    let p = try_plan(&[
+        ("LSF_DOCKER_PORTS", "8080:80"),
+        ("LSF_DOCKER_NETWORK", "bridge"),
+    ])
+    .unwrap();
+    assert!(has(&p, "--publish=8080:80/tcp"));
+    assert_eq!(
+        denied(&[
+            ("LSF_DOCKER_PORTS", "22:22"),
+            ("LSF_DOCKER_NETWORK", "bridge")
+        ])
+        .rule,
+        "docker.ports"
+    );
+    assert_eq!(
+        denied(&[("LSF_DOCKER_PORTS", "8080:80")]).rule,
+        "docker.ports"
+    );
+    assert!(has(
+        &try_plan(&[("LSF_DOCKER_ADD_HOST", "db:10.1.2.3")]).unwrap(),
+        "--add-host=db:10.1.2.3"
+    ));
+    let no_hosts = format!("{POLICY}").replace("[docker]", "[docker]\nadd_host = false");
+    let d = try_plan_with(
+        &no_hosts,
+        &[("LSF_DOCKER_ADD_HOST", "db:10.1.2.3")],
+        Some(facts()),
+        &["x"],
+    )
+    .unwrap_err();
+    assert!(matches!(d, Error::Denied(d) if d.rule == "docker.add_host"));
+}
+
+#[test]
+fn environment_is_filtered_and_never_in_argv() {
+    let p = try_plan(&[
+        ("LD_PRELOAD", "/x.so"),
+        ("DOCKER_HOST", "tcp://x"),
+        ("NVIDIA_VISIBLE_DEVICES", "all"),
+        ("BASH_FUNC_x%%", "() { id; }"),
+        ("SECRET_TOKEN", "hunter2"),
+        ("MULTI", "a\nb"),
+    ])
+    .unwrap();
+    let names: Vec<&str> = p.env.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(names.contains(&"SECRET_TOKEN"));
+    for bad in [
+        "LD_PRELOAD",
+        "DOCKER_HOST",
+        "NVIDIA_VISIBLE_DEVICES",
+        "BASH_FUNC_x%%",
+        "MULTI",
+    ] {
+        assert!(!names.contains(&bad), "{bad} passed");
+    }
+    assert!(
+        p.argv.iter().all(|a| !a.contains("hunter2")),
+        "values never reach argv"
+    );
+    let p = try_plan(&[("LSF_DOCKER_PRESERVE_ENVIRONMENT", "false"), ("FOO", "1")]).unwrap();
+    assert!(p.env.is_empty());
+    // Env files override, and pass through the same filter.
+    let policy = Policy::parse(POLICY, "t").unwrap();
+    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
+    let e = BTreeMap::from([
+        ("LSB_CONTAINER_IMAGE".to_string(), "alpine".to_string()),
+        ("LS_SUBCWD".into(), "/storage1/fs1/alice".into()),
+        ("A".into(), "1".into()),
+    ]);
+    let req = from_env(&e, None, vec!["x".into()]).unwrap();
+    let c = Context {
+        nonce: "aa".into(),
+        env_file_vars: vec![("A".into(), "2".into()), ("LD_AUDIT".into(), "x".into())],
+    };
+    let p = plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c).unwrap();
+    assert!(
+        p.env.contains(&("A".into(), "2".into())) && !p.env.iter().any(|(k, _)| k == "LD_AUDIT")
+    );
+}
+
+#[test]
+fn tmp_kinds() {
+    let p = try_plan_with(
+        &format!("{POLICY}\n[tmp]\nkind = \"tmpfs\"\nsize = \"2g\"\n"),
+        &[],
+        Some(facts()),
+        &["x"],
+    )
+    .unwrap();
+    assert!(has(
+        &p,
+        "--tmpfs=/tmp:rw,nosuid,nodev,size=2147483648,mode=1777"
+    ));
+    assert!(p.tmp.dir.is_none() && p.mounts.iter().all(|m| m.kind != MountKind::Tmp));
+}
+
+#[test]
+fn passwd_generation_off() {
+    let p = try_plan_with(
+        &POLICY.replace("[identity]", "[identity]\npasswd = false"),
+        &[],
+        Some(facts()),
+        &["x"],
+    )
+    .unwrap();
+    assert!(p.passwd.is_none() && !p.argv.iter().any(|a| a.contains("/etc/passwd")));
+    assert!(
+        has(&p, "--user=2001:2001"),
+        "numeric uid:gid keeps image groups out"
+    );
+}
+
+#[test]
+fn array_elements_have_distinct_names_and_dirs() {
+    let a = try_plan(&[("LSB_JOBINDEX", "1")]).unwrap();
+    let b = try_plan(&[("LSB_JOBINDEX", "2")]).unwrap();
+    assert_ne!(a.name, b.name);
+    assert_ne!(a.job_dir, b.job_dir);
+    assert!(has(&a, "--label=berth.index=1"));
+}
+
+proptest! {
+    /// Whatever path a job names, a planned mount's source is under an
+    /// allowed root, after resolution, and has no character docker parses.
+    #[test]
+    fn mounts_stay_under_roots(segs in proptest::collection::vec("(alice|lab|open|out|in|toscratch|\\.\\.|\\.|proj|file\\.txt|x:y|a,b|)", 0..6), root in "(/storage1/fs1|/scratch1/fs1|/storage1x/fs1|/etc|/linked|)") {
+        let src = format!("{root}/{}", segs.join("/"));
+        if let Ok(p) = try_plan(&[("LSF_DOCKER_VOLUMES", &format!("{src}:/data"))]) {
+            let m = p.mounts.iter().find(|m| m.dst == Path::new("/data")).unwrap();
+            let ok = ["/storage1/fs1", "/scratch1/fs1", "/gpfs/real"].iter().any(|r| m.src.starts_with(r));
+            prop_assert!(ok, "{} -> {}", src, m.src.display());
+            prop_assert!(unsafe_char(&m.src).is_none());
+            prop_assert!(!m.src.components().any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir)));
+            if m.src.starts_with("/scratch1/fs1") { prop_assert_eq!(m.mode, Mode::Ro); }
+        }
+    }
+
+    /// No destination a job names lands on a reserved path.
+    #[test]
+    fn destinations_never_reserved(dst in "(/[a-z.]{0,5}){1,4}") {
+        if let Ok(p) = try_plan(&[("LSF_DOCKER_VOLUMES", &format!("/storage1/fs1/alice:{dst}"))]) {
+            for m in p.mounts.iter().filter(|m| m.kind == MountKind::Volume) {
+                for r in crate::policy::DEFAULT_RESERVED {
+                    let r = Path::new(r);
+                    prop_assert!(if r == Path::new("/") { m.dst != r } else { !m.dst.starts_with(r) }, "{}", m.dst.display());
+                }
+            }
+        }
+    }
+
+    /// Any environment: what is passed has valid names, no newlines, and
+    /// nothing matching the deny list; argv never carries values.
+    #[test]
+    fn env_filter_holds(vars in proptest::collection::vec(("[A-Za-z_%=-][A-Za-z0-9_%-]{0,8}", "[ -~\n]{0,10}"), 0..8)) {
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).filter(|(k, _)| !k.starts_with("LS")).collect();
+        if let Ok(p) = try_plan(&pairs) {
+            for (k, v) in &p.env {
+                prop_assert!(crate::envfilter::valid_name(k));
+                prop_assert!(!v.contains('\n'));
+                prop_assert!(!k.starts_with("LD_") && !k.starts_with("DOCKER_") && !k.starts_with("NVIDIA_"));
+            }
+        }
+    }
+}
