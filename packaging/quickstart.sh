@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install berth on this node and run a real job with it:
+#   sudo bash packaging/quickstart.sh
+# Installs Debian's docker.io engine and starts it, builds small local test
+# images (no registry needed), creates demo users and GPFS-like directories
+# (/storage1/fs1, /scratch1/fs1), builds and installs berth to
+# /usr/local/bin, installs /etc/berth/policy.toml if there is none, and runs
+# a job as the user berth-alice, showing `id` from inside the container.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "quickstart: run as root" >&2; exit 1; }
+
+bash tests/setup/testbed.sh up
+cargo build --release --locked
+install -D -m 0755 target/release/berth /usr/local/bin/berth
+install -d -m 0755 /etc/berth
+if [ ! -e /etc/berth/policy.toml ]; then
+  install -m 0644 policy/quickstart.toml /etc/berth/policy.toml
+fi
+berth policy check /etc/berth/policy.toml
+
+echo
+echo "== a job as berth-alice (uid $(id -u berth-alice)), submitted from /storage1/fs1/alice:"
+cd /storage1/fs1/alice
+# As LSF's EXEC_DRIVER starter does: root (or a relay) names the job owner.
+env -i LSFUSER=berth-alice LSB_JOBID=1 LSB_CONTAINER_IMAGE=berth-test/busybox:1 \
+  /usr/local/bin/berth run -- 'id; echo "workdir: $(pwd)"; ls -ld /tmp'
+echo "== berth explain shows the plan without running it:"
+env -i LSFUSER=berth-alice LSB_JOBID=2 LSB_CONTAINER_IMAGE=berth-test/busybox:1 \
+  /usr/local/bin/berth explain -- 'id'

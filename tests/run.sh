@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, on a real Docker engine, as root:
+#   sudo bash tests/run.sh
+# Brings up the testbed (Debian's docker.io engine, test users, GPFS-like
+# trees, locally built images), runs every test, and stops the daemons it
+# started. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "tests/run.sh: run as root (the tests create users' containers and per-job directories)" >&2
+  exit 1
+fi
+
+bash tests/setup/testbed.sh up
+trap 'bash tests/setup/testbed.sh down' EXIT
+
+# Fail, never skip, when the engine is missing.
+/usr/bin/docker info >/dev/null
+
+cargo build --locked --all-targets
+cargo test --locked --no-fail-fast -- --test-threads="${BERTH_TEST_THREADS:-4}"
