@@ -32,16 +32,26 @@ fn main() {
         name: "alice".into(),
         uid: 2001,
         gid: 2001,
-        groups: (0..8).map(|i| GroupEntry { gid: 3000 + i, name: format!("g{i}") }).collect(),
+        groups: (0..8)
+            .map(|i| GroupEntry {
+                gid: 3000 + i,
+                name: format!("g{i}"),
+            })
+            .collect(),
         primary_group_name: "alice".into(),
         home: "/home/alice".into(),
         shell: "/bin/bash".into(),
     };
-    let mut env: BTreeMap<String, String> = (0..60).map(|i| (format!("VAR{i}"), "x".repeat(40))).collect();
+    let mut env: BTreeMap<String, String> = (0..60)
+        .map(|i| (format!("VAR{i}"), "x".repeat(40)))
+        .collect();
     env.insert("LSB_CONTAINER_IMAGE".into(), "alpine".into());
     env.insert("LSB_JOBID".into(), "1".into());
     env.insert("LS_SUBCWD".into(), "/storage1/fs1/alice".into());
-    env.insert("LSF_DOCKER_VOLUMES".into(), "/storage1/fs1/a:/a /storage1/fs1/b:/b:ro".into());
+    env.insert(
+        "LSF_DOCKER_VOLUMES".into(),
+        "/storage1/fs1/a:/a /storage1/fs1/b:/b:ro".into(),
+    );
     let facts = ImageFacts {
         id: format!("sha256:{}", "a".repeat(64)),
         entrypoint: vec![],
@@ -50,7 +60,11 @@ fn main() {
         user: String::new(),
         has_shell: true,
     };
-    let ctx = Context { nonce: "abcd".into(), env_file_vars: vec![] };
+    let ctx = Context {
+        nonce: "abcd".into(),
+        env_file_vars: vec![],
+        ..Default::default()
+    };
     let n = 20_000;
     let t = Instant::now();
     for _ in 0..n {

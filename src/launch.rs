@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const FORWARDED: [Signal; 5] = [
+pub const FORWARDED: [Signal; 5] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
@@ -87,8 +87,47 @@ pub fn prepare(plan: &LaunchPlan) -> Result<()> {
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(|e| Error::internal("chown of the per-job /tmp", e))?;
+        for f in &plan.tmp_files {
+            write_tmp_file(plan, &tmp, f)?;
+        }
     }
     Ok(())
+}
+
+/// Place a scheduler file (Slurm's batch script) in the job's fresh /tmp,
+/// owned by the user. The planner checked the path is plain and relative;
+/// the directory was created by berth a moment ago, so nothing is planted.
+fn write_tmp_file(plan: &LaunchPlan, tmp: &Path, f: &crate::broker::proto::TmpFile) -> Result<()> {
+    let dst = tmp.join(&f.path);
+    let uid = Some(nix::unistd::Uid::from_raw(plan.user.uid));
+    let gid = Some(nix::unistd::Gid::from_raw(plan.user.gid));
+    let chown = |p: &Path| {
+        nix::unistd::fchownat(None, p, uid, gid, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| Error::internal(&format!("chown {}", p.display()), e))
+    };
+    let mut dir = tmp.to_path_buf();
+    if let Some(parent) = Path::new(&f.path).parent() {
+        for c in parent.components() {
+            dir.push(c);
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| Error::internal("creating a /tmp subdirectory", e))?;
+                chown(&dir)?;
+            }
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(f.mode & 0o755)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&dst)
+        .map_err(|e| Error::internal(&format!("creating {}", dst.display()), e))?;
+    file.write_all(&f.content)
+        .map_err(|e| Error::internal("writing a /tmp file", e))?;
+    chown(&dst)
 }
 
 /// The tmp base must be a root-owned directory others cannot write.
@@ -122,14 +161,17 @@ pub fn remove_job_dir(dir: &Path) {
     }
 }
 
-/// Kill and remove the container, retrying while a create may be in flight.
+/// Kill and remove the container. If it is not there yet, docker may still
+/// be creating it: look again until `patience` runs out; once it has been
+/// seen and removed, stop.
 fn destroy(engine: &Engine, name: &str, patience: Duration) {
     let deadline = Instant::now() + patience;
+    let mut seen = false;
     loop {
         let _ = engine.kill(name, "KILL");
         match engine.remove(name) {
-            Ok(true) => {}
-            Ok(false) if Instant::now() >= deadline => return,
+            Ok(true) => seen = true,
+            Ok(false) if seen => return,
             Ok(false) => {}
             Err(e) => {
                 log::warn!("cannot remove container {name}: {e}");
@@ -139,7 +181,7 @@ fn destroy(engine: &Engine, name: &str, patience: Duration) {
         if Instant::now() >= deadline {
             return;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(if seen { 20 } else { 100 }));
     }
 }
 
@@ -210,8 +252,7 @@ fn reaper_main(plan: &LaunchPlan, r: OwnedFd) {
         }
     }
     let engine = Engine::new(&plan.socket);
-    destroy(&engine, &plan.name, Duration::from_secs(3));
-    remove_job_dir(&plan.job_dir);
+    abandon(plan, &engine, None);
 }
 
 /// Forward job-control signals to the container until the process exits.
@@ -228,12 +269,7 @@ fn spawn_forwarder(name: String, socket: std::path::PathBuf, stop_timeout: u32, 
                 }
             }
             let Some(sig) = sig else { continue };
-            log::info!("forwarding {sig} to container {name}");
-            // The container may still be being created: retry briefly.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !engine.kill(&name, sig.as_str()).unwrap_or(false) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            forward_signal(&engine, &name, sig);
             if matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) && kill_at.is_none()
             {
                 kill_at = Some(Instant::now() + Duration::from_secs(stop_timeout.into()));
@@ -242,7 +278,17 @@ fn spawn_forwarder(name: String, socket: std::path::PathBuf, stop_timeout: u32, 
     });
 }
 
-fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
+/// Send a signal to the job's container; it may still be being created,
+/// so retry briefly.
+pub fn forward_signal(engine: &Engine, name: &str, sig: Signal) {
+    log::info!("forwarding {sig} to container {name}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !engine.kill(name, sig.as_str()).unwrap_or(false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -256,23 +302,9 @@ fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
     }
 }
 
-/// Perform the plan; return the job's exit code.
-pub fn run(plan: &LaunchPlan) -> Result<i32> {
-    if !crate::sys::is_root() {
-        return Err(Error::Config(
-            "berth run needs root to prepare the job (or the broker); run it from the scheduler as root or a relay".into(),
-        ));
-    }
-    let engine = Engine::new(&plan.socket);
-    prepare(plan).inspect_err(|_| remove_job_dir(&plan.job_dir))?;
-    let mut reaper = Reaper::spawn(plan).inspect_err(|_| remove_job_dir(&plan.job_dir))?;
-
-    let mut set = SigSet::empty();
-    for s in FORWARDED {
-        set.add(s);
-    }
-    let _ = set.thread_block();
-
+/// The docker command of a plan: absolute path, cleared environment, its
+/// own process group, no blocked signals.
+pub fn docker_command(plan: &LaunchPlan) -> Command {
     let mut cmd = Command::new(&plan.argv[0]);
     cmd.args(&plan.argv[1..])
         .env_clear()
@@ -292,7 +324,61 @@ pub fn run(plan: &LaunchPlan) -> Result<i32> {
             Ok(())
         });
     }
-    let mut child = match cmd.spawn() {
+    cmd
+}
+
+/// After docker returned: make sure the container is gone (docker run --rm
+/// removes it before returning; this catches a CLI that died) and remove
+/// the per-job directory.
+pub fn finish(plan: &LaunchPlan, engine: &Engine) {
+    let _ = engine.remove(&plan.name);
+    remove_job_dir(&plan.job_dir);
+}
+
+/// The job was abandoned (its client died, berth is stopping): kill
+/// docker's process group, kill and remove the container, remove the
+/// per-job directory.
+pub fn abandon(plan: &LaunchPlan, engine: &Engine, docker_pid: Option<u32>) {
+    if let Some(pid) = docker_pid {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    destroy(engine, &plan.name, Duration::from_secs(3));
+    remove_job_dir(&plan.job_dir);
+}
+
+/// The job's exit code from docker's status (128+N for a signal).
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Check that this process may prepare jobs.
+pub fn require_root() -> Result<()> {
+    if crate::sys::is_root() {
+        Ok(())
+    } else {
+        Err(Error::Config(
+            "preparing a job needs root; unprivileged callers go through the broker (berth daemon)"
+                .into(),
+        ))
+    }
+}
+
+/// Perform the plan in this process; return the job's exit code.
+pub fn run(plan: &LaunchPlan) -> Result<i32> {
+    require_root()?;
+    let engine = Engine::new(&plan.socket);
+    prepare(plan).inspect_err(|_| remove_job_dir(&plan.job_dir))?;
+    let mut reaper = Reaper::spawn(plan).inspect_err(|_| remove_job_dir(&plan.job_dir))?;
+
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+
+    let mut child = match docker_command(plan).spawn() {
         Ok(c) => c,
         Err(e) => {
             reaper.tell("D\n");
@@ -314,12 +400,7 @@ pub fn run(plan: &LaunchPlan) -> Result<i32> {
     let status = child
         .wait()
         .map_err(|e| Error::internal("waiting for docker", e));
-    // docker run --rm removes the container before it returns; make sure.
-    let _ = engine.remove(&plan.name);
-    remove_job_dir(&plan.job_dir);
+    finish(plan, &engine);
     reaper.tell("D\n");
-    let status = status?;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(exit_code(status?))
 }

@@ -33,6 +33,10 @@ pub struct Context {
     pub nonce: String,
     /// Variables from `LSF_DOCKER_ENV_FILE`, read with the user's credentials.
     pub env_file_vars: Vec<(String, String)>,
+    /// Files the scheduler needs inside the job's /tmp (Slurm's batch
+    /// script at /tmp/slurm/startup), by path relative to /tmp.
+    pub tmp_files: Vec<crate::broker::proto::TmpFile>,
+    pub slurm_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -102,6 +106,11 @@ pub struct LaunchPlan {
     pub env_dropped: Vec<Dropped>,
     pub passwd: Option<String>,
     pub group: Option<String>,
+    /// Files written into the per-job /tmp before the container starts.
+    #[serde(skip)]
+    pub tmp_files: Vec<crate::broker::proto::TmpFile>,
+    /// A Slurm container id (`%n.%u.%j.%s.%t`), set as a label.
+    pub slurm_id: Option<String>,
     /// The complete docker command line, argv[0] the docker binary.
     pub argv: Vec<String>,
     pub socket: PathBuf,
@@ -227,6 +236,42 @@ pub fn plan(
             dir: None,
             size: policy.tmp.size.clone(),
         },
+    };
+    for f in &ctx.tmp_files {
+        let p = Path::new(&f.path);
+        let ok = !p.is_absolute()
+            && normalize_abs(&Path::new("/").join(p)).is_some_and(|n| n != Path::new("/"))
+            && unsafe_char(p).is_none()
+            && f.content.len() <= 4 << 20;
+        if !ok {
+            return Err(Error::Malformed(format!(
+                "file {:?} for the job's /tmp is not a plain relative path (or is over 4 MiB)",
+                f.path
+            )));
+        }
+        if policy.tmp.kind != TmpKind::Host {
+            return deny(
+                "tmp.kind",
+                &f.path,
+                "this job needs a file in its /tmp (a Slurm batch script), which needs tmp.kind = host",
+                "ask your administrator to set [tmp] kind = \"host\", or use srun instead of sbatch",
+            );
+        }
+    }
+    let slurm_id = match &ctx.slurm_id {
+        Some(s)
+            if s.len() <= 256
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b)) =>
+        {
+            Some(s.clone())
+        }
+        Some(s) => {
+            return Err(Error::Malformed(format!(
+                "slurm container id {s:?} has unexpected characters"
+            )))
+        }
+        None => None,
     };
     let (passwd, group) = if policy.identity.passwd {
         mounts.push(MountPlan {
@@ -355,6 +400,9 @@ pub fn plan(
     argv.push(format!("--label=berth.index={}", req.job.index));
     argv.push(format!("--label=berth.user={}", id.name));
     argv.push(format!("--label=berth.uid={}", id.uid));
+    if let Some(s) = &slurm_id {
+        argv.push(format!("--label=berth.slurm={s}"));
+    }
     for m in &mounts {
         let mut s = format!(
             "--mount=type=bind,src={},dst={}",
@@ -409,6 +457,8 @@ pub fn plan(
         env_dropped,
         passwd,
         group,
+        tmp_files: ctx.tmp_files.clone(),
+        slurm_id,
         argv,
         socket: policy.docker.socket.clone(),
         stop_timeout: policy.docker.stop_timeout,

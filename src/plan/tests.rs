@@ -113,6 +113,7 @@ fn ctx() -> Context {
     Context {
         nonce: "0badcafe".into(),
         env_file_vars: vec![],
+        ..Default::default()
     }
 }
 
@@ -557,6 +558,7 @@ fn environment_is_filtered_and_never_in_argv() {
     let c = Context {
         nonce: "aa".into(),
         env_file_vars: vec![("A".into(), "2".into()), ("LD_AUDIT".into(), "x".into())],
+        ..Default::default()
     };
     let p = plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c).unwrap();
     assert!(

@@ -1,0 +1,62 @@
+//! The client side: `berth run` as an unprivileged user, and `berth slurm
+//! run`. It sends the job's request and its stdin/stdout/stderr, forwards
+//! the signals it receives, and exits with the code the daemon reports.
+
+use super::proto::{self, ClientMsg, DaemonMsg, Hello};
+use crate::error::{Error, Result};
+use crate::launch::{wait_signal, FORWARDED};
+use nix::sys::signal::SigSet;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+pub fn launch(socket: &Path, hello: &Hello) -> Result<i32> {
+    let stream = UnixStream::connect(socket).map_err(|e| {
+        Error::Unavailable(format!(
+            "the berth broker at {} is not reachable ({e}); unprivileged jobs start through it: ask your administrator to start it (systemctl start berth), or requeue the job",
+            socket.display()
+        ))
+    })?;
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+    let mut tx = stream
+        .try_clone()
+        .map_err(|e| Error::internal("socket clone", e))?;
+    std::thread::spawn(move || loop {
+        if let Some(sig) = wait_signal(&set, Duration::from_secs(3600)) {
+            let msg = ClientMsg::Signal {
+                signal: sig.as_str().to_string(),
+            };
+            if proto::write_frame(&mut tx, &msg).is_err() {
+                return;
+            }
+        }
+    });
+    proto::send_hello(&stream, hello, [0, 1, 2])?;
+    let mut rx = &stream;
+    loop {
+        match proto::read_frame::<DaemonMsg>(&mut rx, proto::MAX_FRAME) {
+            Ok(Some(DaemonMsg::Started { container })) => {
+                log::info!("job started in container {container}")
+            }
+            Ok(Some(DaemonMsg::Exit { code })) => return Ok(code),
+            Ok(Some(DaemonMsg::Error { code, message })) => {
+                eprintln!("berth: {message}");
+                return Ok(code);
+            }
+            Ok(None) => {
+                return Err(Error::Unavailable(
+                    "the broker closed the connection before the job ended; requeue the job".into(),
+                ))
+            }
+            Err(e) => {
+                return Err(Error::Unavailable(format!(
+                    "lost the broker connection: {e}; requeue the job"
+                )))
+            }
+        }
+    }
+}

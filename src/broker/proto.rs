@@ -1,0 +1,208 @@
+//! The broker's wire format: length-prefixed JSON frames (u32 big-endian
+//! length, bounded), the client's stdin/stdout/stderr passed with the first
+//! frame as SCM_RIGHTS. Nothing the client says about who it is counts: the
+//! daemon takes the identity from SO_PEERCRED.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+pub const VERSION: u32 = 1;
+/// The largest request (the job's environment can be large).
+pub const MAX_HELLO: usize = 4 << 20;
+/// The largest of every other frame.
+pub const MAX_FRAME: usize = 64 << 10;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u32,
+    /// `lsf`, `env` or `slurm`: where the request's variables come from.
+    pub scheduler: String,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub command: Vec<String>,
+    /// Files to place in the job's /tmp (Slurm's batch script), by path
+    /// relative to /tmp.
+    #[serde(default)]
+    pub tmp_files: Vec<TmpFile>,
+    /// Slurm's container id (`%n.%u.%j.%s.%t`), labelled for query/kill.
+    #[serde(default)]
+    pub slurm_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TmpFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientMsg {
+    Signal { signal: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum DaemonMsg {
+    Started { container: String },
+    Exit { code: i32 },
+    Error { code: i32, message: String },
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
+    let body =
+        serde_json::to_vec(msg).map_err(|e| Error::internal("encoding a broker message", e))?;
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend(body);
+    Ok(out)
+}
+
+pub fn write_frame<T: Serialize>(s: &mut impl Write, msg: &T) -> std::io::Result<()> {
+    let buf = encode(msg).map_err(|e| std::io::Error::other(e.to_string()))?;
+    s.write_all(&buf)
+}
+
+/// Read one frame; `Ok(None)` at a clean end of stream.
+pub fn read_frame<T: for<'de> Deserialize<'de>>(
+    s: &mut impl Read,
+    max: usize,
+) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match s.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    read_body(s, u32::from_be_bytes(len) as usize, max).map(Some)
+}
+
+fn read_body<T: for<'de> Deserialize<'de>>(
+    s: &mut impl Read,
+    n: usize,
+    max: usize,
+) -> std::io::Result<T> {
+    if n > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {n} bytes exceeds {max}"),
+        ));
+    }
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Send the hello frame with the three standard descriptors attached.
+pub fn send_hello(s: &UnixStream, hello: &Hello, fds: [RawFd; 3]) -> Result<()> {
+    let buf = encode(hello)?;
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let mut sent = nix::sys::socket::sendmsg::<()>(
+        s.as_raw_fd(),
+        &[IoSlice::new(&buf)],
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| Error::Unavailable(format!("sending the job to the broker: {e}")))?;
+    let mut w = s;
+    while sent < buf.len() {
+        let n = w
+            .write(&buf[sent..])
+            .map_err(|e| Error::Unavailable(format!("sending the job to the broker: {e}")))?;
+        sent += n;
+    }
+    Ok(())
+}
+
+/// Receive the hello frame and exactly three descriptors.
+pub fn recv_hello(s: &UnixStream) -> std::io::Result<(Hello, Vec<OwnedFd>)> {
+    let mut len = [0u8; 4];
+    let mut space = nix::cmsg_space!([RawFd; 3]);
+    let (got, fds) = {
+        let mut iov = [IoSliceMut::new(&mut len)];
+        let msg = nix::sys::socket::recvmsg::<()>(
+            s.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(v) = c {
+                // SAFETY: the kernel just installed these descriptors in this
+                // process; nothing else owns them.
+                fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        (msg.bytes, fds)
+    };
+    if got == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "client closed before its request",
+        ));
+    }
+    let mut r = s;
+    if got < 4 {
+        r.read_exact(&mut len[got..])?;
+    }
+    let hello: Hello = read_body(&mut r, u32::from_be_bytes(len) as usize, MAX_HELLO)?;
+    if fds.len() != 3 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("expected 3 descriptors, got {}", fds.len()),
+        ));
+    }
+    Ok((hello, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_are_bounded() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        write_frame(&mut a, &DaemonMsg::Exit { code: 3 }).unwrap();
+        assert_eq!(
+            read_frame::<DaemonMsg>(&mut b, MAX_FRAME).unwrap(),
+            Some(DaemonMsg::Exit { code: 3 })
+        );
+        a.write_all(&(1u32 << 30).to_be_bytes()).unwrap();
+        assert!(read_frame::<DaemonMsg>(&mut b, MAX_FRAME).is_err());
+        drop(a);
+        let (a, mut b) = UnixStream::pair().unwrap();
+        drop(a);
+        assert_eq!(read_frame::<DaemonMsg>(&mut b, MAX_FRAME).unwrap(), None);
+    }
+
+    #[test]
+    fn hello_carries_three_fds() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let h = Hello {
+            version: VERSION,
+            scheduler: "lsf".into(),
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            cwd: Some("/x".into()),
+            command: vec!["id".into()],
+            tmp_files: vec![],
+            slurm_id: None,
+        };
+        send_hello(&a, &h, [0, 1, 2]).unwrap();
+        let (got, fds) = recv_hello(&b).unwrap();
+        assert_eq!(got, h);
+        assert_eq!(fds.len(), 3);
+        // Too few descriptors is refused.
+        let (a, b) = UnixStream::pair().unwrap();
+        let buf = encode(&h).unwrap();
+        (&a).write_all(&buf).unwrap();
+        assert!(recv_hello(&b).is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! `berth daemon`: accept jobs on the broker socket, one thread each.
+//!
+//! Per connection: identity from SO_PEERCRED → the same `decide()` as
+//! `berth run` → prepare → docker with the client's descriptors → wait for
+//! docker or the client, whichever ends first. A client that disconnects
+//! (killed, even with SIGKILL) gets its container killed and removed and its
+//! per-job directory cleaned. SIGHUP reloads the policy; SIGTERM stops the
+//! daemon after abandoning running jobs.
+
+use super::proto::{self, ClientMsg, DaemonMsg};
+use crate::audit::Audit;
+use crate::cli::Scheduler;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::job::{decide, Caller, Decision};
+use crate::launch;
+use crate::plan::LaunchPlan;
+use crate::policy::{check_trusted_path, Policy};
+use nix::sys::signal::{SigSet, Signal};
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Most jobs one daemon runs at once; more are refused (69, requeue).
+const MAX_CONNECTIONS: usize = 1024;
+
+struct State {
+    policy_path: PathBuf,
+    policy: RwLock<Arc<Policy>>,
+    audit: Mutex<Audit>,
+    /// Running jobs: container name → (plan, docker pid), for shutdown.
+    active: Mutex<HashMap<String, (LaunchPlan, u32)>>,
+    connections: AtomicUsize,
+}
+
+pub fn serve(policy_path: &Path) -> Result<i32> {
+    crate::sys::harden()?;
+    launch::require_root()?;
+    let policy = Policy::load(policy_path)?;
+    let socket = policy.broker.socket.clone();
+    let listener = bind(&socket)?;
+    let audit = Audit::open(&policy.audit.log)?;
+    let state = Arc::new(State {
+        policy_path: policy_path.to_path_buf(),
+        policy: RwLock::new(Arc::new(policy)),
+        audit: Mutex::new(audit),
+        active: Mutex::new(HashMap::new()),
+        connections: AtomicUsize::new(0),
+    });
+
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+    let st = state.clone();
+    let sock = socket.clone();
+    std::thread::spawn(move || control_loop(st, set, sock));
+
+    log::warn!("broker listening on {}", socket.display());
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                continue;
+            }
+        };
+        let st = state.clone();
+        if st.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            st.connections.fetch_sub(1, Ordering::SeqCst);
+            let mut s = stream;
+            let _ = proto::write_frame(
+                &mut s,
+                &DaemonMsg::Error {
+                    code: crate::error::exit::UNAVAILABLE,
+                    message: "unavailable: the broker is at its job limit; requeue the job".into(),
+                },
+            );
+            continue;
+        }
+        std::thread::spawn(move || {
+            handle(&st, stream);
+            st.connections.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    Ok(0)
+}
+
+/// Create the socket: its directory root-owned and not writable by
+/// others (all the way up), the socket itself reachable by every user.
+fn bind(socket: &Path) -> Result<UnixListener> {
+    let dir = socket
+        .parent()
+        .ok_or_else(|| Error::Config("broker.socket has no directory".into()))?;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    check_trusted_path(dir, 0)?;
+    if let Ok(md) = std::fs::symlink_metadata(socket) {
+        if !md.file_type().is_socket() {
+            return Err(Error::Config(format!(
+                "{} exists and is not a socket; remove it",
+                socket.display()
+            )));
+        }
+        // A live daemon answers: never steal its socket.
+        if UnixStream::connect(socket).is_ok() {
+            return Err(Error::Config(format!(
+                "another broker is listening on {}",
+                socket.display()
+            )));
+        }
+        std::fs::remove_file(socket)
+            .map_err(|e| Error::Config(format!("cannot remove stale {}: {e}", socket.display())))?;
+    }
+    let l = UnixListener::bind(socket)
+        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", socket.display())))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| Error::Config(format!("chmod {}: {e}", socket.display())))?;
+    Ok(l)
+}
+
+fn control_loop(state: Arc<State>, set: SigSet, socket: PathBuf) {
+    loop {
+        let Some(sig) = launch::wait_signal(&set, Duration::from_secs(3600)) else {
+            continue;
+        };
+        match sig {
+            Signal::SIGHUP => match Policy::load(&state.policy_path) {
+                Ok(p) => {
+                    match Audit::open(&p.audit.log) {
+                        Ok(a) => *state.audit.lock().unwrap_or_else(|e| e.into_inner()) = a,
+                        Err(e) => {
+                            log::error!("policy reload: {e}; keeping the old audit destination")
+                        }
+                    }
+                    *state.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+                    log::warn!("policy reloaded from {}", state.policy_path.display());
+                }
+                Err(e) => log::error!("policy reload failed, keeping the old policy: {e}"),
+            },
+            _ => {
+                log::warn!("stopping: abandoning running jobs");
+                let _ = std::fs::remove_file(&socket);
+                let jobs: Vec<(LaunchPlan, u32)> = state
+                    .active
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                for (plan, pid) in jobs {
+                    launch::abandon(&plan, &Engine::new(&plan.socket), Some(pid));
+                }
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+fn send(stream: &UnixStream, msg: &DaemonMsg) {
+    let mut s = stream;
+    let _ = proto::write_frame(&mut s, msg);
+}
+
+fn handle(state: &State, stream: UnixStream) {
+    let creds =
+        match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("no peer credentials: {e}");
+                return;
+            }
+        };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let (hello, fds) = match proto::recv_hello(&stream) {
+        Ok(x) => x,
+        Err(e) => {
+            log::warn!("uid {}: bad request: {e}", creds.uid());
+            send(
+                &stream,
+                &DaemonMsg::Error {
+                    code: crate::error::exit::MALFORMED,
+                    message: format!("malformed request: {e}"),
+                },
+            );
+            return;
+        }
+    };
+    if hello.version != proto::VERSION {
+        send(
+            &stream,
+            &DaemonMsg::Error {
+                code: crate::error::exit::MALFORMED,
+                message: format!(
+                    "malformed request: protocol version {} (this broker speaks {})",
+                    hello.version,
+                    proto::VERSION
+                ),
+            },
+        );
+        return;
+    }
+    let scheduler = match hello.scheduler.as_str() {
+        "lsf" => Scheduler::Lsf,
+        // Slurm's runtime runs as the job user: the peer is the owner.
+        "env" | "slurm" => Scheduler::Env,
+        other => {
+            send(
+                &stream,
+                &DaemonMsg::Error {
+                    code: crate::error::exit::MALFORMED,
+                    message: format!("malformed request: scheduler {other:?}"),
+                },
+            );
+            return;
+        }
+    };
+    let caller = Caller {
+        uid: creds.uid(),
+        env: hello.env,
+        cwd: hello.cwd.map(PathBuf::from),
+        command: hello.command,
+        scheduler,
+        tmp_files: hello.tmp_files,
+        slurm_id: hello.slurm_id,
+    };
+    let policy = state
+        .policy
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let engine = Engine::new(&policy.docker.socket);
+    let Decision { plan, mut record } = decide(&policy, &caller, Some(&engine));
+    record.caller_uid = creds.uid();
+    record.detail = Some(format!("broker peer pid {}", creds.pid()));
+    state
+        .audit
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .record(&record);
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            send(
+                &stream,
+                &DaemonMsg::Error {
+                    code: e.exit_code(),
+                    message: e.to_string(),
+                },
+            );
+            return;
+        }
+    };
+    let code = run_job(state, &stream, &plan, &engine, fds);
+    record.event = "exit";
+    match &code {
+        Ok(Some(c)) => record.exit_code = Some(*c),
+        Ok(None) => {
+            record.reason = Some("client disconnected: container killed and removed".into())
+        }
+        Err(e) => record.reason = Some(e.to_string()),
+    }
+    state
+        .audit
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .record(&record);
+    match code {
+        Ok(Some(code)) => send(&stream, &DaemonMsg::Exit { code }),
+        Ok(None) => {}
+        Err(e) => send(
+            &stream,
+            &DaemonMsg::Error {
+                code: e.exit_code(),
+                message: e.to_string(),
+            },
+        ),
+    }
+}
+
+/// Run the job with the client's descriptors. `Ok(None)`: the client left.
+fn run_job(
+    state: &State,
+    stream: &UnixStream,
+    plan: &LaunchPlan,
+    engine: &Engine,
+    fds: Vec<OwnedFd>,
+) -> Result<Option<i32>> {
+    launch::prepare(plan).inspect_err(|_| launch::remove_job_dir(&plan.job_dir))?;
+    let mut fds = fds.into_iter();
+    let (i, o, e) = (fds.next(), fds.next(), fds.next());
+    let mut cmd = launch::docker_command(plan);
+    cmd.stdin(i.map(Stdio::from).unwrap_or(Stdio::null()))
+        .stdout(o.map(Stdio::from).unwrap_or(Stdio::null()))
+        .stderr(e.map(Stdio::from).unwrap_or(Stdio::null()));
+    let spawned = cmd.spawn();
+    // Hold no copy of the job's descriptors: readers must see EOF at its end.
+    drop(cmd);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            launch::remove_job_dir(&plan.job_dir);
+            return Err(Error::Config(format!(
+                "cannot run {}: {e}; fix docker.path in the policy",
+                plan.argv[0]
+            )));
+        }
+    };
+    let pid = child.id();
+    state
+        .active
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(plan.name.clone(), (plan.clone(), pid));
+    send(
+        stream,
+        &DaemonMsg::Started {
+            container: plan.name.clone(),
+        },
+    );
+    let _ = stream.set_read_timeout(None);
+
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative result is a descriptor we now own.
+    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as i32) });
+
+    let mut kill_at: Option<Instant> = None;
+    let mut rx = stream;
+    let outcome = loop {
+        let timeout_ms: i32 = match (kill_at, &pidfd) {
+            (Some(at), _) => at
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(1000) as i32,
+            (None, Some(_)) => 1000,
+            (None, None) => 50,
+        };
+        let mut pfds = vec![nix::poll::PollFd::new(
+            stream.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if let Some(p) = &pidfd {
+            pfds.push(nix::poll::PollFd::new(
+                p.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            ));
+        }
+        let _ = nix::poll::poll(
+            &mut pfds,
+            nix::poll::PollTimeout::try_from(timeout_ms.max(0))
+                .unwrap_or(nix::poll::PollTimeout::MAX),
+        );
+        let client_ready = pfds[0].revents().is_some_and(|r| !r.is_empty());
+        drop(pfds);
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if let Some(at) = kill_at {
+            if Instant::now() >= at {
+                let _ = engine.kill(&plan.name, "KILL");
+                kill_at = None;
+            }
+        }
+        if !client_ready {
+            continue;
+        }
+        match proto::read_frame::<ClientMsg>(&mut rx, proto::MAX_FRAME) {
+            Ok(Some(ClientMsg::Signal { signal })) => {
+                let Ok(sig) = Signal::from_str(&signal) else {
+                    continue;
+                };
+                if !launch::FORWARDED.contains(&sig) {
+                    continue;
+                }
+                let (name, sock) = (plan.name.clone(), plan.socket.clone());
+                std::thread::spawn(move || launch::forward_signal(&Engine::new(&sock), &name, sig));
+                if matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)
+                    && kill_at.is_none()
+                {
+                    kill_at = Some(Instant::now() + Duration::from_secs(plan.stop_timeout.into()));
+                }
+            }
+            // The client is gone (killed, or its connection dropped).
+            _ => break None,
+        }
+    };
+    let result = match outcome {
+        Some(status) => {
+            launch::finish(plan, engine);
+            Ok(Some(launch::exit_code(status)))
+        }
+        None => {
+            log::warn!(
+                "client of {} disconnected: killing the container",
+                plan.name
+            );
+            launch::abandon(plan, engine, Some(pid));
+            let _ = child.wait();
+            Ok(None)
+        }
+    };
+    state
+        .active
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&plan.name);
+    let _ = pidfd.map(|p| p.as_raw_fd());
+    result
+}
+
+/// The environment a client sends: the job's, as strings.
+pub fn client_env() -> Result<BTreeMap<String, String>> {
+    crate::job::environment()
+}
