@@ -1,0 +1,475 @@
+//! The bundle cache on the shared filesystem: safe-path checks, lookup,
+//! list, atomic publish, rm and the leftovers of interrupted writers.
+//!
+//! Layout: `<cache>/<name>/{bundle.toml,image.tar,config.json,rootfs/}`.
+//! Writers build `<cache>/.tmp-<name>-<random>/` and publish it with one
+//! rename (or an atomic exchange when the name exists), so a reader sees the
+//! old bundle or the new one, never half of one. Names starting with `.` are
+//! never valid bundle names, so a writer's leftovers cannot be run.
+
+use super::Meta;
+use crate::error::{Denial, Error, Result};
+use crate::image::valid_bundle_name;
+use crate::policy::Policy;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub const META: &str = "bundle.toml";
+pub const TAR: &str = "image.tar";
+pub const TMP_PREFIX: &str = ".tmp-";
+const OLD_PREFIX: &str = ".old-";
+
+pub struct Cache {
+    pub root: PathBuf,
+    /// The uid besides root that may own the cache (policy bundles.owner).
+    pub owner: u32,
+}
+
+/// A published bundle, its directory checked and its bundle.toml read.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub name: String,
+    pub dir: PathBuf,
+    pub meta: Meta,
+}
+
+fn unsafe_path(p: &Path, why: String) -> Error {
+    Error::Config(format!(
+        "bundle cache path {} {why}; fix it (chown root:root, chmod go-w) or ask your administrator",
+        p.display()
+    ))
+}
+
+/// A path inside the checked cache: not a symlink, the expected type, owned
+/// by root or `owner`, not writable by group or others.
+pub fn check_entry(p: &Path, owner: u32, dir: bool) -> Result<std::fs::Metadata> {
+    let md = std::fs::symlink_metadata(p)
+        .map_err(|e| unsafe_path(p, format!("cannot be read ({e})")))?;
+    if md.file_type().is_symlink() {
+        return Err(unsafe_path(p, "is a symlink".into()));
+    }
+    if dir && !md.is_dir() || !dir && !md.is_file() {
+        return Err(unsafe_path(
+            p,
+            format!(
+                "is not a {}",
+                if dir { "directory" } else { "regular file" }
+            ),
+        ));
+    }
+    check_owner_mode(p, &md, owner)?;
+    Ok(md)
+}
+
+fn check_owner_mode(p: &Path, md: &std::fs::Metadata, owner: u32) -> Result<()> {
+    if md.uid() != 0 && md.uid() != owner {
+        return Err(unsafe_path(
+            p,
+            format!(
+                "is owned by uid {}, not root or the bundles.owner",
+                md.uid()
+            ),
+        ));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Err(unsafe_path(
+            p,
+            format!(
+                "is writable by group or others (mode {:o})",
+                md.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The uid of a user name (policy bundles.owner).
+pub fn owner_uid(name: &str) -> Result<u32> {
+    if name == "root" {
+        return Ok(0);
+    }
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(Error::Config(format!(
+            "bundles.owner {name:?} is not a user on this node; fix the policy"
+        ))),
+        Err(e) => Err(Error::Config(format!(
+            "bundles.owner {name:?} cannot be resolved ({e})"
+        ))),
+    }
+}
+
+fn no_such(name: &str) -> Error {
+    Denial::new(
+        "bundles.cache",
+        format!("bundle:{name}"),
+        format!("there is no bundle {name:?} in the bundle cache"),
+        "berth bundle list shows the bundles of this site",
+    )
+    .into()
+}
+
+impl Cache {
+    /// The policy's cache, with the root and all its parents checked.
+    pub fn open(policy: &Policy) -> Result<Cache> {
+        let root = policy.bundles.cache.clone().ok_or_else(|| {
+            Error::Config("no bundle cache configured: set [bundles] cache in the policy".into())
+        })?;
+        let root = crate::paths::normalize_abs(&root).ok_or_else(|| {
+            Error::Config(format!(
+                "bundles.cache {} must be an absolute path without '.' or '..'",
+                root.display()
+            ))
+        })?;
+        let owner = owner_uid(&policy.bundles.owner)?;
+        Cache::at(&root, owner)
+    }
+
+    pub fn at(root: &Path, owner: u32) -> Result<Cache> {
+        crate::policy::check_trusted_path(root, owner).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("bundle cache: {m}")),
+            e => e,
+        })?;
+        let md = std::fs::metadata(root)
+            .map_err(|e| unsafe_path(root, format!("cannot be read ({e})")))?;
+        if !md.is_dir() {
+            return Err(unsafe_path(root, "is not a directory".into()));
+        }
+        Ok(Cache {
+            root: root.to_path_buf(),
+            owner,
+        })
+    }
+
+    fn dir_of(&self, name: &str) -> Result<PathBuf> {
+        if !valid_bundle_name(name) {
+            return Err(Error::Malformed(format!(
+                "bundle name {name:?} must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit"
+            )));
+        }
+        Ok(self.root.join(name))
+    }
+
+    /// A published bundle by name: directory and bundle.toml checked, read.
+    pub fn get(&self, name: &str) -> Result<Bundle> {
+        let dir = self.dir_of(name)?;
+        match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_such(name)),
+            _ => {}
+        }
+        check_entry(&dir, self.owner, true)?;
+        let mp = dir.join(META);
+        let text = read_checked(&mp, self.owner, 1 << 20)?;
+        let text = String::from_utf8(text).map_err(|_| {
+            Error::Config(format!(
+                "{} is not UTF-8; recreate the bundle",
+                mp.display()
+            ))
+        })?;
+        let meta: Meta = toml::from_str(&text).map_err(|e| {
+            Error::Config(format!(
+                "{} does not parse ({}); recreate the bundle",
+                mp.display(),
+                e.to_string().replace('\n', " ")
+            ))
+        })?;
+        if meta.name != name || !crate::facts::valid_image_id(&meta.image_id) {
+            return Err(Error::Config(format!(
+                "{} names bundle {:?} with image id {:?}; recreate the bundle",
+                mp.display(),
+                meta.name,
+                meta.image_id
+            )));
+        }
+        Ok(Bundle {
+            name: name.to_string(),
+            dir,
+            meta,
+        })
+    }
+
+    /// Every published bundle (sorted by name), each checked; a bundle that
+    /// fails its checks is listed with its error.
+    pub fn list(&self) -> Result<Vec<(String, Result<Bundle>)>> {
+        let rd = std::fs::read_dir(&self.root)
+            .map_err(|e| unsafe_path(&self.root, format!("cannot be listed ({e})")))?;
+        let mut names: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| valid_bundle_name(n))
+            .collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let b = self.get(&n);
+                (n, b)
+            })
+            .collect())
+    }
+
+    /// A fresh private directory beside the bundles for a writer.
+    pub fn temp_dir(&self, name: &str) -> Result<PathBuf> {
+        self.dir_of(name)?;
+        let p = self
+            .root
+            .join(format!("{TMP_PREFIX}{name}-{}", crate::sys::random_hex(6)?));
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&p)
+            .map_err(|e| Error::Config(format!("cannot create {}: {e}", p.display())))?;
+        Ok(p)
+    }
+
+    /// Publish a finished temp directory as `name`, atomically replacing an
+    /// existing bundle of that name.
+    pub fn publish(&self, tmp: &Path, name: &str) -> Result<()> {
+        let dst = self.dir_of(name)?;
+        let io = |what: &str, e: std::io::Error| {
+            Error::Config(format!("cannot publish bundle {name} ({what}): {e}"))
+        };
+        // The temp dir was private while being written.
+        std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| io("chmod", e))?;
+        match std::fs::symlink_metadata(&dst) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return std::fs::rename(tmp, &dst).map_err(|e| io("rename", e));
+            }
+            Err(e) => return Err(io("stat", e)),
+            Ok(_) => {}
+        }
+        match exchange(tmp, &dst) {
+            Ok(()) => {
+                // tmp now holds the old bundle.
+                let _ = std::fs::remove_dir_all(tmp);
+                Ok(())
+            }
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    || e.raw_os_error() == Some(libc::ENOSYS) =>
+            {
+                // A filesystem without RENAME_EXCHANGE: move the old one
+                // aside, then rename (the name is briefly absent, never half).
+                let old = self
+                    .root
+                    .join(format!("{OLD_PREFIX}{name}-{}", crate::sys::random_hex(6)?));
+                std::fs::rename(&dst, &old).map_err(|e| io("rename old", e))?;
+                std::fs::rename(tmp, &dst).map_err(|e| io("rename", e))?;
+                let _ = std::fs::remove_dir_all(&old);
+                Ok(())
+            }
+            Err(e) => Err(io("exchange", e)),
+        }
+    }
+
+    /// Remove a bundle: it disappears atomically, then its files go.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let dir = self.dir_of(name)?;
+        if std::fs::symlink_metadata(&dir).is_err() {
+            return Err(no_such(name));
+        }
+        let old = self
+            .root
+            .join(format!("{OLD_PREFIX}{name}-{}", crate::sys::random_hex(6)?));
+        std::fs::rename(&dir, &old)
+            .map_err(|e| Error::Config(format!("cannot remove bundle {name}: {e}")))?;
+        std::fs::remove_dir_all(&old)
+            .map_err(|e| Error::Config(format!("cannot remove {}: {e}", old.display())))
+    }
+
+    /// Leftovers of writers (temp and old directories) older than
+    /// `min_age`: removed, and returned.
+    pub fn remove_leftovers(&self, min_age: std::time::Duration) -> Result<Vec<PathBuf>> {
+        let rd = std::fs::read_dir(&self.root)
+            .map_err(|e| unsafe_path(&self.root, format!("cannot be listed ({e})")))?;
+        let now = std::time::SystemTime::now();
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let n = n.as_bytes();
+            if !(n.starts_with(TMP_PREFIX.as_bytes()) || n.starts_with(OLD_PREFIX.as_bytes())) {
+                continue;
+            }
+            let p = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let age = md
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if age < min_age {
+                continue;
+            }
+            let r = if md.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            match r {
+                Ok(()) => out.push(p),
+                Err(e) => log::warn!("cannot remove {}: {e}", p.display()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Bundle {
+    pub fn tar_path(&self) -> PathBuf {
+        self.dir.join(TAR)
+    }
+
+    /// Open image.tar without following a symlink, and check it.
+    pub fn open_tar(&self, owner: u32) -> Result<std::fs::File> {
+        let p = self.tar_path();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(|e| unsafe_path(&p, format!("cannot be opened ({e})")))?;
+        let md = f
+            .metadata()
+            .map_err(|e| unsafe_path(&p, format!("cannot be read ({e})")))?;
+        if !md.is_file() {
+            return Err(unsafe_path(&p, "is not a regular file".into()));
+        }
+        check_owner_mode(&p, &md, owner)?;
+        Ok(f)
+    }
+
+    pub fn facts(&self) -> crate::facts::ImageFacts {
+        crate::facts::ImageFacts {
+            id: self.meta.image_id.clone(),
+            entrypoint: self.meta.entrypoint.clone(),
+            cmd: self.meta.cmd.clone(),
+            workdir: self.meta.workdir.clone(),
+            user: self.meta.user.clone(),
+            has_shell: self.meta.has_shell,
+        }
+    }
+}
+
+/// Read a small checked file (not a symlink, safe owner and mode).
+pub fn read_checked(p: &Path, owner: u32, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| unsafe_path(p, format!("cannot be opened ({e})")))?;
+    let md = f
+        .metadata()
+        .map_err(|e| unsafe_path(p, format!("cannot be read ({e})")))?;
+    if !md.is_file() {
+        return Err(unsafe_path(p, "is not a regular file".into()));
+    }
+    check_owner_mode(p, &md, owner)?;
+    let mut out = Vec::new();
+    f.take(limit)
+        .read_to_end(&mut out)
+        .map_err(|e| unsafe_path(p, format!("cannot be read ({e})")))?;
+    Ok(out)
+}
+
+/// renameat2(RENAME_EXCHANGE): swap two directories atomically.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both paths are NUL-terminated C strings that outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn root() -> tempfile::TempDir {
+        // Under /tmp's parents (root-owned) with a private, 0755 root.
+        let t = tempfile::Builder::new()
+            .prefix("berth-cache-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        t
+    }
+
+    fn meta(name: &str) -> String {
+        format!(
+            "name = \"{name}\"\nformat = \"docker-save\"\nsource = \"save\"\nimage_id = \"sha256:{}\"\nsha256 = \"\"\nsize = 0\nhas_shell = true\ncreated = \"\"\ncreated_by = \"root\"\n",
+            "a".repeat(64)
+        )
+    }
+
+    fn put(c: &Cache, name: &str) -> PathBuf {
+        let t = c.temp_dir(name).unwrap();
+        std::fs::write(t.join(META), meta(name)).unwrap();
+        std::fs::write(t.join(TAR), b"x").unwrap();
+        c.publish(&t, name).unwrap();
+        c.root.join(name)
+    }
+
+    #[test]
+    fn publish_replace_list_remove() {
+        if !crate::sys::is_root() {
+            return; // ownership checks need root-owned files
+        }
+        let r = root();
+        let c = Cache::at(r.path(), 0).unwrap();
+        put(&c, "one");
+        put(&c, "one"); // atomic replace
+        put(&c, "two");
+        // A writer's leftover is invisible.
+        let t = c.temp_dir("three").unwrap();
+        std::fs::write(t.join(META), meta("three")).unwrap();
+        let names: Vec<String> = c.list().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["one", "two"]);
+        assert!(c.get("three").is_err());
+        assert!(c.get(".tmp-three").is_err());
+        assert_eq!(c.get("one").unwrap().meta.name, "one");
+        c.remove("two").unwrap();
+        assert_eq!(c.get("two").unwrap_err().exit_code(), 77);
+        assert_eq!(
+            c.remove_leftovers(std::time::Duration::ZERO).unwrap().len(),
+            1
+        );
+        // Unsafe modes are refused with the path named.
+        let d = c.root.join("one");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o775)).unwrap();
+        let e = c.get("one").unwrap_err();
+        assert_eq!(e.exit_code(), 78);
+        assert!(e.to_string().contains(&d.display().to_string()), "{e}");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(d.join(META), std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(c.get("one").unwrap_err().exit_code(), 78);
+        std::fs::set_permissions(d.join(META), std::fs::Permissions::from_mode(0o644)).unwrap();
+        nix::unistd::chown(&d, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+        assert!(c.get("one").unwrap_err().to_string().contains("uid 4242"));
+        // ... unless that uid is the configured owner.
+        assert!(Cache::at(r.path(), 4242).unwrap().get("one").is_ok());
+        // A group-writable root is refused.
+        std::fs::set_permissions(r.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert_eq!(Cache::at(r.path(), 0).err().unwrap().exit_code(), 78);
+    }
+}
