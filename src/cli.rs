@@ -29,6 +29,9 @@ pub enum Command {
     /// Validate policy files
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// LSF integration: the esub, and the EXEC_DRIVER controller and monitor
+    #[command(subcommand)]
+    Lsf(LsfCommand),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -70,4 +73,65 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LsfCommand {
+    /// esub for `bsub -a 'docker(IMAGE)'`: validate the submission against the policy and set LSB_CONTAINER_IMAGE, or reject it
+    #[command(
+        long_about = "Run by LSF at submission (as the submitting user, on the submission host) through wrapper/lsf/esub.docker.\n\nReads LSB_SUB_PARM_FILE, takes the image from the esub argument (`bsub -a 'docker(IMAGE)'`, or `docker(bundle:NAME)`), falling back to LSB_SUB_ADDITIONAL and then to LSB_CONTAINER_IMAGE, and validates the image and every LSF_DOCKER_* variable of the submission environment against the policy: syntax, image allow-list, volume roots and characters, reserved destinations, the user's own access to each volume, network, ports, raw args. Needs neither root nor the docker engine.\n\nOn success appends LSB_CONTAINER_IMAGE=\"IMAGE\" to LSB_SUB_MODIFY_ENVFILE (and, with --app, LSB_SUB_APP_NAME to LSB_SUB_MODIFY_FILE) and exits 0. Otherwise prints the reason on stderr, writes nothing, and exits with LSB_SUB_ABORT_VALUE (or berth's own exit code when LSF did not set it)."
+    )]
+    Esub(EsubArgs),
+    /// Suspend, resume or terminate the job's container (EXEC_DRIVER controller, JOB_CONTROLS)
+    #[command(
+        long_about = "Acts on the container berth started for the job named by LSB_JOBID and LSB_JOBINDEX (found by its berth.job and berth.index labels). suspend = docker pause (the processes stop making progress), resume = docker unpause, terminate = SIGTERM, then SIGKILL after docker.stop_timeout seconds, then removal; the job's berth run then removes the per-job /tmp. Any other signal is passed to the container.\n\nThe caller must be root, a relay listed in identity.relays, or the job's own user.\n\nExit codes: 0 done (terminating a job whose container is already gone is done); 1 the job has no container to suspend or resume; 64 unknown action; 69 docker not reachable; 77 the caller may not act on this job."
+    )]
+    Control(ControlArgs),
+    /// Print the CPU and memory usage of the job's container (EXEC_DRIVER monitor)
+    #[command(
+        long_about = "Prints one KEY=value line per measure for the container of the job named by LSB_JOBID and LSB_JOBINDEX, in LSF's units: CONTAINER, STATE (running, paused, exited, or none when the job has no container yet), CPU_TIME (seconds of CPU used, user + system), CPU_PERCENT (of one CPU, over the last second), MEM (resident memory, KB), MEM_USED (memory charged to the container minus inactive page cache, KB, as docker stats shows it), MEM_LIMIT (KB), SWAP (KB), NPROCS (processes and threads) and PID (host pid of the container's init). With --json the same as one JSON object.\n\nThe caller must be root, a relay listed in identity.relays, or the job's own user."
+    )]
+    Monitor(MonitorArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EsubArgs {
+    /// Application profile to submit -a docker jobs to (writes LSB_SUB_APP_NAME to LSB_SUB_MODIFY_FILE unless the user chose one with -app)
+    #[arg(long, value_name = "NAME")]
+    pub app: Option<String>,
+
+    /// The esub's arguments as LSF passes them: the image of `docker(IMAGE)`
+    #[arg(value_name = "IMAGE")]
+    pub args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct JobSelector {
+    /// Job id (default: LSB_JOBID from the environment)
+    #[arg(long, value_name = "ID")]
+    pub job: Option<String>,
+
+    /// Array index (default: LSB_JOBINDEX from the environment, else 0)
+    #[arg(long, value_name = "N")]
+    pub index: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct ControlArgs {
+    /// suspend, resume or terminate; or the signal LSF passes (SIGSTOP, SIGTSTP, SIGCONT, SIGTERM, SIGKILL, SIGINT, a number such as 19 or -19); other signals (SIGUSR1, SIGUSR2, SIGHUP) are sent to the container
+    #[arg(value_name = "ACTION", allow_hyphen_values = true)]
+    pub action: String,
+
+    #[command(flatten)]
+    pub job: JobSelector,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    /// Print the usage as one JSON object
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub job: JobSelector,
 }

@@ -207,6 +207,61 @@ impl Engine {
         }
     }
 
+    /// `GET /containers/json?all=1` filtered by labels (`key=value` each):
+    /// every container, running or not, that carries all of them.
+    pub fn list_containers(&self, labels: &[String]) -> Result<Vec<Value>> {
+        let filters = serde_json::json!({ "label": labels }).to_string();
+        let r = self.get(&format!("/containers/json?all=1&filters={}", encode(&filters)))?;
+        if r.status != 200 {
+            return Err(self.unavailable(format!("container list HTTP {}: {}", r.status, r.message())));
+        }
+        match r.json()? {
+            Value::Array(a) => Ok(a),
+            _ => Err(Error::Internal("container list is not a JSON array".into())),
+        }
+    }
+
+    /// Freeze every process of a container (`docker pause`). `Ok(false)` if
+    /// there is no such container; an error if it cannot be paused (e.g.
+    /// it is not running).
+    pub fn pause(&self, name: &str) -> Result<bool> {
+        self.post_action(name, "pause")
+    }
+
+    /// Thaw a paused container (`docker unpause`).
+    pub fn unpause(&self, name: &str) -> Result<bool> {
+        self.post_action(name, "unpause")
+    }
+
+    fn post_action(&self, name: &str, action: &str) -> Result<bool> {
+        let r = self.request(
+            "POST",
+            &format!("/containers/{}/{action}", encode(name)),
+            None,
+            Duration::from_secs(30),
+        )?;
+        match r.status {
+            204 => Ok(true),
+            404 => Ok(false),
+            s => Err(Error::Unavailable(format!(
+                "{action} {name}: HTTP {s}: {}",
+                r.message()
+            ))),
+        }
+    }
+
+    /// One sample of a container's resource usage (`GET
+    /// /containers/{name}/stats?stream=false`, which waits for a second
+    /// sample so CPU percentages can be computed). `None` if it is gone.
+    pub fn stats(&self, name: &str) -> Result<Option<Value>> {
+        let r = self.get(&format!("/containers/{}/stats?stream=false", encode(name)))?;
+        match r.status {
+            200 => r.json().map(Some),
+            404 => Ok(None),
+            s => Err(self.unavailable(format!("container stats HTTP {s}: {}", r.message()))),
+        }
+    }
+
     /// Whether `/bin/sh` in the image resolves to an executable regular
     /// file. The engine only answers path questions about containers, so a
     /// never-started container is created, asked, and removed (~70 ms, once

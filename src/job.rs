@@ -22,6 +22,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::Policy(PolicyCommand::Check { file, json }) => {
             policy_check(&file.unwrap_or(cli.policy), json)
         }
+        Command::Lsf(c) => crate::lsf::main(&cli.policy, &c),
     };
     match result {
         Ok(code) => code,
@@ -181,7 +182,7 @@ fn image_facts(engine: &Engine, policy: &Policy, req: &Request, nonce: &str) -> 
 }
 
 /// `LSF_DOCKER_ENV_FILE`: read with the user's credentials, never berth's.
-fn read_env_files(id: &Identity, req: &Request) -> Result<Vec<(String, String)>> {
+pub(crate) fn read_env_files(id: &Identity, req: &Request) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for f in &req.env_files {
         if !f.is_absolute() {

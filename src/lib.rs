@@ -16,6 +16,7 @@ pub mod image;
 pub mod job;
 pub mod launch;
 pub mod logger;
+pub mod lsf;
 pub mod paths;
 pub mod plan;
 pub mod policy;
