@@ -29,6 +29,15 @@ pub enum Command {
     /// Validate policy files
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check this node: docker engine and runc, policy, directories, broker, scheduler glue
+    #[command(
+        long_about = "Checks that this node can run berth jobs safely, and changes nothing: berth's own binary (not setuid, no file capabilities, root-owned); the policy file (root-owned, not writable by group or others, valid; its warnings); the docker client (docker.path); the engine on docker.socket (reachable, versions, who else can reach it); runc 1.1.12 or later (CVE-2024-21626: a warning, or a failure with docker.old_runc = \"fail\"); docker-init; tmp.base, images.facts_cache, bundles.cache and bundles.lock_dir (owned by root, not writable by others); the broker socket; the audit destination; the scheduler glue (/usr/share/berth/wrapper) and, when present, /etc/slurm/oci.conf and $LSF_SERVERDIR/esub.docker.\n\nPrints one ok, warn or fail line per check and a summary. Exit codes: 0 no failure (warnings allowed); 78 at least one failure."
+    )]
+    Doctor {
+        /// Print the checks as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// LSF integration: the esub, and the EXEC_DRIVER controller and monitor
     #[command(subcommand)]
     Lsf(LsfCommand),

@@ -19,6 +19,7 @@ pub fn main(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Run(a) => run(&cli.policy, &a),
         Command::Explain(a) => explain(&cli.policy, &a.run, a.json),
+        Command::Doctor { json } => crate::doctor::main(&cli.policy, json),
         Command::Policy(PolicyCommand::Check { file, json }) => {
             policy_check(&file.unwrap_or(cli.policy), json)
         }

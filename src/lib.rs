@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod doctor;
 pub mod engine;
 pub mod envfilter;
 pub mod error;

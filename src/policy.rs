@@ -196,6 +196,16 @@ pub struct DockerPolicy {
     pub add_host: bool,
     /// Seconds between SIGTERM and SIGKILL when a job is terminated.
     pub stop_timeout: u32,
+    /// What `berth doctor` reports when the engine's runc is older than
+    /// 1.1.12 (CVE-2024-21626): `warn`, or `fail` (exit 78).
+    pub old_runc: OldRunc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OldRunc {
+    Warn,
+    Fail,
 }
 
 impl Default for DockerPolicy {
@@ -213,6 +223,7 @@ impl Default for DockerPolicy {
             ports: Vec::new(),
             add_host: true,
             stop_timeout: 10,
+            old_runc: OldRunc::Warn,
         }
     }
 }

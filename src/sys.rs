@@ -286,6 +286,31 @@ pub fn read_file_as_user(id: &Identity, path: &Path, limit: usize) -> Result<Vec
     with_user_creds(id, read).map_err(map)
 }
 
+/// Whether `path` carries file capabilities (a `security.capability`
+/// extended attribute).
+pub fn has_file_capabilities(path: &Path) -> std::io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: both strings are NUL-terminated; a null buffer of size 0 only
+    // asks the kernel for the attribute's length.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if n >= 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 /// The node's short host name.
 pub fn hostname() -> String {
     nix::unistd::gethostname()

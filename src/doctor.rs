@@ -1,0 +1,720 @@
+//! `berth doctor`: check that a node can run berth jobs safely. Read-only:
+//! it changes nothing on the node. Each check prints one `ok`, `warn` or
+//! `fail` line; any failure makes the exit code 78 (invalid or unsafe
+//! installation).
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::policy::{self, OldRunc, Policy, Severity, TmpKind};
+use serde::Serialize;
+use serde_json::Value;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// The first runc release fixed against CVE-2024-21626.
+pub const PATCHED_RUNC: [u32; 3] = [1, 1, 12];
+
+/// Where the package installs the scheduler glue.
+pub const GLUE_DIR: &str = "/usr/share/berth/wrapper";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+/// One finding: what was checked, how it went, and what to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Report(Vec<Check>);
+
+impl Report {
+    fn add(&mut self, name: &'static str, status: Status, message: String) {
+        self.0.push(Check {
+            name,
+            status,
+            message,
+        });
+    }
+    fn ok(&mut self, name: &'static str, message: String) {
+        self.add(name, Status::Ok, message)
+    }
+    fn warn(&mut self, name: &'static str, message: String) {
+        self.add(name, Status::Warn, message)
+    }
+    fn fail(&mut self, name: &'static str, message: String) {
+        self.add(name, Status::Fail, message)
+    }
+}
+
+/// `berth doctor [--json]`.
+pub fn main(policy_path: &Path, json: bool) -> Result<i32> {
+    // A setuid or capability-carrying berth is refused here already, with
+    // the message that says how to fix it.
+    crate::sys::harden()?;
+    let checks = run(policy_path);
+    let count = |s: Status| checks.iter().filter(|c| c.status == s).count();
+    let (ok, warn, fail) = (count(Status::Ok), count(Status::Warn), count(Status::Fail));
+    if json {
+        let v = serde_json::json!({
+            "policy": policy_path.display().to_string(),
+            "ok": fail == 0,
+            "summary": {"ok": ok, "warn": warn, "fail": fail},
+            "checks": checks,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| Error::internal("doctor JSON", e))?
+        );
+    } else {
+        for c in &checks {
+            println!("{:<5} {:<15} {}", c.status.as_str(), c.name, c.message);
+        }
+        println!("berth doctor: {ok} ok, {warn} warnings, {fail} failures");
+    }
+    Ok(if fail == 0 {
+        0
+    } else {
+        crate::error::exit::CONFIG
+    })
+}
+
+/// Every check, in the order an admin would fix them.
+pub fn run(policy_path: &Path) -> Vec<Check> {
+    let mut r = Report::default();
+    check_binary(&mut r);
+    let policy = check_policy(&mut r, policy_path);
+    check_docker_client(&mut r, &policy);
+    check_engine(&mut r, &policy);
+    check_tmp(&mut r, &policy);
+    check_owned_dir(
+        &mut r,
+        "facts_cache",
+        "images.facts_cache",
+        &policy.images.facts_cache,
+    );
+    check_bundles(&mut r, &policy);
+    check_owned_dir(
+        &mut r,
+        "lock_dir",
+        "bundles.lock_dir",
+        &policy.bundles.lock_dir,
+    );
+    check_broker(&mut r, &policy);
+    check_audit(&mut r, &policy);
+    check_glue(&mut r);
+    r.0
+}
+
+/// The message of an error without its category prefix.
+fn text(e: &Error) -> String {
+    match e {
+        Error::Config(m) | Error::Unavailable(m) | Error::Malformed(m) | Error::Internal(m) => {
+            m.clone()
+        }
+        Error::Denied(d) => d.to_string(),
+    }
+}
+
+fn check_binary(r: &mut Report) {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return r.fail("binary", format!("cannot find berth's own binary: {e}")),
+    };
+    let shown = exe.display();
+    let md = match std::fs::metadata(&exe) {
+        Ok(m) => m,
+        Err(e) => return r.fail("binary", format!("{shown}: {e}")),
+    };
+    if md.mode() & 0o6000 != 0 {
+        return r.fail(
+            "binary",
+            format!(
+                "{shown} is setuid/setgid (mode {:o}); chmod u-s,g-s it: berth never needs it",
+                md.mode() & 0o7777
+            ),
+        );
+    }
+    match crate::sys::has_file_capabilities(&exe) {
+        Ok(false) => {}
+        Ok(true) => {
+            return r.fail(
+                "binary",
+                format!("{shown} has file capabilities; setcap -r it: berth never needs them"),
+            )
+        }
+        Err(e) => return r.warn("binary", format!("{shown}: cannot read capabilities: {e}")),
+    }
+    if let Err(e) = policy::check_trusted_path(&exe, 0) {
+        return r.fail(
+            "binary",
+            format!("{}: schedulers run berth as root or a relay", text(&e)),
+        );
+    }
+    r.ok(
+        "binary",
+        format!(
+            "{shown} {}: not setuid, no file capabilities, root-owned",
+            env!("CARGO_PKG_VERSION")
+        ),
+    );
+}
+
+/// The policy as berth would load it; the safe default when it cannot be
+/// used, so the other checks still run.
+fn check_policy(r: &mut Report, path: &Path) -> Policy {
+    let shown = path.display().to_string();
+    let fallback = "; the checks below use the default policy";
+    if let Err(e) = policy::check_trusted_path(path, 0) {
+        r.fail("policy.file", format!("{}{fallback}", text(&e)));
+        return Policy::default();
+    }
+    let body = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            r.fail("policy.file", format!("cannot read {shown}: {e}{fallback}"));
+            return Policy::default();
+        }
+    };
+    r.ok(
+        "policy.file",
+        format!("{shown}: root-owned, not writable by group or others"),
+    );
+    let p = match Policy::parse(&body, &shown) {
+        Ok(p) => p,
+        Err(e) => {
+            r.fail("policy.valid", format!("{}{fallback}", text(&e)));
+            return Policy::default();
+        }
+    };
+    let warnings: Vec<String> = p
+        .lint()
+        .into_iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .map(|f| f.message)
+        .collect();
+    r.ok(
+        "policy.valid",
+        format!(
+            "{shown}: valid; {} volume root(s), {} image pattern(s), bundles {}",
+            p.volumes.len(),
+            p.images.allow.len(),
+            if p.bundles.cache.is_some() {
+                "on"
+            } else {
+                "off"
+            }
+        ),
+    );
+    for w in warnings {
+        r.warn("policy.lint", w);
+    }
+    p
+}
+
+fn check_docker_client(r: &mut Report, policy: &Policy) {
+    let path = &policy.docker.path;
+    let shown = path.display();
+    if let Err(e) = policy::check_trusted_path(path, 0) {
+        return r.fail(
+            "docker.client",
+            format!("{} (docker.path); install docker.io or docker-ce", text(&e)),
+        );
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.mode() & 0o111 != 0 => {}
+        Ok(_) => {
+            return r.fail(
+                "docker.client",
+                format!("{shown} (docker.path) is not an executable file"),
+            )
+        }
+        Err(e) => return r.fail("docker.client", format!("{shown}: {e}")),
+    }
+    let out = std::process::Command::new(path)
+        .arg("--version")
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let v = String::from_utf8_lossy(&o.stdout);
+            r.ok(
+                "docker.client",
+                format!("{shown}: {}", v.lines().next().unwrap_or("").trim()),
+            )
+        }
+        Ok(o) => r.fail(
+            "docker.client",
+            format!(
+                "{shown} --version failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ),
+        Err(e) => r.fail("docker.client", format!("cannot run {shown}: {e}")),
+    }
+}
+
+/// The leading `major.minor.patch` of a version such as `1.1.5+ds1`.
+pub fn parse_version(v: &str) -> Option<[u32; 3]> {
+    let v = v.trim().trim_start_matches('v');
+    let end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let mut parts = v[..end].split('.').filter(|s| !s.is_empty());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().map_or(Some(0), |s| s.parse().ok())?;
+    let patch = parts.next().map_or(Some(0), |s| s.parse().ok())?;
+    Some([major, minor, patch])
+}
+
+fn component<'a>(version: &'a Value, name: &str) -> Option<&'a Value> {
+    version
+        .get("Components")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("Name").and_then(Value::as_str) == Some(name))
+}
+
+fn check_engine(r: &mut Report, policy: &Policy) {
+    let socket = &policy.docker.socket;
+    let engine = Engine::new(socket);
+    let v = match engine.version() {
+        Ok(v) => v,
+        Err(e) => return r.fail("docker.engine", format!("{} (docker.socket)", text(&e))),
+    };
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    r.ok(
+        "docker.engine",
+        format!(
+            "{}: Docker Engine {}, API {}, {}/{}, kernel {}",
+            socket.display(),
+            s("Version"),
+            s("ApiVersion"),
+            s("Os"),
+            s("Arch"),
+            s("KernelVersion")
+        ),
+    );
+    check_socket_access(r, socket);
+
+    match component(&v, "runc") {
+        None => r.warn(
+            "runc",
+            "the engine does not report its runc version; check runc --version is 1.1.12 or later (CVE-2024-21626)".into(),
+        ),
+        Some(c) => {
+            let ver = c.get("Version").and_then(Value::as_str).unwrap_or("");
+            let build = c
+                .pointer("/Details/GitCommit")
+                .and_then(Value::as_str)
+                .filter(|b| !b.is_empty() && *b != ver)
+                .map(|b| format!(" (build {b})"))
+                .unwrap_or_default();
+            match parse_version(ver) {
+                Some(n) if n >= PATCHED_RUNC => r.ok("runc", format!("runc {ver}{build}")),
+                parsed => {
+                    let why = if parsed.is_some() {
+                        "is older than 1.1.12"
+                    } else {
+                        "is not a version berth understands, so it may be older than 1.1.12"
+                    };
+                    let msg = format!(
+                        "runc {ver}{build} {why}: CVE-2024-21626 (escape through a leaked /proc/self/fd workdir) unless the vendor backported the fix, as Debian 12's 1.1.5+ds1-1+deb12u1 did; berth refuses /proc workdirs either way"
+                    );
+                    match policy.docker.old_runc {
+                        OldRunc::Fail => r.fail(
+                            "runc",
+                            format!("{msg}; upgrade runc (docker.old_runc = \"fail\"; \"warn\" once the fix is confirmed)"),
+                        ),
+                        OldRunc::Warn => r.warn(
+                            "runc",
+                            format!("{msg}; upgrade runc, or set docker.old_runc = \"fail\" to make this a failure"),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    match component(&v, "docker-init") {
+        Some(c) => r.ok(
+            "docker.init",
+            format!(
+                "docker-init {} (every job runs with --init)",
+                c.get("Version").and_then(Value::as_str).unwrap_or("?")
+            ),
+        ),
+        None => r.warn(
+            "docker.init",
+            "the engine reports no docker-init: jobs run with --init and fail without it; install tini (docker.io) or docker-ce's docker-init".into(),
+        ),
+    }
+}
+
+/// The engine's socket is root on the node: nobody but root (and berth's
+/// broker) should reach it.
+fn check_socket_access(r: &mut Report, socket: &Path) {
+    let Ok(md) = std::fs::metadata(socket) else {
+        return;
+    };
+    if md.mode() & 0o002 != 0 {
+        return r.fail(
+            "docker.socket",
+            format!(
+                "{} is writable by every user (mode {:o}): anyone is root on this node; chmod 0660 it",
+                socket.display(),
+                md.mode() & 0o777
+            ),
+        );
+    }
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(md.gid()))
+        .ok()
+        .flatten();
+    match group {
+        Some(g) if md.gid() != 0 && md.mode() & 0o020 != 0 && !g.mem.is_empty() => r.warn(
+            "docker.socket",
+            format!(
+                "members of group {} ({}) reach {} without berth, which is root on this node; remove them (gpasswd -d USER {})",
+                g.name,
+                g.mem.join(", "),
+                socket.display(),
+                g.name
+            ),
+        ),
+        _ => r.ok(
+            "docker.socket",
+            format!(
+                "{}: mode {:o}, no user besides root reaches it directly",
+                socket.display(),
+                md.mode() & 0o777
+            ),
+        ),
+    }
+}
+
+fn check_tmp(r: &mut Report, policy: &Policy) {
+    if policy.tmp.kind == TmpKind::Tmpfs {
+        return r.ok(
+            "tmp",
+            format!(
+                "tmp.kind = tmpfs: each job gets a {} tmpfs",
+                policy.tmp.size
+            ),
+        );
+    }
+    let base = &policy.tmp.base;
+    let shown = base.display();
+    let md = match std::fs::symlink_metadata(base) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return r.ok(
+                "tmp",
+                format!("{shown} (tmp.base) does not exist yet; the first job creates it, root-owned, mode 0711"),
+            )
+        }
+        Err(e) => return r.fail("tmp", format!("{shown} (tmp.base): {e}")),
+    };
+    if !md.is_dir() {
+        return r.fail(
+            "tmp",
+            format!("{shown} (tmp.base) is not a directory; remove it or set tmp.base"),
+        );
+    }
+    if let Err(e) = policy::check_trusted_path(base, 0) {
+        return r.fail("tmp", format!("{} (tmp.base)", text(&e)));
+    }
+    if md.mode() & 0o044 != 0 {
+        return r.warn(
+            "tmp",
+            format!(
+                "{shown} (tmp.base) has mode {:o}: others can list the per-job directories; chmod 0711 it",
+                md.mode() & 0o7777
+            ),
+        );
+    }
+    r.ok(
+        "tmp",
+        format!(
+            "{shown}: root-owned, mode {:o}; per-job /tmp directories are made here",
+            md.mode() & 0o7777
+        ),
+    );
+}
+
+/// A directory berth creates on demand as root: fine when absent, unsafe
+/// when someone else owns or can write it.
+fn check_owned_dir(r: &mut Report, name: &'static str, key: &str, dir: &Path) {
+    let shown = dir.display();
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => r.ok(
+            name,
+            format!("{shown} ({key}) does not exist yet; berth creates it as root when needed"),
+        ),
+        Err(e) => r.fail(name, format!("{shown} ({key}): {e}")),
+        Ok(md) if !md.is_dir() => r.fail(
+            name,
+            format!("{shown} ({key}) is not a directory; remove it"),
+        ),
+        Ok(_) => match policy::check_trusted_path(dir, 0) {
+            Ok(()) => r.ok(
+                name,
+                format!("{shown}: root-owned, not writable by group or others"),
+            ),
+            Err(e) => r.fail(name, format!("{} ({key})", text(&e))),
+        },
+    }
+}
+
+fn check_bundles(r: &mut Report, policy: &Policy) {
+    let Some(cache) = &policy.bundles.cache else {
+        return r.ok(
+            "bundles",
+            "no bundle cache (bundles.cache is not set): jobs use images the engine has".into(),
+        );
+    };
+    let shown = cache.display();
+    let owner = &policy.bundles.owner;
+    let uid = match nix::unistd::User::from_name(owner) {
+        Ok(Some(u)) => u.uid.as_raw(),
+        Ok(None) => {
+            return r.fail(
+                "bundles",
+                format!("bundles.owner {owner:?} is not a user on this node"),
+            )
+        }
+        Err(e) => {
+            return r.fail(
+                "bundles",
+                format!("cannot look up bundles.owner {owner}: {e}"),
+            )
+        }
+    };
+    match std::fs::metadata(cache) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return r.fail("bundles", format!("{shown} (bundles.cache) is not a directory")),
+        Err(e) => {
+            return r.fail(
+                "bundles",
+                format!("{shown} (bundles.cache): {e}; mount the shared filesystem or create it (install -d -m 0755 {shown})"),
+            )
+        }
+    }
+    if let Err(e) = policy::check_trusted_path(cache, uid) {
+        return r.fail("bundles", format!("{} (bundles.cache)", text(&e)));
+    }
+    let count = std::fs::read_dir(cache)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0);
+    r.ok(
+        "bundles",
+        format!("{shown}: owned by {owner} or root, not writable by others; {count} bundle(s)"),
+    );
+}
+
+fn check_broker(r: &mut Report, policy: &Policy) {
+    let sock = &policy.broker.socket;
+    let shown = sock.display();
+    match std::fs::symlink_metadata(sock) {
+        Ok(m) if m.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(sock) {
+                Ok(_) => r.ok("broker", format!("{shown}: the broker (berth daemon) is listening")),
+                Err(e) => r.warn(
+                    "broker",
+                    format!("{shown} exists but nothing answers ({e}); restart the broker: systemctl restart berth.service"),
+                ),
+            }
+        }
+        Ok(_) => r.fail(
+            "broker",
+            format!("{shown} (broker.socket) exists but is not a socket; remove it"),
+        ),
+        Err(_) => r.warn(
+            "broker",
+            format!("{shown} is absent: the broker (berth daemon) is not running; jobs that start as their own user (Slurm, LSF JOB_STARTER) need it: systemctl enable --now berth.service"),
+        ),
+    }
+}
+
+fn check_audit(r: &mut Report, policy: &Policy) {
+    match policy.audit.log.as_str() {
+        "none" => {}
+        "syslog" => match std::fs::metadata("/dev/log") {
+            Ok(m) if m.file_type().is_socket() => {
+                r.ok("audit", "audit records go to syslog (authpriv) via /dev/log".into())
+            }
+            _ => r.warn(
+                "audit",
+                "audit.log = syslog but /dev/log is not a socket: audit records are lost; run journald or a syslog daemon, or set audit.log to a file".into(),
+            ),
+        },
+        file => {
+            let dir = Path::new(file).parent().unwrap_or(Path::new("/"));
+            match policy::check_trusted_path(dir, 0) {
+                Ok(()) => r.ok("audit", format!("audit records are appended to {file}")),
+                Err(e) => r.fail("audit", format!("{} (directory of audit.log)", text(&e))),
+            }
+        }
+    }
+}
+
+/// Where the scheduler glue may be: beside the binary's prefix
+/// (`/usr/bin/berth` → `/usr/share/berth/wrapper`), in a build tree
+/// (`<repo>/target/<profile>/berth` → `<repo>/wrapper`), or the package's.
+pub fn glue_candidates() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(bin) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        if let Some(prefix) = bin.parent() {
+            v.push(prefix.join("share/berth/wrapper"));
+            if prefix.file_name().is_some_and(|n| n == "target") {
+                if let Some(repo) = prefix.parent() {
+                    v.push(repo.join("wrapper"));
+                }
+            }
+        }
+    }
+    v.push(PathBuf::from(GLUE_DIR));
+    v.dedup();
+    v
+}
+
+fn check_glue(r: &mut Report) {
+    let candidates = glue_candidates();
+    let Some(dir) = candidates.iter().find(|d| d.is_dir()) else {
+        let list: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+        return r.warn(
+            "glue",
+            format!(
+                "no scheduler glue in {}; install the berth package (or copy wrapper/ to {GLUE_DIR})",
+                list.join(", ")
+            ),
+        );
+    };
+    let mut files = Vec::new();
+    let mut unsafe_files = Vec::new();
+    walk(dir, 0, &mut files);
+    for f in &files {
+        if let Err(e) = policy::check_trusted_path(f, 0) {
+            unsafe_files.push(text(&e));
+        }
+    }
+    if !unsafe_files.is_empty() {
+        return r.fail(
+            "glue",
+            format!(
+                "schedulers run these as root or a relay: {}",
+                unsafe_files.join("; ")
+            ),
+        );
+    }
+    let rel: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.strip_prefix(dir).ok())
+        .map(|f| f.display().to_string())
+        .collect();
+    r.ok(
+        "glue",
+        format!(
+            "{}: {}",
+            dir.display(),
+            if rel.is_empty() {
+                "(empty)".to_string()
+            } else {
+                rel.join(", ")
+            }
+        ),
+    );
+
+    // Whether the schedulers on this node point at berth.
+    let oci = Path::new("/etc/slurm/oci.conf");
+    if let Ok(t) = std::fs::read_to_string(oci) {
+        if t.contains("berth") {
+            r.ok("slurm", format!("{} runs berth", oci.display()));
+        } else {
+            r.warn(
+                "slurm",
+                format!(
+                    "{} does not mention berth: sbatch --container jobs do not go through berth (see docs/install-slurm.md)",
+                    oci.display()
+                ),
+            );
+        }
+    }
+    if let Some(dir) = std::env::var_os("LSF_SERVERDIR") {
+        let esub = Path::new(&dir).join("esub.docker");
+        match std::fs::read_to_string(&esub) {
+            Ok(t) if t.contains("berth") => r.ok("lsf", format!("{} runs berth", esub.display())),
+            Ok(_) => r.warn(
+                "lsf",
+                format!(
+                    "{} is not berth's: bsub -a docker jobs are not checked by berth (see docs/install-lsf.md)",
+                    esub.display()
+                ),
+            ),
+            Err(_) => r.warn(
+                "lsf",
+                format!(
+                    "no {}: install berth's esub.docker (see docs/install-lsf.md)",
+                    esub.display()
+                ),
+            ),
+        }
+    }
+}
+
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() && depth < 3 => walk(&p, depth + 1, out),
+            Ok(m) if !m.is_dir() => out.push(p),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_like_runc_reports_them() {
+        assert_eq!(parse_version("1.1.5+ds1"), Some([1, 1, 5]));
+        assert_eq!(parse_version("1.1.12"), Some([1, 1, 12]));
+        assert_eq!(parse_version("v1.2.0-rc.1"), Some([1, 2, 0]));
+        assert_eq!(parse_version("1.1"), Some([1, 1, 0]));
+        assert_eq!(parse_version("unknown"), None);
+        assert!(parse_version("1.1.11").unwrap() < PATCHED_RUNC);
+        assert!(parse_version("1.2.0").unwrap() >= PATCHED_RUNC);
+        assert!(parse_version("1.1.5+ds1").unwrap() < PATCHED_RUNC);
+    }
+}

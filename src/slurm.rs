@@ -1,0 +1,328 @@
+//! Slurm's OCI runtime in run mode (SPEC §8), for Slurm 22.05 and later.
+//!
+//! `RunTimeRun` runs `berth slurm run %b %r %n.%u.%j.%s.%t` as the job user,
+//! with slurmd's environment and cwd = `%b`. The job itself is described by
+//! `%b/config.json` (Slurm's rewritten copy): `process.args` is the task's
+//! command, `process.env` the job's environment, and for batch steps a bind
+//! mount puts the script at /tmp/slurm/startup. The image is the bundle the
+//! user named with `--container`: `%r` is `<bundle>/rootfs`, and the bundle
+//! must be a berth bundle in the site's cache. The job goes through the
+//! broker like any unprivileged job.
+//!
+//! `RunTimeQuery`, `RunTimeKill` and `RunTimeDelete` run as root and act on
+//! the container labelled `berth.slurm=%n.%u.%j.%s.%t`.
+
+use crate::broker::proto::{Hello, TmpFile, VERSION};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where Slurm 22.05 binds the batch script in the container.
+const STARTUP: &str = "/tmp/slurm/startup";
+
+/// The parts of Slurm's config.json berth uses.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SlurmJob {
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Host path of the batch script, if this is a batch step.
+    pub startup: Option<PathBuf>,
+}
+
+/// Parse Slurm's config.json (untrusted: the user wrote the original).
+pub fn parse_config(text: &str) -> Result<SlurmJob> {
+    let bad = |why: &str| Error::Malformed(format!("slurm config.json: {why}"));
+    let v: Value = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
+    let process = v.get("process").ok_or_else(|| bad("no process section"))?;
+    let args: Vec<String> = match process.get("args") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("process.args holds a non-string"))
+            })
+            .collect::<Result<_>>()?,
+        _ => return Err(bad("process.args is missing")),
+    };
+    if args.is_empty() {
+        return Err(bad("process.args is empty"));
+    }
+    let mut env = BTreeMap::new();
+    if let Some(Value::Array(a)) = process.get("env") {
+        for x in a {
+            let s = x
+                .as_str()
+                .ok_or_else(|| bad("process.env holds a non-string"))?;
+            // Later entries (the job's) override earlier ones (the bundle's).
+            if let Some((k, val)) = s.split_once('=') {
+                env.insert(k.to_string(), val.to_string());
+            }
+        }
+    }
+    let mut startup = None;
+    if let Some(Value::Array(mounts)) = v.get("mounts") {
+        for m in mounts {
+            if m.get("destination").and_then(Value::as_str) == Some(STARTUP) {
+                startup = m.get("source").and_then(Value::as_str).map(PathBuf::from);
+            }
+        }
+    }
+    Ok(SlurmJob { args, env, startup })
+}
+
+/// The bundle name of `--container=<cache>/<name>`, from `%r`.
+pub fn bundle_name(policy: &Policy, rootfs: &Path) -> Result<String> {
+    let cache = policy.bundles.cache.as_ref().ok_or_else(|| {
+        Error::Denied(crate::error::Denial::new(
+            "bundles.cache",
+            rootfs.display().to_string(),
+            "this site has no bundle cache, so sbatch/srun --container cannot be used",
+            "ask your administrator to set [bundles] cache",
+        ))
+    })?;
+    let real_cache = std::fs::canonicalize(cache).unwrap_or_else(|_| cache.clone());
+    let bundle = rootfs
+        .parent()
+        .map(|b| std::fs::canonicalize(b).unwrap_or_else(|_| b.to_path_buf()));
+    match bundle {
+        Some(b) if b.parent() == Some(real_cache.as_path()) => {
+            let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if crate::image::valid_bundle_name(name) {
+                return Ok(name.to_string());
+            }
+            Err(Error::Malformed(format!(
+                "bundle name {name:?} is not valid"
+            )))
+        }
+        _ => Err(Error::Denied(crate::error::Denial::new(
+            "bundles.cache",
+            rootfs.display().to_string(),
+            format!(
+                "--container must name a bundle in the site's bundle cache {} (rootfs {})",
+                cache.display(),
+                rootfs.display()
+            ),
+            format!(
+                "use --container={}/NAME (berth bundle list shows the names)",
+                cache.display()
+            ),
+        ))),
+    }
+}
+
+/// The request berth sends the broker for a Slurm task.
+pub fn hello(policy: &Policy, job: SlurmJob, rootfs: &Path, id: &str) -> Result<Hello> {
+    let name = bundle_name(policy, rootfs)?;
+    let mut env = job.env;
+    // The image is the bundle the user named; nothing in the job's
+    // environment chooses another.
+    env.insert("LSB_CONTAINER_IMAGE".into(), format!("bundle:{name}"));
+    let fields: Vec<&str> = id.rsplitn(4, '.').collect();
+    // id = %n.%u.%j.%s.%t (the node name may hold dots): j, s from the end.
+    let (step, jobid) = match fields.as_slice() {
+        [_task, step, jobid, _rest] => (step.to_string(), jobid.to_string()),
+        _ => {
+            return Err(Error::Malformed(format!(
+                "slurm container id {id:?} is not %n.%u.%j.%s.%t"
+            )))
+        }
+    };
+    env.insert("LSB_JOBID".into(), jobid);
+    env.insert("LSB_JOBINDEX".into(), step);
+    env.remove("LS_SUBCWD");
+    let cwd = env.get("SLURM_SUBMIT_DIR").cloned();
+    if let Some(c) = &cwd {
+        env.insert("LS_SUBCWD".into(), c.clone());
+    }
+    let mut tmp_files = Vec::new();
+    if let Some(src) = &job.startup {
+        // Read as the job user (this process): Slurm's spool copy.
+        let content = std::fs::read(src).map_err(|e| {
+            Error::Malformed(format!(
+                "cannot read the batch script {}: {e}",
+                src.display()
+            ))
+        })?;
+        tmp_files.push(TmpFile {
+            path: "slurm/startup".into(),
+            content,
+            mode: 0o700,
+        });
+    }
+    Ok(Hello {
+        version: VERSION,
+        scheduler: "slurm".into(),
+        env,
+        cwd,
+        command: job.args,
+        tmp_files,
+        slurm_id: Some(id.to_string()),
+    })
+}
+
+/// `berth slurm run SPOOL ROOTFS ID`.
+pub fn run(policy_path: &Path, spool: &Path, rootfs: &Path, id: &str) -> Result<i32> {
+    crate::sys::harden()?;
+    let policy = Policy::load(policy_path)?;
+    let cfg = spool.join("config.json");
+    let text = std::fs::read_to_string(&cfg)
+        .map_err(|e| Error::Malformed(format!("cannot read {}: {e}", cfg.display())))?;
+    let h = hello(&policy, parse_config(&text)?, rootfs, id)?;
+    crate::broker::client::launch(&policy.broker.socket, &h)
+}
+
+fn find(engine: &Engine, id: &str) -> Result<Vec<Value>> {
+    engine.list_containers(&[format!("berth.slurm={id}")])
+}
+
+/// `berth slurm query ID`: OCI state JSON, `{}` when there is no container.
+/// Slurm parses everything this prints as JSON, so errors go to the log
+/// and the answer is `{}` (nothing berth can act on).
+pub fn query(policy_path: &Path, id: &str) -> Result<i32> {
+    match query_state(policy_path, id) {
+        Ok(v) => println!("{v}"),
+        Err(e) => {
+            log_to_syslog(&format!("slurm query {id}: {e}"));
+            println!("{{}}");
+        }
+    }
+    Ok(0)
+}
+
+fn log_to_syslog(msg: &str) {
+    let f = syslog::Formatter3164 {
+        facility: syslog::Facility::LOG_DAEMON,
+        hostname: None,
+        process: "berth".into(),
+        pid: std::process::id(),
+    };
+    if let Ok(mut l) = syslog::unix(f) {
+        let _ = l.err(msg);
+    }
+}
+
+fn query_state(policy_path: &Path, id: &str) -> Result<Value> {
+    let policy = Policy::load(policy_path)?;
+    let engine = Engine::new(&policy.docker.socket);
+    let state = match find(&engine, id)?.first() {
+        None => serde_json::json!({}),
+        Some(c) => {
+            let status = match c.get("State").and_then(Value::as_str).unwrap_or("") {
+                "created" => "created",
+                "running" | "restarting" => "running",
+                "paused" => "paused",
+                _ => "stopped",
+            };
+            let name = c.get("Id").and_then(Value::as_str).unwrap_or("");
+            let pid = engine
+                .inspect_container(name)?
+                .and_then(|i| i.pointer("/State/Pid").and_then(Value::as_i64))
+                .unwrap_or(0);
+            serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": status, "pid": pid, "bundle": ""})
+        }
+    };
+    Ok(state)
+}
+
+/// `berth slurm kill ID [SIGNAL]`: signal the container (default SIGKILL:
+/// Slurm calls this to end the step).
+pub fn kill(policy_path: &Path, id: &str, signal: &str) -> Result<i32> {
+    let policy = Policy::load(policy_path)?;
+    let engine = Engine::new(&policy.docker.socket);
+    let sig = signal.trim_start_matches("SIG").to_ascii_uppercase();
+    if !(sig.bytes().all(|b| b.is_ascii_alphanumeric()) && !sig.is_empty()) {
+        return Err(Error::Malformed(format!("signal {signal:?}")));
+    }
+    for c in find(&engine, id)? {
+        if let Some(cid) = c.get("Id").and_then(Value::as_str) {
+            engine.kill(cid, &sig)?;
+        }
+    }
+    Ok(0)
+}
+
+/// `berth slurm delete ID`: remove the container; the broker's job thread
+/// then cleans up the per-job directory.
+pub fn delete(policy_path: &Path, id: &str) -> Result<i32> {
+    let policy = Policy::load(policy_path)?;
+    let engine = Engine::new(&policy.docker.socket);
+    for c in find(&engine, id)? {
+        if let Some(cid) = c.get("Id").and_then(Value::as_str) {
+            engine.remove(cid)?;
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BATCH: &str = r#"{"ociVersion":"1.0.0","process":{"args":["/tmp/slurm/startup"],"env":["PATH=/bin","A=bundle","SLURM_JOB_ID=17","SLURM_SUBMIT_DIR=/storage1/fs1/alice","A=job"],"cwd":"/"},"root":{"path":"/c/b/rootfs"},"mounts":[{"destination":"/tmp/slurm/startup","source":"/var/spool/slurmd/job17/slurm_script","options":["bind","ro"]},{"destination":"/tmp/slurm/stdout","source":"/x/out"}]}"#;
+
+    #[test]
+    fn batch_config() {
+        let j = parse_config(BATCH).unwrap();
+        assert_eq!(j.args, vec!["/tmp/slurm/startup"]);
+        assert_eq!(j.env.get("A").map(String::as_str), Some("job"));
+        assert_eq!(
+            j.startup,
+            Some(PathBuf::from("/var/spool/slurmd/job17/slurm_script"))
+        );
+    }
+
+    #[test]
+    fn hostile_configs() {
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"{"process":{}}"#,
+            r#"{"process":{"args":[]}}"#,
+            r#"{"process":{"args":[1]}}"#,
+            r#"{"process":{"args":["x"],"env":[3]}}"#,
+        ] {
+            assert!(
+                matches!(parse_config(bad), Err(Error::Malformed(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn hello_from_a_bundle_in_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(cache.join("pt2/rootfs")).unwrap();
+        let mut p = Policy::default();
+        p.bundles.cache = Some(cache.clone());
+        let mut j = parse_config(BATCH).unwrap();
+        j.startup = None;
+        j.env
+            .insert("LSB_CONTAINER_IMAGE".into(), "docker.io/evil/x".into());
+        let h = hello(
+            &p,
+            j,
+            &cache.join("pt2/rootfs"),
+            "node.a.b.alice.17.4294967291.0",
+        )
+        .unwrap();
+        assert_eq!(h.env["LSB_CONTAINER_IMAGE"], "bundle:pt2");
+        assert_eq!(h.env["LSB_JOBID"], "17");
+        assert_eq!(h.env["LSB_JOBINDEX"], "4294967291");
+        assert_eq!(h.cwd.as_deref(), Some("/storage1/fs1/alice"));
+        assert_eq!(
+            h.slurm_id.as_deref(),
+            Some("node.a.b.alice.17.4294967291.0")
+        );
+        // A bundle outside the cache is refused.
+        std::fs::create_dir_all(dir.path().join("elsewhere/rootfs")).unwrap();
+        let j = parse_config(BATCH).unwrap();
+        let e = hello(&p, j, &dir.path().join("elsewhere/rootfs"), "n.u.1.0.0").unwrap_err();
+        assert!(matches!(e, Error::Denied(d) if d.rule == "bundles.cache"));
+    }
+}

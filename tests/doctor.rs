@@ -1,0 +1,270 @@
+//! `berth doctor` against the real engine of the test bed (run as root by
+//! tests/run.sh).
+
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn berth(bin: &Path, policy: &Path, args: &[&str]) -> Run {
+    let out = Command::new(bin)
+        .arg("--policy")
+        .arg(policy)
+        .args(args)
+        .env_remove("LSF_SERVERDIR")
+        .output()
+        .expect("run berth");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// A root-owned directory holding `policy.toml` (plus whatever the test adds).
+fn site(policy: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("policy.toml");
+    let text = policy.replace("@DIR@", &dir.path().display().to_string());
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, p)
+}
+
+const GOOD: &str = r#"
+[images]
+allow = ["berth-test/*"]
+[[volumes]]
+root = "/storage1/fs1"
+mode = "rw"
+[audit]
+log = "@DIR@/audit.log"
+"#;
+
+fn json(r: &Run) -> Value {
+    serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {}{}", r.stdout, r.stderr))
+}
+
+fn status<'a>(v: &'a Value, name: &str) -> &'a str {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {v:#}"))["status"]
+        .as_str()
+        .unwrap()
+}
+
+fn message(v: &Value, name: &str) -> String {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == name)
+        .map(|c| c["message"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether the engine's runc is older than 1.1.12, asked independently of
+/// doctor.
+fn engine_runc_is_old() -> bool {
+    let v = berth::engine::Engine::new(Path::new("/var/run/docker.sock"))
+        .version()
+        .expect("the test bed's engine answers");
+    let runc = v["Components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["Name"] == "runc")
+        .expect("engine reports runc")["Version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    berth::doctor::parse_version(&runc).expect("runc version parses") < berth::doctor::PATCHED_RUNC
+}
+
+#[test]
+fn a_healthy_node_passes_with_the_engine_and_runc_checked() {
+    let (_d, p) = site(GOOD);
+    let r = berth(Path::new(BERTH), &p, &["doctor", "--json"]);
+    let v = json(&r);
+    assert_eq!(r.code, 0, "{v:#}");
+    assert_eq!(v["ok"], true);
+    for name in [
+        "binary",
+        "policy.file",
+        "policy.valid",
+        "docker.client",
+        "docker.engine",
+        "docker.init",
+        "tmp",
+        "audit",
+    ] {
+        assert_eq!(status(&v, name), "ok", "{name}: {v:#}");
+    }
+    assert!(message(&v, "docker.engine").contains("API 1."), "{v:#}");
+    assert!(message(&v, "docker.client").contains("Docker version"));
+    // Debian 12's runc is 1.1.5: a warning by default, not a failure.
+    let runc = status(&v, "runc");
+    if engine_runc_is_old() {
+        assert_eq!(runc, "warn", "{v:#}");
+        assert!(message(&v, "runc").contains("CVE-2024-21626"));
+    } else {
+        assert_eq!(runc, "ok", "{v:#}");
+    }
+    // The broker is not running in the test bed: a warning that says how.
+    if !Path::new("/run/berth/berth.sock").exists() {
+        assert_eq!(status(&v, "broker"), "warn");
+        assert!(message(&v, "broker").contains("berth daemon"));
+    }
+    // Built in the repository: the glue is the repository's wrapper/.
+    assert_eq!(status(&v, "glue"), "ok", "{v:#}");
+    assert!(message(&v, "glue").contains("wrapper"), "{v:#}");
+}
+
+#[test]
+fn text_output_is_one_line_per_check_and_a_summary() {
+    let (_d, p) = site(GOOD);
+    let r = berth(Path::new(BERTH), &p, &["doctor"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let (last, checks) = lines.split_last().unwrap();
+    assert!(checks.len() >= 10, "{}", r.stdout);
+    for l in checks {
+        assert!(
+            l.starts_with("ok ") || l.starts_with("warn ") || l.starts_with("fail "),
+            "{l}"
+        );
+    }
+    assert!(
+        last.starts_with("berth doctor: ") && last.ends_with(" 0 failures"),
+        "{last}"
+    );
+    assert!(r.stdout.contains("docker.engine"));
+}
+
+#[test]
+fn old_runc_fails_when_the_policy_asks() {
+    let (_d, p) = site(&format!("{GOOD}\n[docker]\nold_runc = \"fail\"\n"));
+    let r = berth(Path::new(BERTH), &p, &["doctor", "--json"]);
+    let v = json(&r);
+    if engine_runc_is_old() {
+        assert_eq!(r.code, 78, "{v:#}");
+        assert_eq!(status(&v, "runc"), "fail");
+        assert_eq!(v["ok"], false);
+    } else {
+        assert_eq!(r.code, 0, "{v:#}");
+    }
+}
+
+#[test]
+fn an_unsafe_policy_file_fails_and_the_other_checks_still_run() {
+    let (_d, p) = site(GOOD);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = berth(Path::new(BERTH), &p, &["doctor", "--json"]);
+    let v = json(&r);
+    assert_eq!(r.code, 78);
+    assert_eq!(status(&v, "policy.file"), "fail");
+    assert!(message(&v, "policy.file").contains("chmod go-w"), "{v:#}");
+    assert_eq!(status(&v, "docker.engine"), "ok");
+}
+
+#[test]
+fn an_invalid_policy_fails() {
+    let (_d, p) = site("[identity]\nmin_uidd = 5\n");
+    let r = berth(Path::new(BERTH), &p, &["doctor", "--json"]);
+    let v = json(&r);
+    assert_eq!(r.code, 78);
+    assert_eq!(status(&v, "policy.valid"), "fail");
+    assert!(message(&v, "policy.valid").contains("min_uidd"), "{v:#}");
+}
+
+#[test]
+fn policy_warnings_are_reported() {
+    let (_d, p) = site("[images]\nallow = [\"*\"]\n");
+    let r = berth(Path::new(BERTH), &p, &["doctor", "--json"]);
+    let v = json(&r);
+    assert_eq!(status(&v, "policy.lint"), "warn", "{v:#}");
+    assert!(message(&v, "policy.lint").contains("every image"));
+}
+
+#[test]
+fn an_unreachable_engine_fails() {
+    let (_d, p) = site(&format!(
+        "{GOOD}\n[docker]\nsocket = \"@DIR@/no-docker.sock\"\n"
+    ));
+    let r = berth(Path::new(BERTH), &p, &["doctor", "--json"]);
+    let v = json(&r);
+    assert_eq!(r.code, 78);
+    assert_eq!(status(&v, "docker.engine"), "fail");
+    assert!(message(&v, "docker.engine").contains("no-docker.sock"));
+}
+
+#[test]
+fn writable_directories_fail() {
+    let (d, p) = site(&format!(
+        "{GOOD}\n[tmp]\nbase = \"@DIR@/tmpbase\"\n[bundles]\ncache = \"@DIR@/bundles\"\nlock_dir = \"@DIR@/locks\"\n"
+    ));
+    for (sub, mode) in [("tmpbase", 0o777), ("bundles", 0o775), ("locks", 0o757)] {
+        let s = d.path().join(sub);
+        std::fs::create_dir(&s).unwrap();
+        std::fs::set_permissions(&s, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let r = berth(Path::new(BERTH), &p, &["doctor", "--json"]);
+    let v = json(&r);
+    assert_eq!(r.code, 78);
+    for name in ["tmp", "bundles", "lock_dir"] {
+        assert_eq!(status(&v, name), "fail", "{name}: {v:#}");
+        assert!(message(&v, name).contains("writable"), "{v:#}");
+    }
+    // Fixed, they pass.
+    for sub in ["tmpbase", "bundles", "locks"] {
+        std::fs::set_permissions(d.path().join(sub), std::fs::Permissions::from_mode(0o711))
+            .unwrap();
+    }
+    let v = json(&berth(Path::new(BERTH), &p, &["doctor", "--json"]));
+    for name in ["tmp", "bundles", "lock_dir"] {
+        assert_eq!(status(&v, name), "ok", "{name}: {v:#}");
+    }
+}
+
+#[test]
+fn a_bundle_cache_owned_by_a_user_fails() {
+    let (d, p) = site(&format!("{GOOD}\n[bundles]\ncache = \"@DIR@/bundles\"\n"));
+    let s = d.path().join("bundles");
+    std::fs::create_dir(&s).unwrap();
+    let alice = nix::unistd::User::from_name("berth-alice")
+        .unwrap()
+        .expect("test bed user berth-alice");
+    std::os::unix::fs::chown(&s, Some(alice.uid.as_raw()), None).unwrap();
+    let v = json(&berth(Path::new(BERTH), &p, &["doctor", "--json"]));
+    assert_eq!(status(&v, "bundles"), "fail", "{v:#}");
+    assert!(message(&v, "bundles").contains("owned by uid"), "{v:#}");
+}
+
+#[test]
+fn a_setuid_berth_is_refused() {
+    let (d, p) = site(GOOD);
+    let copy = d.path().join("berth");
+    std::fs::copy(BERTH, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let r = berth(&copy, &p, &["doctor"]);
+    assert_eq!(r.code, 78, "{}{}", r.stdout, r.stderr);
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("setuid"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+}
