@@ -41,6 +41,12 @@ pub enum Command {
     /// LSF integration: the esub, and the EXEC_DRIVER controller and monitor
     #[command(subcommand)]
     Lsf(LsfCommand),
+    /// Manage the shared bundle cache: images kept as tar files on a shared filesystem
+    #[command(
+        subcommand,
+        long_about = "A bundle is a directory <cache>/<name>/ (policy bundles.cache) holding image.tar (a docker save tar of one image), bundle.toml (its image id, sha256 and size, entrypoint, cmd, workdir, env, whether /bin/sh exists, who created it and when), and an OCI config.json with an empty rootfs/ so the directory is also a bundle for sbatch --container. Jobs use one with LSB_CONTAINER_IMAGE=bundle:NAME: if the node's engine has the image id, nothing is read; otherwise image.tar is loaded once per node (concurrent jobs wait for one load), after checking that its config digest is the recorded image id, and the job runs by image id. The cache and every bundle must be owned by root (or bundles.owner) and not writable by group or others (exit 78 otherwise)."
+    )]
+    Bundle(BundleCommand),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -143,4 +149,97 @@ pub struct MonitorArgs {
 
     #[command(flatten)]
     pub job: JobSelector,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCommand {
+    /// Create (or atomically replace) a bundle from an image, a docker save tar or a docker export tar
+    Create(BundleCreateArgs),
+    /// List the bundles in the cache: name, size, image id, created
+    List {
+        /// Print every bundle.toml as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash a bundle's image.tar and compare with bundle.toml, and each layer with the image config (exit 78 if corrupt)
+    Verify {
+        /// Bundle name
+        name: String,
+    },
+    /// Remove a bundle from the cache (running jobs are not affected)
+    Rm {
+        /// Bundle name
+        name: String,
+    },
+    /// Remove leftovers of interrupted creates, and this node's images that berth loaded for bundles no longer in the cache
+    Gc {
+        /// Only remove temporary directories older than this many seconds (a create may still be writing younger ones)
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+        min_age: u64,
+        /// Clean the cache only; leave this node's engine alone
+        #[arg(long)]
+        cache_only: bool,
+    },
+    /// Load a bundle's image into this node's engine now (e.g. from a prolog); nothing is read if it is already there
+    Load {
+        /// Bundle name
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from_image", "from_save", "from_export"])))]
+pub struct BundleCreateArgs {
+    /// Bundle name: 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit
+    pub name: String,
+
+    /// Save this image from the node's engine (docker save)
+    #[arg(long, value_name = "IMAGE")]
+    pub from_image: Option<String>,
+
+    /// A docker save tar (classic manifest.json or OCI layout) holding one image
+    #[arg(long, value_name = "TAR")]
+    pub from_save: Option<PathBuf>,
+
+    /// A flat root filesystem tar (docker export, or tar -C rootfs -c .), made into a one-layer image
+    #[arg(long, value_name = "TAR")]
+    pub from_export: Option<PathBuf>,
+
+    /// With --from-export: a Dockerfile line applied to the image config, as docker import --change takes (ENTRYPOINT, CMD, ENV, WORKDIR, USER, LABEL); repeatable
+    #[arg(long, value_name = "LINE")]
+    pub change: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SlurmCommand {
+    /// RunTimeRun: run the task described by Slurm's config.json, through the broker, as the job user
+    #[command(
+        long_about = "oci.conf: RunTimeRun=\"berth slurm run %b %r %n.%u.%j.%s.%t\". Reads the task's command, environment and batch script from SPOOL/config.json, takes the image from the bundle the user named with --container (ROOTFS is <bundle>/rootfs; the bundle must be in the site's bundle cache), uses SLURM_SUBMIT_DIR as the working directory, and starts the container through the broker. Exits with the container's exit code."
+    )]
+    Run {
+        /// Slurm's spool directory for the step (%b), holding its config.json
+        spool: std::path::PathBuf,
+        /// The bundle's root filesystem path (%r): <cache>/<name>/rootfs
+        rootfs: std::path::PathBuf,
+        /// The container id, %n.%u.%j.%s.%t
+        id: String,
+    },
+    /// RunTimeQuery: print the container's OCI state as JSON ({} when it is gone)
+    Query {
+        /// The container id, %n.%u.%j.%s.%t
+        id: String,
+    },
+    /// RunTimeKill: signal the container
+    Kill {
+        /// The container id, %n.%u.%j.%s.%t
+        id: String,
+        /// Signal to send
+        #[arg(default_value = "KILL")]
+        signal: String,
+    },
+    /// RunTimeDelete: remove the container
+    Delete {
+        /// The container id, %n.%u.%j.%s.%t
+        id: String,
+    },
 }

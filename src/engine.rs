@@ -349,6 +349,147 @@ impl Engine {
     }
 }
 
+/// Images: load, list, tag, remove (bundles, SPEC §6).
+impl Engine {
+    /// Stream `len` bytes of a tar into `POST /images/load` (sendfile from
+    /// the file, never buffered in memory). `Ok(Ok(refs))`: what the engine
+    /// reports loaded (`sha256:…` ids, or references); `Ok(Err(msg))`: the
+    /// engine refused the tar (e.g. a layer not matching its diff_id).
+    pub fn load(
+        &self,
+        tar: &std::fs::File,
+        len: u64,
+    ) -> Result<std::result::Result<Vec<String>, String>> {
+        use std::io::{Seek, SeekFrom};
+        let mut s = UnixStream::connect(&self.socket).map_err(|e| self.unavailable(e))?;
+        let t = Some(Duration::from_secs(3600));
+        s.set_read_timeout(t).ok();
+        s.set_write_timeout(t).ok();
+        let head = format!(
+            "POST /images/load?quiet=1 HTTP/1.1\r\nHost: docker\r\nUser-Agent: berth/{}\r\nConnection: close\r\nContent-Type: application/x-tar\r\nContent-Length: {len}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+        );
+        s.write_all(head.as_bytes())
+            .map_err(|e| self.unavailable(e))?;
+        let mut f = tar;
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::internal("seek image tar", e))?;
+        let sent = std::io::copy(&mut f.take(len), &mut s);
+        // Read the reply even if the engine stopped reading early.
+        let mut raw = Vec::new();
+        let read = s.read_to_end(&mut raw);
+        let r = parse_response(&raw, false);
+        let r = match (r, sent, read) {
+            (Some(r), _, _) => r,
+            (None, Err(e), _) | (None, _, Err(e)) => return Err(self.unavailable(e)),
+            (None, _, _) => return Err(self.unavailable("malformed HTTP reply to image load")),
+        };
+        if r.status != 200 {
+            return Ok(Err(format!("HTTP {}: {}", r.status, r.message())));
+        }
+        let mut out = Vec::new();
+        for line in r.body.split(|b| *b == b'\n') {
+            let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
+            if let Some(e) = v.get("error").and_then(Value::as_str) {
+                return Ok(Err(e.to_string()));
+            }
+            if let Some(st) = v.get("stream").and_then(Value::as_str) {
+                for l in st.lines() {
+                    if let Some(id) = l.strip_prefix("Loaded image ID: ") {
+                        out.push(id.trim().to_string());
+                    } else if let Some(r) = l.strip_prefix("Loaded image: ") {
+                        out.push(r.trim().to_string());
+                    }
+                }
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// Every image: its id and tags (`GET /images/json`).
+    pub fn images(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let r = self.get("/images/json?all=1")?;
+        if r.status != 200 {
+            return Err(self.unavailable(format!("image list HTTP {}: {}", r.status, r.message())));
+        }
+        let v = r.json()?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| {
+                        let id = i.get("Id").and_then(Value::as_str).unwrap_or("").to_string();
+                        let tags = i
+                            .get("RepoTags")
+                            .and_then(Value::as_array)
+                            .map(|t| {
+                                t.iter()
+                                    .filter_map(|x| x.as_str())
+                                    .filter(|x| *x != "<none>:<none>")
+                                    .map(str::to_string)
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        (id, tags)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    pub fn image_ids(&self) -> Result<Vec<String>> {
+        Ok(self.images()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// `DELETE /images/{ref}`: untag a reference, or remove an image by id
+    /// (`force` also when tagged or used by a stopped container).
+    /// `Ok(false)` if there was none.
+    pub fn remove_image(&self, reference: &str, force: bool) -> Result<bool> {
+        let r = self.request(
+            "DELETE",
+            &format!(
+                "/images/{}?force={}&noprune=0",
+                encode(reference),
+                u8::from(force)
+            ),
+            None,
+            Duration::from_secs(120),
+        )?;
+        match r.status {
+            200 => Ok(true),
+            404 => Ok(false),
+            s => Err(Error::Unavailable(format!(
+                "remove image {reference}: HTTP {s}: {}",
+                r.message()
+            ))),
+        }
+    }
+
+    /// `POST /images/{id}/tag`.
+    pub fn tag_image(&self, id: &str, repo: &str, tag: &str) -> Result<()> {
+        let r = self.request(
+            "POST",
+            &format!(
+                "/images/{}/tag?repo={}&tag={}",
+                encode(id),
+                encode(repo),
+                encode(tag)
+            ),
+            None,
+            Duration::from_secs(30),
+        )?;
+        if r.status != 201 {
+            return Err(Error::Unavailable(format!(
+                "tag {id} as {repo}:{tag}: HTTP {}: {}",
+                r.status,
+                r.message()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Parse an HTTP/1.1 reply read to EOF (Connection: close), decoding a
 /// chunked body.
 fn parse_response(raw: &[u8], head: bool) -> Option<Response> {

@@ -24,6 +24,7 @@ pub fn main(cli: Cli) -> i32 {
             policy_check(&file.unwrap_or(cli.policy), json)
         }
         Command::Lsf(c) => crate::lsf::main(&cli.policy, &c),
+        Command::Bundle(c) => crate::bundle::main(&cli.policy, &c),
     };
     match result {
         Ok(code) => code,
@@ -176,9 +177,9 @@ fn decide_inner(
 fn image_facts(engine: &Engine, policy: &Policy, req: &Request, nonce: &str) -> Result<ImageFacts> {
     match &req.image {
         ImageSpec::Registry(r) => crate::facts::gather(engine, policy, &r.to_string(), nonce),
-        ImageSpec::Bundle(b) => Err(Error::Config(format!(
-            "bundle:{b}: this berth build has no bundle support yet; use a registry image"
-        ))),
+        // Facts from bundle.toml (the cache is checked); the engine is
+        // asked nothing until the launch loads it (crate::bundle::prepare).
+        ImageSpec::Bundle(b) => crate::bundle::facts(policy, b),
     }
 }
 
@@ -209,6 +210,7 @@ fn run(policy_path: &Path, args: &RunArgs) -> Result<i32> {
     let Decision { plan, mut record } = decide(&policy, &caller, Some(&engine));
     audit.record(&record);
     let plan = plan?;
+    crate::bundle::prepare(&engine, &policy, &plan, &record, &mut |r| audit.record(r))?;
     let code = crate::launch::run(&plan);
     record.event = "exit";
     record.decision = "allow";

@@ -6,6 +6,7 @@
 //! thin layer that performs a plan.
 
 pub mod audit;
+pub mod bundle;
 pub mod cli;
 pub mod doctor;
 pub mod engine;
