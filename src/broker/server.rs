@@ -264,6 +264,19 @@ fn handle(state: &State, stream: UnixStream) {
             return;
         }
     };
+    // A bundle job: load the bundle's image once on this node (§6).
+    if let Err(e) = crate::bundle::prepare(&engine, &policy, &plan, &record, &mut |r| {
+        state.audit.lock().unwrap_or_else(|e| e.into_inner()).record(r)
+    }) {
+        send(
+            &stream,
+            &DaemonMsg::Error {
+                code: e.exit_code(),
+                message: e.to_string(),
+            },
+        );
+        return;
+    }
     let code = run_job(state, &stream, &plan, &engine, fds);
     record.event = "exit";
     match &code {
@@ -300,6 +313,7 @@ fn run_job(
     fds: Vec<OwnedFd>,
 ) -> Result<Option<i32>> {
     launch::prepare(plan).inspect_err(|_| launch::remove_job_dir(&plan.job_dir))?;
+    launch::pin(plan).inspect_err(|_| launch::cleanup(plan))?;
     let mut fds = fds.into_iter();
     let (i, o, e) = (fds.next(), fds.next(), fds.next());
     let mut cmd = launch::docker_command(plan);
