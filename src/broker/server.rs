@@ -266,7 +266,11 @@ fn handle(state: &State, stream: UnixStream) {
     };
     // A bundle job: load the bundle's image once on this node (§6).
     if let Err(e) = crate::bundle::prepare(&engine, &policy, &plan, &record, &mut |r| {
-        state.audit.lock().unwrap_or_else(|e| e.into_inner()).record(r)
+        state
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(r)
     }) {
         send(
             &stream,
