@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod esub;
+pub mod jobfile;
 pub mod monitor;
 
 use crate::cli::{JobSelector, LsfCommand};

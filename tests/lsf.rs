@@ -1,0 +1,1092 @@
+//! LSF end to end, on a real Docker engine, with a "fake LSF" that hands
+//! each script exactly what LSF documents (notes/lsf.md):
+//!
+//! * at submission, `esub.docker` runs as the submitting user with the
+//!   image as its argument, `LSB_SUB_PARM_FILE` (quoted `LSB_SUB_*` lines),
+//!   `LSB_SUB_MODIFY_ENVFILE`, `LSB_SUB_MODIFY_FILE`, `LSB_SUB_ABORT_VALUE`;
+//! * at dispatch, the starter runs under `/bin/sh -c '<starter> <jobfile>'`
+//!   (EXEC_DRIVER) or `/bin/sh -c '<starter> "<command>"'` (JOB_STARTER
+//!   "%USRCMD"), with LSB_JOBID, LSB_JOBINDEX, LSFUSER, LS_SUBCWD,
+//!   LSB_JOBFILENAME …, and the esub's LSB_CONTAINER_IMAGE;
+//! * the controller and monitor run with the job's LSB_JOBID/LSB_JOBINDEX.
+//!
+//! The scripts are the real ones from wrapper/lsf/, with only their two
+//! site lines (BERTH=, POLICY=) pointed at this build and a test policy.
+//! Root, the testbed's users and images, and a reachable engine are
+//! required: a missing engine FAILS, never skips. Every job id is unique
+//! (this process's pid and a counter) and every test cleans up.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const DOCKER: &str = "/usr/bin/docker";
+const IMAGE: &str = "berth-test/busybox:1";
+const ALICE: &str = "berth-alice";
+const ALICE_DIR: &str = "/storage1/fs1/alice";
+const ABORT: i32 = 97;
+const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn berth() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Fail (never skip) unless root, the engine and the testbed are there.
+fn require_testbed() {
+    static OK: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = OK.get_or_init(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("the LSF integration tests must run as root".into());
+        }
+        let out = docker(&["info", "--format", "{{.ServerVersion}}"]);
+        if out.code != Some(0) {
+            return Err(format!(
+                "the docker engine does not answer ({}); run tests/setup/testbed.sh up",
+                out.stderr.trim()
+            ));
+        }
+        for u in [ALICE, "berth-bob", "berth-relay", "berth-low"] {
+            if nix::unistd::User::from_name(u).ok().flatten().is_none() {
+                return Err(format!(
+                    "user {u} is missing; run tests/setup/testbed.sh up"
+                ));
+            }
+        }
+        if docker(&["image", "inspect", IMAGE]).code != Some(0) {
+            return Err(format!(
+                "image {IMAGE} is missing; run tests/setup/testbed.sh up"
+            ));
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        panic!("testbed not ready: {e}");
+    }
+}
+
+fn job_id() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}{:03}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    #[track_caller]
+    fn expect(&self, code: i32) -> &Out {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "exit code\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+    fn field(&self, key: &str) -> Option<&str> {
+        self.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+    }
+}
+
+fn output(child: Child) -> Out {
+    let o = child.wait_with_output().expect("wait");
+    Out {
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn docker(args: &[&str]) -> Out {
+    let child = Command::new(DOCKER)
+        .args(args)
+        .env_clear()
+        .env("PATH", PATH)
+        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker");
+    output(child)
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A command that runs as `user` (uid, primary and supplementary groups,
+/// like LSF's res/sbatchd would set them) with exactly `env`, from `cwd`.
+fn command_as(user: Option<&str>, argv: &[&str], env: &[(String, String)], cwd: &str) -> Command {
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(name) = user {
+        let u = nix::unistd::User::from_name(name).unwrap().unwrap();
+        let cname = std::ffi::CString::new(name).unwrap();
+        let groups = nix::unistd::getgrouplist(&cname, u.gid).unwrap();
+        let (uid, gid) = (u.uid, u.gid);
+        // SAFETY: only setgroups/setresgid/setresuid between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                nix::unistd::setgroups(&groups)?;
+                nix::unistd::setresgid(gid, gid, gid)?;
+                nix::unistd::setresuid(uid, uid, uid)?;
+                Ok(())
+            });
+        }
+    }
+    c
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// the bed: policy, scripts, broker
+// ---------------------------------------------------------------------------
+
+struct Bed {
+    dir: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Bed {
+    /// A root-owned directory with a policy and the wrapper/lsf scripts.
+    fn new(raw_args: bool) -> Bed {
+        require_testbed();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = PathBuf::from(format!(
+            "/tmp/berth-lsf-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        std::fs::create_dir_all(dir.join("bundles")).unwrap();
+        for d in [&dir, &dir.join("run"), &dir.join("bundles")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let d = dir.display();
+        let policy = format!(
+            r#"
+[identity]
+relays = ["berth-relay"]
+[images]
+allow = ["docker.io/berth-test/*"]
+raw_args = {raw_args}
+facts_cache = "{d}/facts"
+[[volumes]]
+root = "/storage1/fs1"
+mode = "rw"
+[[volumes]]
+root = "/scratch1/fs1"
+mode = "rw"
+[tmp]
+base = "{d}/jobs"
+[docker]
+stop_timeout = 3
+[bundles]
+cache = "{d}/bundles"
+[broker]
+socket = "{d}/run/berth.sock"
+[audit]
+log = "{d}/audit.log"
+"#
+        );
+        write(&dir.join("policy.toml"), &policy, 0o644);
+        let bed = Bed { dir, daemon: None };
+        for s in [
+            "esub.docker",
+            "berth-starter",
+            "berth-control",
+            "berth-monitor",
+        ] {
+            bed.install(s);
+        }
+        bed
+    }
+
+    /// Copy a wrapper/lsf script, pointing only its site lines here.
+    fn install(&self, name: &str) {
+        let text = std::fs::read_to_string(repo().join("wrapper/lsf").join(name)).unwrap();
+        let mut n = 0;
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("BERTH=") {
+                    n += 1;
+                    format!("BERTH={}\n", berth())
+                } else if l.starts_with("POLICY=") {
+                    n += 1;
+                    format!("POLICY={}\n", self.policy().display())
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        assert_eq!(
+            n, 2,
+            "{name} must have exactly one BERTH= and one POLICY= line"
+        );
+        write(&self.script(name), &text, 0o755);
+    }
+
+    fn policy(&self) -> PathBuf {
+        self.dir.join("policy.toml")
+    }
+
+    fn script(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn jobs(&self) -> PathBuf {
+        self.dir.join("jobs")
+    }
+
+    /// Start the broker (berth daemon) on this bed's socket.
+    fn start_broker(&mut self) {
+        let sock = self.dir.join("run/berth.sock");
+        let child = Command::new(berth())
+            .args(["--policy", self.policy().to_str().unwrap(), "daemon"])
+            .env_clear()
+            .env("PATH", PATH)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            }),
+            "the broker did not come up on {}",
+            sock.display()
+        );
+    }
+
+    /// Audit records of one job.
+    fn audit(&self, job: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["job"] == job)
+            .collect()
+    }
+
+    /// The container name the launch record of job[index] names.
+    fn container(&self, job: &str, index: u32) -> String {
+        let mut name = None;
+        wait_until(Duration::from_secs(20), || {
+            name = self
+                .audit(job)
+                .iter()
+                .find(|r| r["event"] == "launch" && r["index"] == index)
+                .and_then(|r| r["container"].as_str().map(str::to_string));
+            name.is_some()
+        });
+        name.unwrap_or_else(|| panic!("no launch record for {job}[{index}]"))
+    }
+
+    /// Run the esub as `user`, as mesub would. Returns (result, env file,
+    /// modify file), each file `None` when it was never created.
+    fn esub(
+        &self,
+        user: &str,
+        argv: &[&str],
+        parm: &str,
+        env: &[(&str, &str)],
+        cwd: &str,
+        abort: Option<i32>,
+    ) -> (Out, Option<String>, Option<String>) {
+        // bsub makes a private directory for the esub's files.
+        let sub = self.dir.join(format!("esub-{}", job_id()));
+        std::fs::create_dir(&sub).unwrap();
+        let u = nix::unistd::User::from_name(user).unwrap().unwrap();
+        nix::unistd::chown(&sub, Some(u.uid), Some(u.gid)).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let parm_file = sub.join("parm");
+        std::fs::write(&parm_file, parm).unwrap();
+        nix::unistd::chown(&parm_file, Some(u.uid), Some(u.gid)).unwrap();
+        let envfile = sub.join("envfile");
+        let modfile = sub.join("modfile");
+        let mut e = pairs(&[
+            ("PATH", PATH),
+            ("USER", user),
+            ("LOGNAME", user),
+            ("PWD", cwd),
+        ]);
+        e.push(("HOME".into(), u.dir.display().to_string()));
+        e.push(("LSB_SUB_PARM_FILE".into(), parm_file.display().to_string()));
+        e.push((
+            "LSB_SUB_MODIFY_ENVFILE".into(),
+            envfile.display().to_string(),
+        ));
+        e.push(("LSB_SUB_MODIFY_FILE".into(), modfile.display().to_string()));
+        if let Some(a) = abort {
+            e.push(("LSB_SUB_ABORT_VALUE".into(), a.to_string()));
+        }
+        e.extend(pairs(env));
+        let script = self.script("esub.docker");
+        let mut v = vec![script.to_str().unwrap()];
+        v.extend_from_slice(argv);
+        let out = output(command_as(Some(user), &v, &e, cwd).spawn().unwrap());
+        let read = |p: &Path| std::fs::read_to_string(p).ok();
+        let r = (out, read(&envfile), read(&modfile));
+        let _ = std::fs::remove_dir_all(&sub);
+        r
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(d.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = d.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write(p: &Path, text: &str, mode: u32) {
+    std::fs::write(p, text).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The parameter file bsub would write for `bsub -a 'docker(IMAGE)' CMD`.
+fn parm_file(image: &str, command: &str) -> String {
+    let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "LSB_SUB_QUEUE=\"normal\"\nLSB_SUB_JOB_NAME=\"{}\"\nLSB_SUB_ADDITIONAL=\"docker({image})\"\nLSB_SUB_COMMAND_LINE=\"{}\"\nLSB_SUB_NUM_PROCESSORS=1\nLSB_SUB_MAX_NUM_PROCESSORS=1\n",
+        q(command),
+        q(command)
+    )
+}
+
+// ---------------------------------------------------------------------------
+// the job side: job file, environment, starter
+// ---------------------------------------------------------------------------
+
+/// An LSF job on this host: its id, index, owner and files.
+struct Job {
+    id: String,
+    index: u32,
+    user: String,
+    cwd: String,
+    image: String,
+    extra: Vec<(String, String)>,
+    job_file: Option<PathBuf>,
+}
+
+impl Job {
+    fn new(user: &str, image: &str) -> Job {
+        Job {
+            id: job_id(),
+            index: 0,
+            user: user.into(),
+            cwd: ALICE_DIR.into(),
+            image: image.into(),
+            extra: Vec::new(),
+            job_file: None,
+        }
+    }
+
+    fn env(mut self, k: &str, v: &str) -> Job {
+        self.extra.push((k.into(), v.into()));
+        self
+    }
+
+    /// The job file LSF writes in the owner's ~/.lsbatch (mode 0700): the
+    /// user's command between LSF's markers.
+    fn write_job_file(&mut self, command: &str) -> PathBuf {
+        let u = nix::unistd::User::from_name(&self.user).unwrap().unwrap();
+        let spool = u.dir.join(".lsbatch");
+        if !spool.exists() {
+            std::fs::create_dir(&spool).unwrap();
+            nix::unistd::chown(&spool, Some(u.uid), Some(u.gid)).unwrap();
+            std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let path = spool.join(format!("1795238400.{}", self.id));
+        let text = format!(
+            "#! /bin/sh\n\n$LSB_TRAPSIGS\n$LSB_RCP1\n$LSB_RCP2\n$LSB_RCP3\n# LSBATCH: User input\n{command}\nExitStat=$?\nwait\n# LSBATCH: End user input\ntrue\nexit `expr $ExitStat`\n"
+        );
+        write(&path, &text, 0o700);
+        nix::unistd::chown(&path, Some(u.uid), Some(u.gid)).unwrap();
+        self.job_file = Some(path.clone());
+        path
+    }
+
+    /// The environment sbatchd gives the job (and so the starter).
+    fn lsf_env(&self) -> Vec<(String, String)> {
+        let u = nix::unistd::User::from_name(&self.user).unwrap().unwrap();
+        let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        let mut e = pairs(&[
+            ("PATH", PATH),
+            ("USER", &self.user),
+            ("LOGNAME", &self.user),
+            ("LSFUSER", &self.user),
+            ("LSB_JOBID", &self.id),
+            ("LSB_JOBINDEX", &self.index.to_string()),
+            ("LSB_JOBNAME", "lsf-test"),
+            ("LSB_QUEUE", "normal"),
+            ("LSB_HOSTS", &host),
+            ("LSB_MCPU_HOSTS", &format!("{host} 1")),
+            ("LSB_SUB_HOST", &host),
+            ("LS_SUBCWD", &self.cwd),
+            ("LSB_TRAPSIGS", "trap # 15 10 12 2 1"),
+            ("LSB_CONTAINER_IMAGE", &self.image),
+        ]);
+        e.push(("HOME".into(), u.dir.display().to_string()));
+        if let Some(f) = &self.job_file {
+            e.push(("LSB_JOBFILENAME".into(), f.display().to_string()));
+        }
+        e.extend(self.extra.iter().cloned());
+        e
+    }
+
+    /// `/bin/sh -c '<starter> <args>'` as `caller` (None: root), the way
+    /// sbatchd runs a job starter or an EXEC_DRIVER starter.
+    fn start(&self, bed: &Bed, caller: Option<&str>, starter_args: &str) -> Child {
+        let line = format!("{} {starter_args}", bed.script("berth-starter").display());
+        command_as(
+            caller,
+            &["/bin/sh", "-c", &line],
+            &self.lsf_env(),
+            &self.cwd,
+        )
+        .spawn()
+        .unwrap()
+    }
+
+    /// EXEC_DRIVER style: the starter's argument is the job file.
+    fn start_job_file(&mut self, bed: &Bed, caller: Option<&str>, command: &str) -> Child {
+        let f = self.write_job_file(command);
+        self.start(bed, caller, &f.display().to_string())
+    }
+
+    /// JOB_STARTER = starter "%USRCMD": LSF puts the command in the quotes.
+    fn start_usrcmd(&self, bed: &Bed, caller: Option<&str>, command: &str) -> Child {
+        self.start(bed, caller, &format!("\"{command}\""))
+    }
+
+    /// berth-control / berth-monitor with the job's environment.
+    fn tool(&self, bed: &Bed, caller: Option<&str>, script: &str, args: &[&str]) -> Out {
+        let s = bed.script(script);
+        let mut v = vec![s.to_str().unwrap()];
+        v.extend_from_slice(args);
+        output(
+            command_as(caller, &v, &self.lsf_env(), "/")
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(f) = &self.job_file {
+            let _ = std::fs::remove_file(f);
+        }
+        let ids = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=berth.job={}", self.id),
+        ]);
+        for id in ids.stdout.split_whitespace() {
+            let _ = docker(&["rm", "-f", id]);
+        }
+    }
+}
+
+fn containers_of(job: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--filter", &format!("label=berth.job={job}")])
+        .stdout
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_child(c: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// esub
+// ---------------------------------------------------------------------------
+
+#[test]
+fn esub_accepts_and_writes_exactly_the_image() {
+    let bed = Bed::new(true);
+    // bsub -a 'docker(berth-test/busybox:1)' 'echo "hi there"'
+    let parm = parm_file(IMAGE, "echo \"hi there\"");
+    let (out, envfile, modfile) = bed.esub(
+        ALICE,
+        &[IMAGE],
+        &parm,
+        &[(
+            "LSF_DOCKER_VOLUMES",
+            "/storage1/fs1/alice:/data:ro /scratch1/fs1/alice",
+        )],
+        ALICE_DIR,
+        Some(ABORT),
+    );
+    out.expect(0);
+    assert_eq!(out.stderr, "", "an accepted submission prints nothing");
+    assert_eq!(
+        envfile.as_deref(),
+        Some("LSB_CONTAINER_IMAGE=\"berth-test/busybox:1\"\n")
+    );
+    // esub.docker routes -a docker jobs to the "docker" profile.
+    assert_eq!(modfile.as_deref(), Some("LSB_SUB_APP_NAME=\"docker\"\n"));
+
+    // Without an argument the image comes from LSB_SUB_ADDITIONAL; a
+    // profile the user chose is kept.
+    let parm =
+        format!("LSB_SUB_APP_NAME=\"mine\"\nLSB_SUB_ADDITIONAL=\"license(a,b) docker({IMAGE})\"\n");
+    let (out, envfile, modfile) = bed.esub(ALICE, &[], &parm, &[], ALICE_DIR, Some(ABORT));
+    out.expect(0);
+    assert_eq!(
+        envfile.as_deref(),
+        Some("LSB_CONTAINER_IMAGE=\"berth-test/busybox:1\"\n")
+    );
+    assert_eq!(modfile, None);
+
+    // docker(bundle:NAME): the bundle is the node's business.
+    let (out, envfile, _) = bed.esub(
+        ALICE,
+        &["bundle:pt2"],
+        &parm_file("bundle:pt2", "true"),
+        &[],
+        ALICE_DIR,
+        Some(ABORT),
+    );
+    out.expect(0);
+    assert_eq!(
+        envfile.as_deref(),
+        Some("LSB_CONTAINER_IMAGE=\"bundle:pt2\"\n")
+    );
+}
+
+/// (what, bed, user, esub argv, submission env, cwd, command, needle)
+type Case<'a> = (
+    &'a str,
+    &'a Bed,
+    &'a str,
+    Vec<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    &'a str,
+    &'a str,
+    &'a str,
+);
+
+#[test]
+fn esub_rejects_at_submission_and_writes_nothing() {
+    let bed = Bed::new(true);
+    let noraw = Bed::new(false);
+    let v = |s: &'static str| vec![("LSF_DOCKER_VOLUMES", s)];
+    let bob_vol: &'static str = "/storage1/fs1/bob-private/open:/data";
+    // (what, bed, user, esub argv, submission env, cwd, command, needle)
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        ("image not allowed", &bed, ALICE, vec!["alpine"], vec![], ALICE_DIR, "true", "images.allow"),
+        ("volume outside the roots", &bed, ALICE, vec![IMAGE], v("/etc:/data"), ALICE_DIR, "true", "not under an allowed root"),
+        ("prefix look-alike root", &bed, ALICE, vec![IMAGE], v("/storage1x/fs1/alice:/data"), ALICE_DIR, "true", "volumes.source"),
+        ("symlink leaving the root", &bed, ALICE, vec![IMAGE], v("/storage1/fs1/alice/link-out:/data"), ALICE_DIR, "true", "outside its root"),
+        ("a file, not a directory", &bed, ALICE, vec![IMAGE], v("/storage1/fs1/alice/afile:/data"), ALICE_DIR, "true", "not a directory"),
+        ("colon in the path", &bed, ALICE, vec![IMAGE], v("/storage1/fs1/alice/we:ird:/data"), ALICE_DIR, "true", "':'"),
+        ("reserved destination", &bed, ALICE, vec![IMAGE], v("/storage1/fs1/alice:/etc"), ALICE_DIR, "true", "mounts.reserved"),
+        // Resolved with alice's own credentials: bob's 0700 tree is closed.
+        ("another user's private tree", &bed, ALICE, vec![IMAGE], v(bob_vol), ALICE_DIR, "true", "Permission denied"),
+        ("cwd outside the roots", &bed, ALICE, vec![IMAGE], vec![], "/home/berth-alice", "true", "workdir.root"),
+        ("network not allowed", &bed, ALICE, vec![IMAGE], vec![("LSF_DOCKER_NETWORK", "host")], ALICE_DIR, "true", "docker.networks"),
+        ("malformed ports", &bed, ALICE, vec![IMAGE], vec![("LSF_DOCKER_PORTS", "80")], ALICE_DIR, "true", "LSF_DOCKER_PORTS"),
+        ("malformed bool", &bed, ALICE, vec![IMAGE], vec![("LSF_DOCKER_PRESERVE_ENVIRONMENT", "maybe")], ALICE_DIR, "true", "malformed"),
+        ("unreadable env file", &bed, ALICE, vec![IMAGE], vec![("LSF_DOCKER_ENV_FILE", "/storage1/fs1/bob-private/open/secret.txt")], ALICE_DIR, "true", "env file"),
+        ("raw args not allowed", &noraw, ALICE, vec![IMAGE], vec![("LSF_DOCKER_RUN_RAW_ARGS", "1")], ALICE_DIR, "LSB_DOCKER_PLACE_HOLDER", "images.raw_args"),
+        ("no image", &bed, ALICE, vec![], vec![], ALICE_DIR, "true", "no image"),
+        ("two images", &bed, ALICE, vec!["a,b"], vec![], ALICE_DIR, "true", "exactly one"),
+        ("bad bundle name", &bed, ALICE, vec!["bundle:../x"], vec![], ALICE_DIR, "true", "bundle name"),
+        ("system account", &bed, "berth-low", vec![IMAGE], vec![], "/", "true", "identity.min_uid"),
+    ];
+    for (what, b, user, argv, env, cwd, cmd, needle) in cases {
+        let parm = format!("LSB_SUB_COMMAND_LINE=\"{cmd}\"\n");
+        let (out, envfile, modfile) = b.esub(user, &argv, &parm, &env, cwd, Some(ABORT));
+        assert_eq!(out.code, Some(ABORT), "{what}: {out:?}");
+        assert!(
+            out.stderr.starts_with("berth: job rejected: ") && out.stderr.contains(needle),
+            "{what}: the message does not name {needle:?}: {}",
+            out.stderr
+        );
+        assert_eq!(
+            out.stderr.lines().count(),
+            1,
+            "{what}: one line: {}",
+            out.stderr
+        );
+        assert_eq!((envfile, modfile), (None, None), "{what}: nothing written");
+    }
+
+    // A parameter file that does not parse rejects the job too.
+    let (out, envfile, _) = bed.esub(
+        ALICE,
+        &[IMAGE],
+        "LSB_SUB_COMMAND_LINE=\"unterminated\n",
+        &[],
+        ALICE_DIR,
+        Some(ABORT),
+    );
+    out.expect(ABORT);
+    assert!(out.stderr.contains("parameter file"), "{}", out.stderr);
+    assert_eq!(envfile, None);
+
+    // Without LSB_SUB_ABORT_VALUE, berth's own codes: 77 denied, 64 malformed.
+    let (out, envfile, _) = bed.esub(ALICE, &["alpine"], "", &[], ALICE_DIR, None);
+    out.expect(77);
+    assert_eq!(envfile, None);
+    let (out, _, _) = bed.esub(
+        ALICE,
+        &[IMAGE],
+        "",
+        &[("LSF_DOCKER_PORTS", "x")],
+        ALICE_DIR,
+        None,
+    );
+    out.expect(64);
+}
+
+#[test]
+fn esub_parameter_file_quoting() {
+    let bed = Bed::new(true);
+    // Escaped quotes, backslashes, $ and a newline inside values, two
+    // esubs in LSB_SUB_ADDITIONAL, and the placeholder command.
+    let parm = concat!(
+        "LSB_SUB_JOB_NAME=\"say \\\"hi\\\" \\\\ \\$HOME\"\n",
+        "LSB_SUB_COMMAND_LINE=\"LSB_DOCKER_PLACE_HOLDER\"\n",
+        "LSB_SUB_OUT_FILE=\"/storage1/fs1/alice/out\n.%J\"\n",
+        "LSB_SUB_ADDITIONAL=\"license(x,y) docker(berth-test/busybox:1)\"\n",
+        "LSB_SUB_PROJECT_NAME='single \"quoted\"'\n",
+        "LSB_SUB_RES_REQ=select[docker]\n",
+    );
+    let (out, envfile, _) = bed.esub(
+        ALICE,
+        &[],
+        parm,
+        &[("LSF_DOCKER_RUN_RAW_ARGS", "1")],
+        ALICE_DIR,
+        Some(ABORT),
+    );
+    out.expect(0);
+    assert_eq!(
+        envfile.as_deref(),
+        Some("LSB_CONTAINER_IMAGE=\"berth-test/busybox:1\"\n")
+    );
+    // With raw args refused, the same file is rejected: the placeholder was
+    // read from the escaped command line.
+    let noraw = Bed::new(false);
+    let (out, envfile, _) = noraw.esub(
+        ALICE,
+        &[],
+        parm,
+        &[("LSF_DOCKER_RUN_RAW_ARGS", "1")],
+        ALICE_DIR,
+        Some(ABORT),
+    );
+    out.expect(ABORT);
+    assert!(out.stderr.contains("images.raw_args"), "{}", out.stderr);
+    assert_eq!(envfile, None);
+}
+
+// ---------------------------------------------------------------------------
+// starter
+// ---------------------------------------------------------------------------
+
+/// bsub -a 'docker(IMAGE)' → esub → dispatch: the job runs in the image as
+/// LSFUSER, from its job file, under /bin/sh -c, in the submission cwd.
+#[test]
+fn submitted_job_runs_in_the_image_as_lsfuser() {
+    let bed = Bed::new(true);
+    let cmd = "id -u; id -g; whoami; pwd; echo \"job=$0\"; test -d /opt/imgwork && echo in-image; echo \"tmp=$(stat -c %u:%a /tmp)\"";
+    let (out, envfile, _) = bed.esub(
+        ALICE,
+        &[IMAGE],
+        &parm_file(IMAGE, cmd),
+        &[],
+        ALICE_DIR,
+        Some(ABORT),
+    );
+    out.expect(0);
+    let image = envfile
+        .unwrap()
+        .trim()
+        .strip_prefix("LSB_CONTAINER_IMAGE=\"")
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap()
+        .to_string();
+    let mut job = Job::new(ALICE, &image);
+    // EXEC_DRIVER with context[user(root)]: the starter runs as root and
+    // LSFUSER names the owner.
+    let out = output(job.start_job_file(&bed, None, cmd));
+    out.expect(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        &lines[..4],
+        &["2001", "2001", ALICE, ALICE_DIR],
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("job=/tmp/.lsbatch/1795238400."),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("in-image"), "{}", out.stdout);
+    assert!(out.stdout.contains("tmp=2001:700"), "{}", out.stdout);
+    // Audited as alice's job, launched by root; nothing left behind.
+    let recs = bed.audit(&job.id);
+    assert!(
+        recs.iter()
+            .any(|r| r["event"] == "launch" && r["user"] == ALICE && r["index"] == 0),
+        "{recs:?}"
+    );
+    assert!(recs
+        .iter()
+        .any(|r| r["event"] == "exit" && r["exit_code"] == 0));
+    assert!(containers_of(&job.id).is_empty());
+    assert_eq!(std::fs::read_dir(bed.jobs()).unwrap().count(), 0);
+
+    // The job's exit code is LSF's: the script's own.
+    let mut job = Job::new(ALICE, IMAGE);
+    output(job.start_job_file(&bed, None, "exit 3")).expect(3);
+
+    // JOB_STARTER = berth-starter "%USRCMD": the command itself.
+    let job = Job::new(ALICE, IMAGE);
+    let out = output(job.start_usrcmd(&bed, None, "echo usrcmd $((6*7)) | tr a-z A-Z; id -un"));
+    out.expect(0);
+    assert_eq!(out.stdout, format!("USRCMD 42\n{ALICE}\n"));
+}
+
+/// LSFUSER counts only from root or a relay in identity.relays; through the
+/// broker the caller is the kernel's SO_PEERCRED, as in the EXEC_DRIVER
+/// style with context[user(lsfadmin)].
+#[test]
+fn lsfuser_is_honoured_only_from_a_trusted_relay() {
+    let mut bed = Bed::new(true);
+    bed.start_broker();
+    let who = "id -un; id -u";
+    // The relay (berth-relay, our lsfadmin) starts alice's job.
+    let mut job = Job::new(ALICE, IMAGE);
+    let out = output(job.start_job_file(&bed, Some("berth-relay"), who));
+    out.expect(0);
+    assert_eq!(out.stdout, format!("{ALICE}\n2001\n"));
+    // bob names alice as the owner: ignored, the job is bob's.
+    let mut job = Job::new(ALICE, IMAGE).env("LSFUSER", ALICE);
+    job.user = "berth-bob".into();
+    let out = output(job.start_usrcmd(&bed, Some("berth-bob"), who));
+    out.expect(0);
+    assert_eq!(out.stdout, "berth-bob\n2002\n");
+    let recs = bed.audit(&job.id);
+    assert!(recs.iter().all(|r| r["user"] == "berth-bob"), "{recs:?}");
+
+    // The same rule in the identity layer, with the node's NSS.
+    let policy = berth::policy::Policy::load(&bed.policy()).unwrap();
+    let relay = nix::unistd::User::from_name("berth-relay")
+        .unwrap()
+        .unwrap();
+    let id = berth::identity::resolve(
+        &berth::identity::Nss,
+        &policy,
+        relay.uid.as_raw(),
+        Some(ALICE),
+    )
+    .unwrap();
+    assert_eq!(id.uid, 2001);
+    let id = berth::identity::resolve(&berth::identity::Nss, &policy, 2002, Some(ALICE)).unwrap();
+    assert_eq!(id.uid, 2002);
+    let id = berth::identity::resolve(&berth::identity::Nss, &policy, 0, Some(ALICE)).unwrap();
+    assert_eq!(id.uid, 2001);
+}
+
+// ---------------------------------------------------------------------------
+// control and monitor
+// ---------------------------------------------------------------------------
+
+fn counter(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join("tmp/count"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+#[test]
+fn control_suspends_resumes_and_terminates() {
+    let bed = Bed::new(true);
+    let mut job = Job::new(ALICE, IMAGE);
+    let mut child = job.start_job_file(
+        &bed,
+        None,
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+    );
+    let name = bed.container(&job.id, 0);
+    let dir = bed.jobs().join(&name);
+    assert!(
+        wait_until(Duration::from_secs(20), || counter(&dir)
+            .is_some_and(|c| c > 3)),
+        "the job never made progress"
+    );
+    let m = job.tool(&bed, None, "berth-monitor", &[]);
+    m.expect(0);
+    assert_eq!(m.field("CONTAINER"), Some(name.as_str()));
+    assert_eq!(m.field("STATE"), Some("running"));
+    assert!(
+        m.field("NPROCS").unwrap().parse::<u64>().unwrap() >= 2,
+        "{}",
+        m.stdout
+    );
+    assert!(
+        m.field("MEM_USED").unwrap().parse::<u64>().unwrap() > 0,
+        "{}",
+        m.stdout
+    );
+    assert!(
+        m.field("PID").unwrap().parse::<u64>().unwrap() > 1,
+        "{}",
+        m.stdout
+    );
+
+    // SUSPEND, as the EXEC_DRIVER controller gets it: no more progress.
+    job.tool(&bed, None, "berth-control", &["SIGSTOP"])
+        .expect(0);
+    let a = counter(&dir).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let b = counter(&dir).unwrap();
+    assert_eq!(a, b, "a suspended job kept running");
+    let m = job.tool(&bed, None, "berth-monitor", &["--json"]);
+    m.expect(0);
+    let v: serde_json::Value = serde_json::from_str(m.stdout.trim()).unwrap();
+    assert_eq!(v["state"], "paused");
+    // Suspending twice is fine.
+    job.tool(&bed, None, "berth-control", &["suspend"])
+        .expect(0);
+
+    // RESUME: progress again.
+    job.tool(&bed, None, "berth-control", &["resume"]).expect(0);
+    assert!(
+        wait_until(Duration::from_secs(10), || counter(&dir)
+            .is_some_and(|c| c > b + 3)),
+        "a resumed job made no progress"
+    );
+
+    // TERMINATE while suspended: gone, and so is its /tmp.
+    job.tool(&bed, None, "berth-control", &["suspend"])
+        .expect(0);
+    let t = Instant::now();
+    job.tool(&bed, None, "berth-control", &["terminate"])
+        .expect(0);
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "terminate took {:?}",
+        t.elapsed()
+    );
+    let status = wait_child(&mut child, Duration::from_secs(20)).expect("starter still running");
+    assert_ne!(status.code(), Some(0), "a terminated job does not succeed");
+    assert!(
+        containers_of(&job.id).is_empty(),
+        "the container is still there"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !dir.exists()),
+        "{} (the job's /tmp) is still there",
+        dir.display()
+    );
+    // The actions were audited.
+    let details: Vec<String> = bed
+        .audit(&job.id)
+        .iter()
+        .filter(|r| r["event"] == "control")
+        .map(|r| r["detail"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        details,
+        vec!["suspend", "suspend", "resume", "suspend", "terminate"]
+    );
+
+    // Afterwards: terminate is done already, suspend has nothing to act on,
+    // and the monitor says so.
+    job.tool(&bed, None, "berth-control", &["terminate"])
+        .expect(0);
+    let out = job.tool(&bed, None, "berth-control", &["SIGTSTP"]);
+    out.expect(1);
+    assert!(
+        out.stderr.contains("no running container"),
+        "{}",
+        out.stderr
+    );
+    let m = job.tool(&bed, None, "berth-monitor", &[]);
+    m.expect(0);
+    assert_eq!(m.field("STATE"), Some("none"));
+    // Not an action at all.
+    job.tool(&bed, None, "berth-control", &["SIGSEGV"])
+        .expect(64);
+}
+
+// ---------------------------------------------------------------------------
+// arrays and raw args
+// ---------------------------------------------------------------------------
+
+#[test]
+fn array_elements_run_side_by_side() {
+    let bed = Bed::new(true);
+    let id = job_id();
+    let script =
+        "echo $LSB_JOBINDEX > /tmp/me; sleep 8; echo \"me=$(cat /tmp/me) n=$(ls /tmp | wc -l)\"";
+    // Both elements share the job id: the Job values (whose drop removes
+    // the job's containers) live until both are done.
+    let (jobs, children): (Vec<Job>, Vec<Child>) = (1..=2)
+        .map(|i| {
+            let mut j = Job::new(ALICE, IMAGE);
+            j.id = id.clone();
+            j.index = i;
+            let c = j.start_job_file(&bed, None, script);
+            (j, c)
+        })
+        .unzip();
+    // Both run at once, each in its own container and /tmp.
+    let names: Vec<String> = (1..=2).map(|i| bed.container(&id, i)).collect();
+    assert_ne!(names[0], names[1]);
+    assert!(
+        names[0].starts_with(&format!("berth-{id}-1-")),
+        "{}",
+        names[0]
+    );
+    assert!(
+        names[1].starts_with(&format!("berth-{id}-2-")),
+        "{}",
+        names[1]
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || containers_of(&id).len() == 2),
+        "the two elements did not run side by side"
+    );
+    // Controls reach one element only.
+    jobs[1]
+        .tool(&bed, None, "berth-control", &["suspend"])
+        .expect(0);
+    let m0 = jobs[0].tool(&bed, None, "berth-monitor", &[]);
+    let m1 = jobs[1].tool(&bed, None, "berth-monitor", &[]);
+    assert_eq!(
+        (m0.field("STATE"), m1.field("STATE")),
+        (Some("running"), Some("paused")),
+        "{m0:?} {m1:?}"
+    );
+    jobs[1]
+        .tool(&bed, None, "berth-control", &["resume"])
+        .expect(0);
+    let outs: Vec<Out> = children.into_iter().map(output).collect();
+    for (i, o) in outs.iter().enumerate() {
+        o.expect(0);
+        // Each element saw only its own /tmp (its /tmp/me and .lsbatch).
+        assert_eq!(o.stdout, format!("me={} n=1\n", i + 1));
+    }
+    let recs = bed.audit(&id);
+    for i in 1..=2 {
+        assert!(
+            recs.iter()
+                .any(|r| r["event"] == "exit" && r["index"] == i && r["exit_code"] == 0),
+            "no exit record for [{i}]: {recs:?}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(bed.jobs()).unwrap().count(), 0);
+}
+
+/// LSF_DOCKER_RUN_RAW_ARGS=1 with LSB_DOCKER_PLACE_HOLDER: the image's own
+/// entrypoint/cmd runs (here CMD ["/bin/sh"], which reads the job's stdin).
+#[test]
+fn raw_args_run_the_images_own_command() {
+    let bed = Bed::new(true);
+    let raw = |mut job: Job, bed: &Bed, via_job_file: bool| -> Out {
+        job = job.env("LSF_DOCKER_RUN_RAW_ARGS", "1");
+        let line = if via_job_file {
+            let f = job.write_job_file("LSB_DOCKER_PLACE_HOLDER");
+            format!("{} {}", bed.script("berth-starter").display(), f.display())
+        } else {
+            format!(
+                "{} \"LSB_DOCKER_PLACE_HOLDER\"",
+                bed.script("berth-starter").display()
+            )
+        };
+        let mut c = command_as(None, &["/bin/sh", "-c", &line], &job.lsf_env(), &job.cwd);
+        c.stdin(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"echo raw-$((6*7)); id -u\n")
+            .unwrap();
+        output(child)
+    };
+    for via_job_file in [false, true] {
+        let out = raw(Job::new(ALICE, IMAGE), &bed, via_job_file);
+        out.expect(0);
+        assert_eq!(out.stdout, "raw-42\n2001\n", "job file: {via_job_file}");
+    }
+    // A site that does not allow it refuses it, before anything starts.
+    let noraw = Bed::new(false);
+    let job = Job::new(ALICE, IMAGE);
+    let id = job.id.clone();
+    let out = raw(job, &noraw, false);
+    out.expect(77);
+    assert!(out.stderr.contains("images.raw_args"), "{}", out.stderr);
+    assert!(containers_of(&id).is_empty());
+}
