@@ -979,6 +979,81 @@ fn control_suspends_resumes_and_terminates() {
         .expect(64);
 }
 
+/// The EXEC_DRIVER controller and monitor run as the context user (a
+/// relay), JOB_CONTROLS as the job's owner: neither needs Docker access,
+/// the broker acts for them, and nobody else may.
+#[test]
+fn control_and_monitor_through_the_broker() {
+    let mut bed = Bed::new(true);
+    bed.start_broker();
+    let mut job = Job::new(ALICE, IMAGE);
+    let mut child = job.start_job_file(
+        &bed,
+        Some("berth-relay"),
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+    );
+    let name = bed.container(&job.id, 0);
+    let dir = bed.jobs().join(&name);
+    assert!(
+        wait_until(Duration::from_secs(20), || counter(&dir)
+            .is_some_and(|c| c > 3)),
+        "the job never made progress"
+    );
+    // bob may neither suspend nor watch alice's job.
+    let out = job.tool(&bed, Some("berth-bob"), "berth-control", &["suspend"]);
+    out.expect(77);
+    assert!(out.stderr.contains("lsf.control"), "{}", out.stderr);
+    job.tool(&bed, Some("berth-bob"), "berth-monitor", &[])
+        .expect(77);
+    // The relay suspends, the owner watches and resumes, the relay ends it.
+    job.tool(&bed, Some("berth-relay"), "berth-control", &["SIGSTOP"])
+        .expect(0);
+    let a = counter(&dir).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(counter(&dir), Some(a), "a suspended job kept running");
+    let m = job.tool(&bed, Some(ALICE), "berth-monitor", &[]);
+    m.expect(0);
+    assert_eq!(
+        (m.field("CONTAINER"), m.field("STATE")),
+        (Some(name.as_str()), Some("paused"))
+    );
+    job.tool(&bed, Some(ALICE), "berth-control", &["resume"])
+        .expect(0);
+    assert!(
+        wait_until(Duration::from_secs(10), || counter(&dir)
+            .is_some_and(|c| c > a + 3)),
+        "a resumed job made no progress"
+    );
+    job.tool(&bed, Some("berth-relay"), "berth-control", &["SIGTERM"])
+        .expect(0);
+    let status = wait_child(&mut child, Duration::from_secs(20)).expect("starter still running");
+    assert_ne!(status.code(), Some(0));
+    assert!(containers_of(&job.id).is_empty());
+    assert!(
+        wait_until(Duration::from_secs(5), || !dir.exists()),
+        "the job's /tmp is still there"
+    );
+    let callers: Vec<(String, u64)> = bed
+        .audit(&job.id)
+        .iter()
+        .filter(|r| r["event"] == "control")
+        .map(|r| {
+            (
+                r["detail"].as_str().unwrap().to_string(),
+                r["caller_uid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        callers,
+        vec![
+            ("suspend".into(), 2010),
+            ("resume".into(), 2001),
+            ("terminate".into(), 2010)
+        ]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // arrays and raw args
 // ---------------------------------------------------------------------------

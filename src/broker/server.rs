@@ -213,6 +213,27 @@ fn handle(state: &State, stream: UnixStream) {
         );
         return;
     }
+    // `berth lsf control|monitor` from a relay or a job's owner: the caller
+    // is the peer; crate::lsf checks it may act on the job's container.
+    if let Some(what) = hello.scheduler.strip_prefix("lsf-") {
+        let policy = state
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let r = crate::lsf::serve(&policy, creds.uid(), what, &hello.command, &hello.env, &fds);
+        send(
+            &stream,
+            &match r {
+                Ok(code) => DaemonMsg::Exit { code },
+                Err(e) => DaemonMsg::Error {
+                    code: e.exit_code(),
+                    message: e.to_string(),
+                },
+            },
+        );
+        return;
+    }
     let scheduler = match hello.scheduler.as_str() {
         "lsf" => Scheduler::Lsf,
         // Slurm's runtime runs as the job user: the peer is the owner.

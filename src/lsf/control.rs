@@ -14,7 +14,10 @@ use crate::audit::{Audit, Record};
 use crate::cli::ControlArgs;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::identity::Nss;
 use crate::policy::Policy;
+use crate::request::JobId;
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -77,21 +80,38 @@ pub fn run(policy_path: &Path, args: &ControlArgs) -> Result<i32> {
     let policy = Policy::load(policy_path)?;
     let env = crate::job::environment()?;
     let job = super::job_from(&args.job, &env)?;
+    if !crate::sys::is_root() {
+        // A relay or the job's owner: the broker acts, and takes the
+        // caller from the kernel.
+        return super::via_broker(&policy, "control", &job, vec![args.action.clone()]);
+    }
+    let mut err = std::io::stderr();
+    control(&policy, crate::sys::real_uid(), &action, &job, &mut err)
+}
+
+/// Act on the job's containers for `caller` (checked: root, a relay, or
+/// the owner). Messages for the caller go to `err`; returns the exit code.
+pub fn control(
+    policy: &Policy,
+    caller: u32,
+    action: &Action,
+    job: &JobId,
+    err: &mut dyn Write,
+) -> Result<i32> {
     let engine = Engine::new(&policy.docker.socket);
     let mut audit = Audit::open(&policy.audit.log)?;
-
     let wanted = |state: &str| match action {
         Action::Terminate => true,
         _ => matches!(state, "running" | "paused"),
     };
     let deadline = Instant::now()
-        + if action == Action::Terminate {
+        + if *action == Action::Terminate {
             Duration::ZERO
         } else {
             CREATE_PATIENCE
         };
     let containers = loop {
-        let found: Vec<_> = super::find(&engine, &job)?
+        let found: Vec<_> = super::find(&engine, job)?
             .into_iter()
             .filter(|c| wanted(&c.state))
             .collect();
@@ -100,9 +120,9 @@ pub fn run(policy_path: &Path, args: &ControlArgs) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    super::authorize_caller(&policy, &action.verb(), &job, &containers)?;
+    super::authorize(&Nss, policy, caller, &action.verb(), job, &containers)?;
     if containers.is_empty() {
-        if action == Action::Terminate {
+        if *action == Action::Terminate {
             log::info!(
                 "job {}[{}] has no container: nothing to terminate",
                 job.id,
@@ -110,7 +130,8 @@ pub fn run(policy_path: &Path, args: &ControlArgs) -> Result<i32> {
             );
             return Ok(0);
         }
-        eprintln!(
+        let _ = writeln!(
+            err,
             "berth: job {}[{}] has no running container to {}",
             job.id,
             job.index,
@@ -120,13 +141,14 @@ pub fn run(policy_path: &Path, args: &ControlArgs) -> Result<i32> {
     }
     for c in &containers {
         let mut record = Record::new("control", "allow");
+        record.caller_uid = caller;
         record.job = Some(job.id.clone());
         record.index = Some(job.index);
         record.container = Some(c.name.clone());
         record.user = Some(c.user.clone());
         record.uid = c.uid;
         record.detail = Some(action.verb());
-        let r = act(&engine, &c.id, &action, policy.docker.stop_timeout);
+        let r = act(&engine, &c.id, action, policy.docker.stop_timeout);
         if let Err(e) = &r {
             record.decision = "error";
             record.reason = Some(e.to_string());

@@ -12,6 +12,7 @@
 use crate::broker::proto::TmpFile;
 use crate::error::{Denial, Error, Result};
 use crate::identity::Identity;
+use crate::policy::{Policy, TmpKind};
 use crate::request::PLACE_HOLDER;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +33,7 @@ pub struct JobFile {
 /// user and say how to run it; otherwise `None` (the command is the user's
 /// own, as with `JOB_STARTER = starter "%USRCMD"`).
 pub fn job_file(
+    policy: &Policy,
     id: &Identity,
     env: &BTreeMap<String, String>,
     command: &[String],
@@ -41,6 +43,14 @@ pub fn job_file(
     };
     if command.len() != 1 || command[0].trim() != name.as_str() {
         return Ok(None);
+    }
+    if policy.tmp.kind != TmpKind::Host {
+        return Err(Error::Denied(Denial::new(
+            "tmp.kind",
+            name.as_str(),
+            "LSF handed the starter the job file, which berth copies into the job's /tmp; that needs tmp.kind = host",
+            "ask your administrator to set [tmp] kind = \"host\", or to use JOB_STARTER = berth-starter \"%USRCMD\"",
+        )));
     }
     let path = Path::new(name);
     if !path.is_absolute() {
@@ -172,23 +182,25 @@ mod tests {
 
     #[test]
     fn only_when_the_command_is_the_job_file() {
-        let id = crate::identity::resolve(
-            &crate::identity::fake::FakeDb::standard(),
-            &crate::policy::Policy::default(),
-            2001,
-            None,
-        )
-        .unwrap();
+        let p = Policy::default();
+        let id =
+            crate::identity::resolve(&crate::identity::fake::FakeDb::standard(), &p, 2001, None)
+                .unwrap();
         let e = env(&[("LSB_JOBFILENAME", "/home/a/.lsbatch/1.2")]);
-        assert_eq!(job_file(&id, &e, &["echo hi".into()]).unwrap(), None);
-        assert_eq!(job_file(&id, &env(&[]), &["/x".into()]).unwrap(), None);
+        assert_eq!(job_file(&p, &id, &e, &["echo hi".into()]).unwrap(), None);
+        assert_eq!(job_file(&p, &id, &env(&[]), &["/x".into()]).unwrap(), None);
         assert_eq!(
-            job_file(&id, &e, &["/home/a/.lsbatch/1.2".into(), "x".into()]).unwrap(),
+            job_file(&p, &id, &e, &["/home/a/.lsbatch/1.2".into(), "x".into()]).unwrap(),
             None
         );
+        let tmpfs = Policy::parse("[tmp]\nkind = \"tmpfs\"\n", "t").unwrap();
+        match job_file(&tmpfs, &id, &e, &["/home/a/.lsbatch/1.2".into()]) {
+            Err(Error::Denied(d)) => assert_eq!(d.rule, "tmp.kind"),
+            other => panic!("{other:?}"),
+        }
         let rel = env(&[("LSB_JOBFILENAME", "rel/1.2")]);
         assert!(matches!(
-            job_file(&id, &rel, &["rel/1.2".into()]),
+            job_file(&p, &id, &rel, &["rel/1.2".into()]),
             Err(Error::Malformed(_))
         ));
     }

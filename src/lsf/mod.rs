@@ -17,11 +17,13 @@ pub mod monitor;
 use crate::cli::{JobSelector, LsfCommand};
 use crate::engine::Engine;
 use crate::error::{Denial, Error, Result};
-use crate::identity::{self, Nss};
+use crate::identity;
 use crate::policy::Policy;
 use crate::request::JobId;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 pub fn main(policy_path: &Path, cmd: &LsfCommand) -> Result<i32> {
@@ -157,14 +159,58 @@ pub fn authorize(
     }
 }
 
-/// Authorize with the node's user database.
-pub fn authorize_caller(
+/// `berth lsf control|monitor` run by anyone but root: ask the broker,
+/// which takes the caller from SO_PEERCRED and checks it like [`authorize`].
+pub fn via_broker(policy: &Policy, what: &str, job: &JobId, command: Vec<String>) -> Result<i32> {
+    let env = BTreeMap::from([
+        ("LSB_JOBID".to_string(), job.id.clone()),
+        ("LSB_JOBINDEX".to_string(), job.index.to_string()),
+    ]);
+    let hello = crate::broker::proto::Hello {
+        version: crate::broker::proto::VERSION,
+        scheduler: format!("lsf-{what}"),
+        env,
+        cwd: None,
+        command,
+        tmp_files: Vec::new(),
+        slurm_id: None,
+    };
+    crate::broker::client::launch(&policy.broker.socket, &hello)
+}
+
+/// The broker's side of [`via_broker`]: `what` is `control` or `monitor`,
+/// `caller` the peer's uid, `fds` the client's stdin, stdout and stderr.
+pub fn serve(
     policy: &Policy,
+    caller: u32,
     what: &str,
-    job: &JobId,
-    containers: &[JobContainer],
-) -> Result<()> {
-    authorize(&Nss, policy, crate::sys::real_uid(), what, job, containers)
+    command: &[String],
+    env: &BTreeMap<String, String>,
+    fds: &[OwnedFd],
+) -> Result<i32> {
+    let none = JobSelector {
+        job: None,
+        index: None,
+    };
+    let job = job_from(&none, env)?;
+    let writer = |i: usize| -> Box<dyn Write> {
+        match fds.get(i).and_then(|fd| fd.try_clone().ok()) {
+            Some(fd) => Box::new(std::fs::File::from(fd)),
+            None => Box::new(std::io::sink()),
+        }
+    };
+    match (what, command) {
+        ("control", [a]) => {
+            let action = control::parse_action(a)?;
+            control::control(policy, caller, &action, &job, &mut writer(2))
+        }
+        ("monitor", [how]) if how == "json" || how == "lines" => {
+            monitor::monitor(policy, caller, &job, how == "json", &mut writer(1))
+        }
+        _ => Err(Error::Malformed(format!(
+            "lsf {what} request {command:?} is not understood"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -5,10 +5,13 @@
 
 use crate::cli::MonitorArgs;
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::identity::Nss;
 use crate::policy::Policy;
+use crate::request::JobId;
 use serde::Serialize;
 use serde_json::Value;
+use std::io::Write;
 use std::path::Path;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -111,9 +114,26 @@ pub fn run(policy_path: &Path, args: &MonitorArgs) -> Result<i32> {
     let policy = Policy::load(policy_path)?;
     let env = crate::job::environment()?;
     let job = super::job_from(&args.job, &env)?;
+    if !crate::sys::is_root() {
+        let how = if args.json { "json" } else { "lines" };
+        return super::via_broker(&policy, "monitor", &job, vec![how.into()]);
+    }
+    let mut out = std::io::stdout();
+    monitor(&policy, crate::sys::real_uid(), &job, args.json, &mut out)
+}
+
+/// Measure the job's container for `caller` (checked: root, a relay, or
+/// the owner) and print the usage to `out`.
+pub fn monitor(
+    policy: &Policy,
+    caller: u32,
+    job: &JobId,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
     let engine = Engine::new(&policy.docker.socket);
-    let containers = super::find(&engine, &job)?;
-    super::authorize_caller(&policy, "monitor", &job, &containers)?;
+    let containers = super::find(&engine, job)?;
+    super::authorize(&Nss, policy, caller, "monitor", job, &containers)?;
     // The newest container that is not finished, else the newest.
     let chosen = containers
         .iter()
@@ -146,14 +166,16 @@ pub fn run(policy_path: &Path, args: &MonitorArgs) -> Result<i32> {
             u
         }
     };
-    if args.json {
-        println!(
-            "{}",
+    let text = if json {
+        format!(
+            "{}\n",
             serde_json::to_string(&usage).unwrap_or_else(|_| "{}".into())
-        );
+        )
     } else {
-        print!("{}", usage.lines());
-    }
+        usage.lines()
+    };
+    out.write_all(text.as_bytes())
+        .map_err(|e| Error::internal("writing the usage", e))?;
     Ok(0)
 }
 
