@@ -123,7 +123,7 @@ for ((r = 0; r < RUNS; r++)); do
   drop "$BIG_ID"
   t=$(now); "${B[@]}" bundle load big >/dev/null; since "$t" >>"$W/a_berth"
   drop "$BIG_ID"
-  t=$(now); job "bb$r" true; since "$t" >>"$W/a_job"
+  t=$(now); job "7710$r" true; since "$t" >>"$W/a_job"
   # the same with docker alone: load, then run by id
   drop "$BIG_ID"
   t=$(now); $DOCKER load -q -i "$BIG_TAR" >/dev/null
@@ -162,11 +162,11 @@ for ((r = 0; r < RUNS; r++)); do
   wait
   since "$t" >>"$W/c_eight"
   drop "$BIG_ID"
-  t=$(now); job "c1$r" true; since "$t" >>"$W/c_job1"
+  t=$(now); job "7720$r" true; since "$t" >>"$W/c_job1"
   drop "$BIG_ID"
   t=$(now)
   pids=()
-  for i in 1 2 3 4 5 6 7 8; do job "c8$r$i" true & pids+=($!); done
+  for i in 1 2 3 4 5 6 7 8; do job "773$r$i" true & pids+=($!); done
   for p in "${pids[@]}"; do wait "$p"; done
   since "$t" >>"$W/c_job8"
 done
