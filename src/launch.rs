@@ -152,6 +152,104 @@ fn ensure_base(base: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Pin every volume the plan stages: open it as the user, check it is still
+/// the directory that was planned, and bind that very directory onto its
+/// root-only staging path. After this, renaming or relinking anything on
+/// the user's side cannot change what docker mounts.
+pub fn pin(plan: &LaunchPlan) -> Result<()> {
+    let staged: Vec<&crate::plan::MountPlan> =
+        plan.mounts.iter().filter(|m| m.staged.is_some()).collect();
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let Some(dir) = &plan.pins_dir else {
+        return Ok(());
+    };
+    let parent = dir
+        .parent()
+        .ok_or_else(|| Error::Config("mounts.pin_dir has no parent".into()))?;
+    if !parent.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "cannot create mounts.pin_dir {}: {e}",
+                    parent.display()
+                ))
+            })?;
+    }
+    crate::policy::check_trusted_path(parent, 0)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::internal(&format!("creating {}", dir.display()), e))?;
+    let srcs: Vec<std::path::PathBuf> = staged.iter().map(|m| m.src.clone()).collect();
+    let fds =
+        crate::sys::open_dirs_as_user(plan.user.uid, plan.user.gid, &plan.user.groups, &srcs)?;
+    for (m, fd) in staged.iter().zip(fds) {
+        let shown = m.src.display().to_string();
+        let Some(fd) = fd else {
+            return Err(crate::error::Denial::new(
+                "volumes.access",
+                shown.clone(),
+                format!(
+                    "user {} cannot open {shown} with their own permissions",
+                    plan.user.name
+                ),
+                "mount a directory you can read; ask its owner for access",
+            )
+            .into());
+        };
+        let now = crate::sys::fd_path(&fd)?;
+        if now != m.src {
+            return Err(crate::error::Denial::new(
+                "volumes.changed",
+                shown.clone(),
+                format!(
+                    "volume {shown} changed while the job was starting (it now leads to {})",
+                    now.display()
+                ),
+                "do not move or relink the directory while the job starts; resubmit",
+            )
+            .into());
+        }
+        let target = m.staged.as_ref().expect("filtered on staged");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(target)
+            .map_err(|e| Error::internal(&format!("creating {}", target.display()), e))?;
+        crate::sys::bind_fd(&fd, target)?;
+    }
+    Ok(())
+}
+
+/// Undo [`pin`]: detach each staging mount and remove the empty
+/// directories, never recursively (a mount still there must not be
+/// descended into).
+pub fn unpin(plan: &LaunchPlan) {
+    let Some(dir) = &plan.pins_dir else { return };
+    if !dir.exists() {
+        return;
+    }
+    for m in &plan.mounts {
+        if let Some(t) = &m.staged {
+            crate::sys::unbind(t);
+            let _ = std::fs::remove_dir(t);
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        log::warn!("cannot remove {}: {e}", dir.display());
+    }
+}
+
+/// Everything [`prepare`] and [`pin`] set up, undone.
+pub fn cleanup(plan: &LaunchPlan) {
+    unpin(plan);
+    remove_job_dir(&plan.job_dir);
+}
+
 /// Remove the per-job directory without following symlinks planted in it.
 pub fn remove_job_dir(dir: &Path) {
     match std::fs::remove_dir_all(dir) {
@@ -332,7 +430,7 @@ pub fn docker_command(plan: &LaunchPlan) -> Command {
 /// the per-job directory.
 pub fn finish(plan: &LaunchPlan, engine: &Engine) {
     let _ = engine.remove(&plan.name);
-    remove_job_dir(&plan.job_dir);
+    cleanup(plan);
 }
 
 /// The job was abandoned (its client died, berth is stopping): kill
@@ -343,7 +441,7 @@ pub fn abandon(plan: &LaunchPlan, engine: &Engine, docker_pid: Option<u32>) {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
     destroy(engine, &plan.name, Duration::from_secs(3));
-    remove_job_dir(&plan.job_dir);
+    cleanup(plan);
 }
 
 /// The job's exit code from docker's status (128+N for a signal).
@@ -370,7 +468,8 @@ pub fn run(plan: &LaunchPlan) -> Result<i32> {
     require_root()?;
     let engine = Engine::new(&plan.socket);
     prepare(plan).inspect_err(|_| remove_job_dir(&plan.job_dir))?;
-    let mut reaper = Reaper::spawn(plan).inspect_err(|_| remove_job_dir(&plan.job_dir))?;
+    pin(plan).inspect_err(|_| cleanup(plan))?;
+    let mut reaper = Reaper::spawn(plan).inspect_err(|_| cleanup(plan))?;
 
     let mut set = SigSet::empty();
     for s in FORWARDED {
@@ -382,7 +481,7 @@ pub fn run(plan: &LaunchPlan) -> Result<i32> {
         Ok(c) => c,
         Err(e) => {
             reaper.tell("D\n");
-            remove_job_dir(&plan.job_dir);
+            cleanup(plan);
             return Err(Error::Config(format!(
                 "cannot run {}: {e}; fix docker.path in the policy",
                 plan.argv[0]

@@ -52,10 +52,14 @@ pub enum MountKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MountPlan {
     pub kind: MountKind,
-    /// The host path docker binds (symlinks resolved).
+    /// The host directory mounted (symlinks resolved).
     pub src: PathBuf,
     pub dst: PathBuf,
     pub mode: Mode,
+    /// Where the launcher pins `src` (a bind mount of the directory the
+    /// user opened) for docker to bind instead, so that nothing the user
+    /// renames or relinks after the check changes what is mounted.
+    pub staged: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -98,6 +102,8 @@ pub struct LaunchPlan {
     pub tmp: TmpPlan,
     /// Root-owned per-job directory holding tmp/, passwd, group, env.
     pub job_dir: PathBuf,
+    /// Root-only directory of the job's pinned mounts (`None`: no pins).
+    pub pins_dir: Option<PathBuf>,
     /// Variables written to `<job_dir>/env` and passed with `--env-file`
     /// (never in argv, where any user on the node could read them).
     #[serde(skip)]
@@ -157,6 +163,19 @@ pub fn plan(
     // Host paths to mount: volumes, then the working directory.
     let mut mounts: Vec<MountPlan> = Vec::new();
     for v in &req.volumes {
+        if !v.dst.as_os_str().is_empty() && !v.dst.is_absolute() {
+            // `/a/we:ird` splits into source /a/we and destination ird.
+            return deny(
+                "volumes.destination",
+                &v.raw,
+                format!(
+                    "volume {:?}: destination {:?} is not an absolute path (a ':' inside a path splits the spec, so paths holding ':' cannot be mounted)",
+                    v.raw,
+                    v.dst.display().to_string()
+                ),
+                "write SRC:/absolute/destination[:ro] with paths free of ':'",
+            );
+        }
         let (src, root_mode) = resolve_source(policy, host, &v.raw, &v.src, "volume")?;
         let dst = check_destination(policy, &v.raw, &v.dst)?;
         let mode = match (v.mode, root_mode) {
@@ -192,6 +211,7 @@ pub fn plan(
             src,
             dst,
             mode,
+            staged: None,
         });
     }
 
@@ -224,6 +244,7 @@ pub fn plan(
                 src: dir.clone(),
                 dst: "/tmp".into(),
                 mode: Mode::Rw,
+                staged: None,
             });
             TmpPlan {
                 kind: TmpKind::Host,
@@ -279,12 +300,14 @@ pub fn plan(
             src: job_dir.join("passwd"),
             dst: "/etc/passwd".into(),
             mode: Mode::Ro,
+            staged: None,
         });
         mounts.push(MountPlan {
             kind: MountKind::Group,
             src: job_dir.join("group"),
             dst: "/etc/group".into(),
             mode: Mode::Ro,
+            staged: None,
         });
         (Some(passwd_file(id)), Some(group_file(id)))
     } else {
@@ -403,10 +426,17 @@ pub fn plan(
     if let Some(s) = &slurm_id {
         argv.push(format!("--label=berth.slurm={s}"));
     }
+    if policy.mounts.pin {
+        for (i, m) in mounts.iter_mut().enumerate() {
+            if matches!(m.kind, MountKind::Volume | MountKind::Workdir) {
+                m.staged = Some(pins_dir(policy, &name).join(i.to_string()));
+            }
+        }
+    }
     for m in &mounts {
         let mut s = format!(
             "--mount=type=bind,src={},dst={}",
-            m.src.display(),
+            m.staged.as_ref().unwrap_or(&m.src).display(),
             m.dst.display()
         );
         if m.mode == Mode::Ro {
@@ -438,6 +468,10 @@ pub fn plan(
     argv.push(image.id.clone().unwrap_or_else(|| image.requested.clone()));
     argv.extend(tail);
 
+    let pins_dir = mounts
+        .iter()
+        .any(|m| m.staged.is_some())
+        .then(|| pins_dir(policy, &name));
     Ok(LaunchPlan {
         name,
         job: req.job.clone(),
@@ -451,6 +485,7 @@ pub fn plan(
         mounts,
         workdir,
         tmp,
+        pins_dir,
         job_dir,
         env_names: env.iter().map(|(k, _)| k.clone()).collect(),
         env,
@@ -616,6 +651,13 @@ fn plan_command(
         Some("/bin/sh".into()),
         vec!["-c".into(), shell_script(&req.command)],
     ))
+}
+
+/// The root-only directory holding a job's pinned mounts, under
+/// `mounts.pin_dir` and never under the per-job directory: removing that
+/// recursively must never be able to descend into a user's volume.
+pub fn pins_dir(policy: &Policy, name: &str) -> PathBuf {
+    policy.mounts.pin_dir.join(name)
 }
 
 /// One argument is the job script as LSF passes it; several are quoted so
@@ -868,6 +910,7 @@ fn plan_workdir(
         src,
         dst: norm.clone(),
         mode,
+        staged: None,
     });
     Ok(norm)
 }

@@ -124,6 +124,14 @@ pub struct MountPolicy {
     /// Container destinations a job may not mount over: the path itself and
     /// everything below it (`/` only itself).
     pub reserved: Vec<PathBuf>,
+    /// Pin each volume at launch: open it with the user's credentials and
+    /// hand docker a bind mount of that directory, so a path swapped after
+    /// the check cannot change what is mounted.
+    pub pin: bool,
+    /// Where pinned mounts live while jobs run: a root-only directory on
+    /// a filesystem nothing cleans recursively (never under tmp.base,
+    /// whose per-job directories are removed recursively).
+    pub pin_dir: PathBuf,
 }
 
 pub const DEFAULT_RESERVED: &[&str] = &[
@@ -135,6 +143,8 @@ impl Default for MountPolicy {
     fn default() -> Self {
         MountPolicy {
             reserved: DEFAULT_RESERVED.iter().map(PathBuf::from).collect(),
+            pin: true,
+            pin_dir: PathBuf::from("/run/berth/mnt"),
         }
     }
 }
@@ -465,6 +475,15 @@ impl Policy {
                 "docker.max_shm_size {:?} is not a size like 1g",
                 self.docker.max_shm_size
             )));
+        }
+        match normalize_abs(&self.mounts.pin_dir) {
+            None => out.push(Finding::error(format!("mounts.pin_dir {:?} must be an absolute path", self.mounts.pin_dir))),
+            Some(p) if is_under(&p, &self.tmp.base) || is_under(&self.tmp.base, &p) || p == Path::new("/") => out.push(Finding::error(format!(
+                "mounts.pin_dir {} must not overlap tmp.base {}: per-job directories are removed recursively, and must never reach a pinned volume",
+                p.display(),
+                self.tmp.base.display()
+            ))),
+            Some(_) => {}
         }
         if normalize_abs(&self.tmp.base).is_none() || self.tmp.base == Path::new("/") {
             out.push(Finding::error(format!(

@@ -318,3 +318,204 @@ pub fn hostname() -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "unknown".into())
 }
+
+/// Open each directory with the user's own credentials (so every parent's
+/// search permission and the directory's read and search permission are
+/// checked by the kernel as the user, ACLs included) and return the open
+/// descriptors; `None` where the user cannot. When berth is root the
+/// opening happens in a child that holds exactly the user's credentials and
+/// passes the descriptors back over a socket pair.
+pub fn open_dirs_as_user(
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    paths: &[PathBuf],
+) -> Result<Vec<Option<OwnedFd>>> {
+    let cpaths: Vec<CString> = paths
+        .iter()
+        .map(|p| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| Error::Malformed(format!("path {p:?} holds a NUL byte")))
+        })
+        .collect::<Result<_>>()?;
+    let open = |p: &CString| -> Option<OwnedFd> {
+        // SAFETY: p is NUL-terminated; the flags open a directory only.
+        let fd = unsafe {
+            libc::open(
+                p.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOCTTY,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd was just opened and is owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Looking up "." needs search permission on the directory itself.
+        // SAFETY: fd is open; "." is a NUL-terminated literal.
+        let dot = unsafe {
+            libc::openat(
+                fd.as_raw_fd(),
+                c".".as_ptr(),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+        };
+        if dot < 0 {
+            return None;
+        }
+        // SAFETY: dot is ours to close.
+        unsafe { libc::close(dot) };
+        Some(fd)
+    };
+    if !is_root() {
+        if real_uid() != uid {
+            return Err(Error::Config(
+                "berth must be root (or the job user) to open the job's volumes".into(),
+            ));
+        }
+        return Ok(cpaths.iter().map(open).collect());
+    }
+    use nix::sys::socket::{
+        socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+        SockType,
+    };
+    let (parent_end, child_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::internal("socketpair", e))?;
+    let mut gids: Vec<Gid> = vec![Gid::from_raw(gid)];
+    gids.extend(groups.iter().map(|g| Gid::from_raw(*g)));
+    // SAFETY: the child only calls setgroups/setres*id, open/openat/close,
+    // sendmsg and _exit; glibc keeps malloc usable after fork, which nix's
+    // sendmsg may use to build its control buffer.
+    match unsafe { nix::unistd::fork() }.map_err(|e| Error::internal("fork", e))? {
+        nix::unistd::ForkResult::Child => {
+            drop(parent_end);
+            let ok = nix::unistd::setgroups(&gids).is_ok()
+                && nix::unistd::setresgid(
+                    Gid::from_raw(gid),
+                    Gid::from_raw(gid),
+                    Gid::from_raw(gid),
+                )
+                .is_ok()
+                && nix::unistd::setresuid(
+                    Uid::from_raw(uid),
+                    Uid::from_raw(uid),
+                    Uid::from_raw(uid),
+                )
+                .is_ok();
+            if !ok {
+                // SAFETY: leave at once.
+                unsafe { libc::_exit(99) };
+            }
+            for p in &cpaths {
+                let fd = open(p);
+                let iov = [std::io::IoSlice::new(if fd.is_some() {
+                    b"1"
+                } else {
+                    b"0"
+                })];
+                let raw = fd.as_ref().map(|f| [f.as_raw_fd()]);
+                let cmsg: Vec<ControlMessage> = raw
+                    .as_ref()
+                    .map(|r| vec![ControlMessage::ScmRights(r)])
+                    .unwrap_or_default();
+                if nix::sys::socket::sendmsg::<()>(
+                    child_end.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    MsgFlags::empty(),
+                    None,
+                )
+                .is_err()
+                {
+                    // SAFETY: leave at once.
+                    unsafe { libc::_exit(98) };
+                }
+            }
+            // SAFETY: leave without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(child_end);
+            let mut out = Vec::with_capacity(paths.len());
+            for _ in 0..paths.len() {
+                let mut b = [0u8; 1];
+                let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+                let mut iov = [std::io::IoSliceMut::new(&mut b)];
+                let msg = nix::sys::socket::recvmsg::<()>(
+                    parent_end.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                )
+                .map_err(|e| Error::internal("receiving a volume descriptor", e))?;
+                if msg.bytes != 1 {
+                    break;
+                }
+                let mut fd = None;
+                for c in msg
+                    .cmsgs()
+                    .map_err(|e| Error::internal("volume descriptor", e))?
+                {
+                    if let ControlMessageOwned::ScmRights(v) = c {
+                        for raw in v {
+                            // SAFETY: the kernel installed this descriptor for us.
+                            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                            fd.get_or_insert(owned);
+                        }
+                    }
+                }
+                out.push(if b[0] == b'1' { fd } else { None });
+            }
+            let status =
+                nix::sys::wait::waitpid(child, None).map_err(|e| Error::internal("waitpid", e))?;
+            if !matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0))
+                || out.len() != paths.len()
+            {
+                return Err(Error::Internal(format!(
+                    "opening volumes as the user failed: {status:?}"
+                )));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The path an open descriptor refers to now.
+pub fn fd_path(fd: &OwnedFd) -> Result<PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| Error::internal("reading a descriptor's path", e))
+}
+
+/// Bind-mount the directory behind `fd` (and what is mounted below it, as
+/// docker's own binds do) onto `target`, private so nothing propagates.
+pub fn bind_fd(fd: &OwnedFd, target: &Path) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    mount(
+        Some(src.as_str()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::internal(&format!("bind mount onto {}", target.display()), e))?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::internal(&format!("making {} private", target.display()), e))
+}
+
+/// Detach a pinned mount (lazily: a busy mount goes when its last user
+/// does). Never deletes anything below it.
+pub fn unbind(target: &Path) {
+    let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+}

@@ -180,9 +180,18 @@ fn symlink_inside_the_root_mounts_its_target() {
         runs[0]
             .args
             .iter()
-            .any(|a| a.starts_with("--mount=type=bind,src=/storage1/fs1/alice/ro,dst=/data")),
-        "the resolved target is not what docker binds: {:?}",
+            .any(|a| a.starts_with("--mount=type=bind,src=/run/berth/mnt/")
+                && a.contains(",dst=/data")),
+        "docker must bind the pinned mount, not a path the user can swap: {:?}",
         runs[0].args
+    );
+    // The audit record names the resolved target.
+    let audit = bed.audit_for(&job.id);
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.to_string().contains("/storage1/fs1/alice/ro:/data")),
+        "{audit:?}"
     );
 }
 

@@ -351,7 +351,7 @@ fn run_job(
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            launch::remove_job_dir(&plan.job_dir);
+            launch::cleanup(plan);
             return Err(Error::Config(format!(
                 "cannot run {}: {e}; fix docker.path in the policy",
                 plan.argv[0]

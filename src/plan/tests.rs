@@ -96,6 +96,8 @@ mode = "rw"
 networks = ["none", "bridge", "host"]
 ports = ["8000-8999"]
 cap_add = ["NET_BIND_SERVICE"]
+[mounts]
+pin = false
 "#;
 
 fn facts() -> ImageFacts {
@@ -564,6 +566,51 @@ fn environment_is_filtered_and_never_in_argv() {
     assert!(
         p.env.contains(&("A".into(), "2".into())) && !p.env.iter().any(|(k, _)| k == "LD_AUDIT")
     );
+}
+
+#[test]
+fn pinned_volumes_are_bound_from_a_root_only_staging_dir() {
+    let pinned = POLICY.replace("pin = false", "pin = true");
+    let p = try_plan_with(
+        &pinned,
+        &[("LSF_DOCKER_VOLUMES", "/storage1/fs1/alice:/data:ro")],
+        Some(facts()),
+        &["x"],
+    )
+    .unwrap();
+    let stage = PathBuf::from("/run/berth/mnt/berth-42-0-0badcafe");
+    let vol = p
+        .mounts
+        .iter()
+        .find(|m| m.kind == MountKind::Volume)
+        .unwrap();
+    assert_eq!(vol.src, PathBuf::from("/storage1/fs1/alice"));
+    assert_eq!(vol.staged, Some(stage.join("0")));
+    let wd = p
+        .mounts
+        .iter()
+        .find(|m| m.kind == MountKind::Workdir)
+        .unwrap();
+    assert_eq!(wd.staged, Some(stage.join("1")));
+    assert!(has(
+        &p,
+        "--mount=type=bind,src=/run/berth/mnt/berth-42-0-0badcafe/0,dst=/data,readonly"
+    ));
+    // Never under the job dir or tmp.base: removing those recursively must
+    // not be able to reach a user's volume.
+    assert!(!stage.starts_with(p.job_dir.parent().unwrap()));
+    assert_eq!(p.pins_dir, Some(stage));
+    let e = Policy::parse("[mounts]\npin_dir = \"/var/tmp/berth/mnt\"\n", "t").unwrap_err();
+    assert!(e.to_string().contains("pin_dir"), "{e}");
+    // berth's own files (tmp, passwd) are not pinned.
+    assert!(p
+        .mounts
+        .iter()
+        .filter(|m| matches!(
+            m.kind,
+            MountKind::Tmp | MountKind::Passwd | MountKind::Group
+        ))
+        .all(|m| m.staged.is_none()));
 }
 
 #[test]
