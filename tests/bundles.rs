@@ -14,6 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// `berth bundle gc` untags every berth-loaded image whose bundle is not in
+/// *its* cache: the gc test runs alone (write), the others share (read).
+static ENGINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    ENGINE.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A bed whose policy has a bundle cache (root-owned 0755) and lock dir.
 fn bundle_bed() -> Bed {
     let mut bed = Bed::new();
@@ -178,6 +186,7 @@ fn assert_facts_match(bed: &Bed, name: &str) {
 
 #[test]
 fn from_image_runs_by_id_and_facts_match() {
+    let _engine = shared();
     let bed = bundle_bed();
     let name = format!("img-{}", next_job_id());
     bundle(&bed, &["create", &name, "--from-image", IMAGE]).expect_ok();
@@ -213,6 +222,7 @@ fn from_image_runs_by_id_and_facts_match() {
 
 #[test]
 fn from_save_keeps_the_image_and_drops_tags() {
+    let _engine = shared();
     let bed = bundle_bed();
     let name = format!("save-{}", next_job_id());
     let tar = bed.path().join("entry-sh.tar");
@@ -253,6 +263,7 @@ fn from_save_keeps_the_image_and_drops_tags() {
 
 #[test]
 fn from_export_cold_start_loads_once_and_facts_match() {
+    let _engine = shared();
     let bed = bundle_bed();
     let name = format!("exp-{}", next_job_id());
     let (id, _g) = export_bundle(&bed, &name);
@@ -336,6 +347,7 @@ fn find(path: &Path, needle: &[u8], from: usize) -> u64 {
 
 #[test]
 fn corrupt_layer_is_refused_and_nothing_stays_loaded() {
+    let _engine = shared();
     let bed = bundle_bed();
     let name = format!("badlayer-{}", next_job_id());
     let (id, _g) = export_bundle(&bed, &name);
@@ -358,6 +370,7 @@ fn corrupt_layer_is_refused_and_nothing_stays_loaded() {
 
 #[test]
 fn corrupt_config_is_refused_before_loading() {
+    let _engine = shared();
     let bed = bundle_bed();
     let name = format!("badcfg-{}", next_job_id());
     let (id, _g) = export_bundle(&bed, &name);
@@ -389,6 +402,7 @@ fn corrupt_config_is_refused_before_loading() {
 
 #[test]
 fn unsafe_owner_or_mode_is_refused() {
+    let _engine = shared();
     let bed = bundle_bed();
     let name = format!("own-{}", next_job_id());
     bundle(&bed, &["create", &name, "--from-image", IMAGE]).expect_ok();
@@ -431,6 +445,7 @@ fn unsafe_owner_or_mode_is_refused() {
 
 #[test]
 fn half_written_bundle_is_invisible_and_gc_removes_it() {
+    let _engine = shared();
     let bed = bundle_bed();
     let name = format!("half-{}", next_job_id());
     bundle(&bed, &["create", &name, "--from-image", IMAGE]).expect_ok();
@@ -471,6 +486,7 @@ fn half_written_bundle_is_invisible_and_gc_removes_it() {
 
 #[test]
 fn eight_concurrent_cold_starts_load_once() {
+    let _engine = shared();
     let bed = bundle_bed();
     let name = format!("conc-{}", next_job_id());
     let (id, _g) = export_bundle(&bed, &name);
@@ -494,6 +510,7 @@ fn eight_concurrent_cold_starts_load_once() {
 
 #[test]
 fn a_stolen_tag_does_not_change_what_runs() {
+    let _engine = shared();
     let bed = bundle_bed();
     let name = format!("steal-{}", next_job_id());
     let (id, _g) = export_bundle(&bed, &name);
@@ -521,6 +538,7 @@ fn a_stolen_tag_does_not_change_what_runs() {
 
 #[test]
 fn rm_and_gc_remove_only_berths_own_images() {
+    let _engine = ENGINE.write().unwrap_or_else(|e| e.into_inner());
     let bed = bundle_bed();
     let name = format!("gc-{}", next_job_id());
     let (id, _g) = export_bundle(&bed, &name);
@@ -551,6 +569,7 @@ fn rm_and_gc_remove_only_berths_own_images() {
 
 #[test]
 fn republish_replaces_and_create_refuses_bad_input() {
+    let _engine = shared();
     let bed = bundle_bed();
     let name = format!("rep-{}", next_job_id());
     bundle(&bed, &["create", &name, "--from-image", IMAGE]).expect_ok();
