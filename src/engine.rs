@@ -211,9 +211,16 @@ impl Engine {
     /// every container, running or not, that carries all of them.
     pub fn list_containers(&self, labels: &[String]) -> Result<Vec<Value>> {
         let filters = serde_json::json!({ "label": labels }).to_string();
-        let r = self.get(&format!("/containers/json?all=1&filters={}", encode(&filters)))?;
+        let r = self.get(&format!(
+            "/containers/json?all=1&filters={}",
+            encode(&filters)
+        ))?;
         if r.status != 200 {
-            return Err(self.unavailable(format!("container list HTTP {}: {}", r.status, r.message())));
+            return Err(self.unavailable(format!(
+                "container list HTTP {}: {}",
+                r.status,
+                r.message()
+            )));
         }
         match r.json()? {
             Value::Array(a) => Ok(a),
