@@ -475,7 +475,7 @@ impl Union {
                 }
                 Some(Node::Dir) | None if !last => {
                     // A parent missing from the table is made by the engine.
-                    if self.map.get(&next).is_none() && !self.implicit_dir(&next) {
+                    if !self.map.contains_key(&next) && !self.implicit_dir(&next) {
                         return false;
                     }
                     cur = next;
