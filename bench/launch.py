@@ -62,8 +62,13 @@ def docker_run(job):
         with open(os.path.join(d, name), "w") as f:
             f.write(text)
     e = {"PATH": "/usr/bin:/bin", "DOCKER_CONFIG": os.path.join(d, ".docker"), "DOCKER_HOST": "unix:///var/run/docker.sock"}
+    # Plain docker binds the real directories where berth binds its pins.
+    argv = p["argv"]
+    for m in p["mounts"]:
+        if m.get("staged"):
+            argv = [a.replace(f"src={m['staged']},", f"src={m['src']},") for a in argv]
     t = time.perf_counter()
-    subprocess.run(p["argv"], env=e, cwd=cwd, check=True, stdin=subprocess.DEVNULL)
+    subprocess.run(argv, env=e, cwd=cwd, check=True, stdin=subprocess.DEVNULL)
     dt = time.perf_counter() - t
     shutil.rmtree(d)
     return dt
