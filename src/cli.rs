@@ -41,6 +41,11 @@ pub enum Command {
     /// LSF integration: the esub, and the EXEC_DRIVER controller and monitor
     #[command(subcommand)]
     Lsf(LsfCommand),
+    /// Run the broker: a root daemon through which unprivileged job users start containers
+    Daemon,
+    /// Slurm OCI runtime entry points (RunTimeRun, RunTimeQuery, RunTimeKill, RunTimeDelete in oci.conf)
+    #[command(subcommand)]
+    Slurm(SlurmCommand),
     /// Manage the shared bundle cache: images kept as tar files on a shared filesystem
     #[command(
         subcommand,

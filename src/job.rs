@@ -3,7 +3,7 @@
 //! launch → audit.
 
 use crate::audit::{Audit, Record};
-use crate::cli::{Cli, Command, PolicyCommand, RunArgs, Scheduler};
+use crate::cli::{Cli, Command, PolicyCommand, RunArgs, Scheduler, SlurmCommand};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::facts::ImageFacts;
@@ -20,6 +20,15 @@ pub fn main(cli: Cli) -> i32 {
         Command::Run(a) => run(&cli.policy, &a),
         Command::Explain(a) => explain(&cli.policy, &a.run, a.json),
         Command::Doctor { json } => crate::doctor::main(&cli.policy, json),
+        Command::Daemon => crate::broker::server::serve(&cli.policy),
+        Command::Slurm(c) => match c {
+            SlurmCommand::Run { spool, rootfs, id } => {
+                crate::slurm::run(&cli.policy, &spool, &rootfs, &id)
+            }
+            SlurmCommand::Query { id } => crate::slurm::query(&cli.policy, &id),
+            SlurmCommand::Kill { id, signal } => crate::slurm::kill(&cli.policy, &id, &signal),
+            SlurmCommand::Delete { id } => crate::slurm::delete(&cli.policy, &id),
+        },
         Command::Policy(PolicyCommand::Check { file, json }) => {
             policy_check(&file.unwrap_or(cli.policy), json)
         }
@@ -84,6 +93,8 @@ pub struct Caller {
     pub cwd: Option<PathBuf>,
     pub command: Vec<String>,
     pub scheduler: Scheduler,
+    pub tmp_files: Vec<crate::broker::proto::TmpFile>,
+    pub slurm_id: Option<String>,
 }
 
 impl Caller {
@@ -94,6 +105,8 @@ impl Caller {
             cwd: std::env::current_dir().ok(),
             command: args.command.clone(),
             scheduler: args.scheduler,
+            tmp_files: Vec::new(),
+            slurm_id: None,
         })
     }
 }
@@ -132,10 +145,17 @@ fn decide_inner(
     record.user = Some(id.name.clone());
     record.uid = Some(id.uid);
 
-    let req = request::from_env(&caller.env, caller.cwd.clone(), caller.command.clone())?;
-    if let Some(l) = req.log_level {
-        log::set_max_level(l);
+    // LSF's job-file style: the starter's argument is the job file, which
+    // is read as the user and copied into the job's /tmp.
+    let mut command = caller.command.clone();
+    let mut tmp_files = caller.tmp_files.clone();
+    if caller.scheduler == Scheduler::Lsf {
+        if let Some(jf) = crate::lsf::jobfile::job_file(policy, &id, &caller.env, &command)? {
+            command = jf.command;
+            tmp_files.extend(jf.tmp_file);
+        }
     }
+    let req = request::from_env(&caller.env, caller.cwd.clone(), command)?;
     record.job = Some(req.job.id.clone());
     record.index = Some(req.job.index);
     record.image = Some(match &req.image {
@@ -147,6 +167,8 @@ fn decide_inner(
     let ctx = Context {
         env_file_vars: read_env_files(&id, &req)?,
         nonce: nonce.clone(),
+        tmp_files,
+        slurm_id: caller.slurm_id.clone(),
     };
     // An image policy refuses is never asked about (nor pulled).
     plan::check_image(policy, &req)?;
@@ -183,6 +205,21 @@ fn image_facts(engine: &Engine, policy: &Policy, req: &Request, nonce: &str) -> 
     }
 }
 
+/// `LSF_DOCKER_RUN_LOGLEVEL` sets berth's own verbosity (in this process
+/// only: the broker keeps its own).
+fn apply_log_level(env: &BTreeMap<String, String>) {
+    let level = match env
+        .get("LSF_DOCKER_RUN_LOGLEVEL")
+        .map(|v| v.to_ascii_uppercase())
+    {
+        Some(v) if v == "DEBUG" => log::LevelFilter::Debug,
+        Some(v) if v == "INFO" => log::LevelFilter::Info,
+        Some(v) if v == "CRITICAL" || v == "ERROR" => log::LevelFilter::Error,
+        _ => return,
+    };
+    log::set_max_level(level);
+}
+
 /// `LSF_DOCKER_ENV_FILE`: read with the user's credentials, never berth's.
 pub(crate) fn read_env_files(id: &Identity, req: &Request) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
@@ -204,8 +241,27 @@ pub(crate) fn read_env_files(id: &Identity, req: &Request) -> Result<Vec<(String
 fn run(policy_path: &Path, args: &RunArgs) -> Result<i32> {
     crate::sys::harden()?;
     let policy = Policy::load(policy_path)?;
+    if !crate::sys::is_root() {
+        // Unprivileged callers (the job user, a relay) go through the broker.
+        let caller = Caller::from_process(args)?;
+        apply_log_level(&caller.env);
+        let hello = crate::broker::proto::Hello {
+            version: crate::broker::proto::VERSION,
+            scheduler: match args.scheduler {
+                Scheduler::Lsf => "lsf".into(),
+                Scheduler::Env => "env".into(),
+            },
+            env: caller.env,
+            cwd: caller.cwd.map(|c| c.display().to_string()),
+            command: caller.command,
+            tmp_files: Vec::new(),
+            slurm_id: None,
+        };
+        return crate::broker::client::launch(&policy.broker.socket, &hello);
+    }
     let mut audit = Audit::open(&policy.audit.log)?;
     let caller = Caller::from_process(args)?;
+    apply_log_level(&caller.env);
     let engine = Engine::new(&policy.docker.socket);
     let Decision { plan, mut record } = decide(&policy, &caller, Some(&engine));
     audit.record(&record);

@@ -6,6 +6,7 @@
 //! thin layer that performs a plan.
 
 pub mod audit;
+pub mod broker;
 pub mod bundle;
 pub mod cli;
 pub mod doctor;
@@ -24,4 +25,5 @@ pub mod plan;
 pub mod policy;
 pub mod request;
 pub mod size;
+pub mod slurm;
 pub mod sys;
