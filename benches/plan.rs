@@ -70,7 +70,7 @@ fn main() {
     for _ in 0..n {
         let req = berth::request::from_env(&env, None, vec!["python train.py".into()]).unwrap();
         let p = plan(&policy, &id, &req, Some(&facts), &Fs, &ctx).unwrap();
-        std::hint::black_box(p);
+        let _ = std::hint::black_box(p);
     }
     let per = t.elapsed().as_secs_f64() / n as f64 * 1e6;
     println!("request parse + plan: {per:.1} us per job ({n} iterations, 64 env vars, 2 volumes, 8 groups)");

@@ -611,7 +611,7 @@ pub fn check_trusted_path(path: &Path, owner: u32) -> Result<()> {
             )));
         }
         let sticky = md.mode() & 0o1000 != 0 && md.is_dir();
-        if md.mode() & 0o022 != 0 && !(sticky && !first) {
+        if md.mode() & 0o022 != 0 && (first || !sticky) {
             return Err(Error::Config(format!(
                 "{} is writable by group or others (mode {:o}); chmod go-w it",
                 p.display(),

@@ -234,7 +234,7 @@ pub fn kill(policy_path: &Path, id: &str, signal: &str) -> Result<i32> {
     let policy = Policy::load(policy_path)?;
     let engine = Engine::new(&policy.docker.socket);
     let sig = signal.trim_start_matches("SIG").to_ascii_uppercase();
-    if !(sig.bytes().all(|b| b.is_ascii_alphanumeric()) && !sig.is_empty()) {
+    if sig.is_empty() || !sig.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(Error::Malformed(format!("signal {signal:?}")));
     }
     for c in find(&engine, id)? {

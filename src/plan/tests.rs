@@ -509,7 +509,7 @@ fn network_ipc_shm_ports_hosts() {
         &try_plan(&[("LSF_DOCKER_ADD_HOST", "db:10.1.2.3")]).unwrap(),
         "--add-host=db:10.1.2.3"
     ));
-    let no_hosts = format!("{POLICY}").replace("[docker]", "[docker]\nadd_host = false");
+    let no_hosts = POLICY.replace("[docker]", "[docker]\nadd_host = false");
     let d = try_plan_with(
         &no_hosts,
         &[("LSF_DOCKER_ADD_HOST", "db:10.1.2.3")],
