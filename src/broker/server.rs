@@ -24,7 +24,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,9 @@ struct State {
     /// Running jobs: container name → (plan, docker pid), for shutdown.
     active: Mutex<HashMap<String, (LaunchPlan, u32)>>,
     connections: AtomicUsize,
+    /// Set (under the `active` lock) when SIGTERM abandons the jobs: a job
+    /// ending after it was killed by the stop, not by itself.
+    stopping: AtomicBool,
 }
 
 pub fn serve(policy_path: &Path) -> Result<i32> {
@@ -53,6 +56,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
         audit: Mutex::new(audit),
         active: Mutex::new(HashMap::new()),
         connections: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
     });
 
     let mut set = SigSet::empty();
@@ -154,13 +158,11 @@ fn control_loop(state: Arc<State>, set: SigSet, socket: PathBuf) {
             _ => {
                 log::warn!("stopping: abandoning running jobs");
                 let _ = std::fs::remove_file(&socket);
-                let jobs: Vec<(LaunchPlan, u32)> = state
-                    .active
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
-                    .collect();
+                let jobs: Vec<(LaunchPlan, u32)> = {
+                    let active = state.active.lock().unwrap_or_else(|e| e.into_inner());
+                    state.stopping.store(true, Ordering::SeqCst);
+                    active.values().cloned().collect()
+                };
                 for (plan, pid) in jobs {
                     launch::abandon(&plan, &Engine::new(&plan.socket), Some(pid));
                 }
@@ -359,11 +361,17 @@ fn run_job(
         }
     };
     let pid = child.id();
-    state
-        .active
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(plan.name.clone(), (plan.clone(), pid));
+    {
+        let mut active = state.active.lock().unwrap_or_else(|e| e.into_inner());
+        if state.stopping.load(Ordering::SeqCst) {
+            // Too late for the stop's list of jobs to abandon: do it here.
+            drop(active);
+            launch::abandon(plan, engine, Some(pid));
+            let _ = child.wait();
+            return Err(stopped());
+        }
+        active.insert(plan.name.clone(), (plan.clone(), pid));
+    }
     send(
         stream,
         &DaemonMsg::Started {
@@ -438,6 +446,11 @@ fn run_job(
         }
     };
     let result = match outcome {
+        // Killed by the daemon's own stop: not the job's exit code.
+        Some(_) if state.stopping.load(Ordering::SeqCst) => {
+            launch::finish(plan, engine);
+            Err(stopped())
+        }
         Some(status) => {
             launch::finish(plan, engine);
             Ok(Some(launch::exit_code(status)))
@@ -459,6 +472,13 @@ fn run_job(
         .remove(&plan.name);
     let _ = pidfd.map(|p| p.as_raw_fd());
     result
+}
+
+fn stopped() -> Error {
+    Error::Unavailable(
+        "the berth broker was stopped while the job ran; its container was removed: requeue the job"
+            .into(),
+    )
 }
 
 /// The environment a client sends: the job's, as strings.
