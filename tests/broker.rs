@@ -1,0 +1,677 @@
+//! The broker (SPEC §7) on a real Docker engine with real users: `berth
+//! daemon` as root, `berth run` as berth-alice (uid 2001, not in the docker
+//! group) going through it, and hand-made clients that lie or misbehave.
+//!
+//! Run as root on the testbed (`bash tests/run.sh`); a missing engine FAILS.
+
+#[path = "common/broker.rs"]
+mod broker;
+mod common;
+
+use berth::broker::proto::{self, DaemonMsg, Hello, VERSION};
+use broker::{connect_as, install_berth, use_broker_socket, user_command, Daemon, TestUser};
+use common::*;
+use nix::sys::signal::Signal;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// A bed whose policy names a broker socket inside it, the broker running
+/// on it, and a copy of berth the test users may run. The daemon is
+/// stopped before the bed is removed (field order).
+struct Broker {
+    daemon: Daemon,
+    bin: PathBuf,
+    bed: Bed,
+}
+
+fn broker() -> Broker {
+    broker_with(|_| {})
+}
+
+fn broker_with(edit: impl FnOnce(&mut toml::Table)) -> Broker {
+    let mut bed = Bed::with(edit);
+    let socket = use_broker_socket(&mut bed);
+    let bin = install_berth(bed.path());
+    let daemon = Daemon::start(&bed, &socket);
+    Broker { daemon, bin, bed }
+}
+
+fn alice() -> TestUser {
+    TestUser::get(ALICE)
+}
+
+impl Broker {
+    /// `berth run -- SCRIPT` for `job`, as `user`.
+    fn run_as(&self, user: &TestUser, job: &Job<'_>, script: &str) -> Out {
+        broker::output(user_command(job, user, &self.bin, &["run"], &[script]))
+    }
+
+    /// Start `berth run -- SCRIPT` as `user` in the background.
+    fn spawn_as(&self, user: &TestUser, job: &Job<'_>, script: &str) -> std::process::Child {
+        user_command(job, user, &self.bin, &["run"], &[script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth run")
+    }
+
+    /// The audit records of `job` with `event`.
+    fn audit_event(&self, job: &str, event: &str) -> Vec<serde_json::Value> {
+        self.bed
+            .audit_for(job)
+            .into_iter()
+            .filter(|r| r["event"] == event)
+            .collect()
+    }
+
+    /// The job's directories of pinned volumes (under mounts.pin_dir).
+    fn pins(&self, job: &str) -> Vec<PathBuf> {
+        let dir = self
+            .bed
+            .policy
+            .get("mounts")
+            .and_then(|m| m.get("pin_dir"))
+            .and_then(|d| d.as_str())
+            .unwrap_or("/run/berth/mnt")
+            .to_string();
+        let prefix = format!("berth-{job}-");
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[track_caller]
+    fn assert_daemon_alive(&mut self) {
+        assert!(
+            !self.daemon.exited(),
+            "the broker died:\n{}",
+            self.daemon.log_text()
+        );
+    }
+}
+
+/// The environment a scheduler gives a job, for hand-made hellos.
+fn job_env(job: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("LSB_CONTAINER_IMAGE".to_string(), IMAGE.to_string()),
+        ("LSB_JOBID".to_string(), job.to_string()),
+        ("LS_SUBCWD".to_string(), ALICE_DIR.to_string()),
+        ("PATH".to_string(), CALLER_PATH.to_string()),
+    ])
+}
+
+fn hello(scheduler: &str, env: BTreeMap<String, String>, script: &str) -> Hello {
+    Hello {
+        version: VERSION,
+        scheduler: scheduler.into(),
+        env,
+        cwd: Some(ALICE_DIR.into()),
+        command: vec![script.into()],
+        tmp_files: vec![],
+        slurm_id: None,
+    }
+}
+
+/// What the daemon said on a connection, and the job's stdout and stderr.
+struct RawResult {
+    msgs: Vec<DaemonMsg>,
+    stdout: String,
+    stderr: String,
+}
+
+impl RawResult {
+    fn exit(&self) -> Option<i32> {
+        self.msgs.iter().find_map(|m| match m {
+            DaemonMsg::Exit { code } => Some(*code),
+            _ => None,
+        })
+    }
+    fn error(&self) -> Option<(i32, String)> {
+        self.msgs.iter().find_map(|m| match m {
+            DaemonMsg::Error { code, message } => Some((*code, message.clone())),
+            _ => None,
+        })
+    }
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
+}
+
+fn drain(r: OwnedFd) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(r);
+        let mut s = Vec::new();
+        let _ = f.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    })
+}
+
+/// Read the daemon's frames until it closes the connection (at most 60 s).
+fn read_msgs(stream: &UnixStream) -> Vec<DaemonMsg> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut msgs = Vec::new();
+    let mut r = stream;
+    while let Ok(Some(m)) = proto::read_frame::<DaemonMsg>(&mut r, proto::MAX_FRAME) {
+        let last = !matches!(m, DaemonMsg::Started { .. });
+        msgs.push(m);
+        if last {
+            break;
+        }
+    }
+    msgs
+}
+
+/// Send `hello` as `user` on a connection of our own, with /dev/null as
+/// stdin and pipes as stdout and stderr; wait for the end.
+fn raw_job(b: &Broker, user: &TestUser, h: &Hello) -> RawResult {
+    let stream = connect_as(user, &b.daemon.socket);
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    proto::send_hello(
+        &stream,
+        h,
+        [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+    )
+    .expect("send hello");
+    drop((null, out_w, err_w));
+    let (o, e) = (drain(out_r), drain(err_r));
+    let msgs = read_msgs(&stream);
+    drop(stream);
+    RawResult {
+        msgs,
+        stdout: o.join().unwrap(),
+        stderr: e.join().unwrap(),
+    }
+}
+
+/// Write raw bytes (no descriptors) on a connection as `user`; the
+/// daemon's answer.
+fn raw_bytes(b: &Broker, user: &TestUser, bytes: &[u8]) -> Vec<DaemonMsg> {
+    let stream = connect_as(user, &b.daemon.socket);
+    let _ = (&stream).write_all(bytes);
+    read_msgs(&stream)
+}
+
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_unprivileged_user_runs_as_herself_through_the_broker() {
+    let b = broker();
+    let alice = alice();
+    if let Ok(Some(docker)) = nix::unistd::Group::from_name("docker") {
+        assert!(
+            !alice.groups.contains(&docker.gid.as_raw()),
+            "berth-alice must not be in the docker group"
+        );
+    }
+    let job = b.bed.job();
+    let out = b.run_as(&alice, &job, "id -u; id -g; id -G; pwd; echo to-stderr >&2");
+    out.expect_ok();
+    let l = out.lines();
+    assert_eq!(l[0], ALICE_UID.to_string(), "{out:?}");
+    assert_eq!(l[1], ALICE_GID.to_string());
+    let mut groups = host_id("-G", ALICE);
+    groups.sort_unstable();
+    assert_eq!(numbers(l[2]), groups);
+    assert_eq!(l[3], ALICE_DIR);
+    assert!(out.stderr.contains("to-stderr"), "{out:?}");
+    // One docker run, as 2001, by the daemon (root), with the spy's record.
+    let runs = b.bed.spy_runs(&job.id);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].has_arg("--user=2001:2001"), "{:?}", runs[0].args);
+    // The audit trail names the kernel's caller.
+    let launch = b.audit_event(&job.id, "launch");
+    assert_eq!(launch.len(), 1, "{launch:?}");
+    assert_eq!(launch[0]["caller_uid"], ALICE_UID);
+    assert_eq!(launch[0]["uid"], ALICE_UID);
+    let exit = b.audit_event(&job.id, "exit");
+    assert_eq!(exit.len(), 1, "{exit:?}");
+    assert_eq!(exit[0]["exit_code"], 0);
+    b.bed.assert_no_leaks(&job.id);
+}
+
+#[test]
+fn exit_codes_and_stdin_pass_through_the_broker() {
+    let b = broker();
+    let alice = alice();
+    let job = b.bed.job();
+    b.run_as(&alice, &job, "exit 3").expect_code(3);
+    let job = b.bed.job();
+    let mut c = user_command(&job, &alice, &b.bin, &["run"], &["cat; echo done"]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"data through the broker\n")
+        .unwrap();
+    let out = broker::finish(child, Duration::from_secs(60));
+    out.expect_ok();
+    assert_eq!(out.lines(), ["data through the broker", "done"], "{out:?}");
+    b.bed.assert_no_leaks(&job.id);
+}
+
+#[test]
+fn a_client_naming_another_user_still_runs_as_itself() {
+    let b = broker();
+    let alice = alice();
+    for (k, v) in [
+        ("LSFUSER", "berth-bob"),
+        ("LSFUSER", "root"),
+        ("LSFUSER", "0"),
+        ("SLURM_JOB_UID", "0"),
+        ("SLURM_JOB_USER", "root"),
+        ("USER", "root"),
+    ] {
+        let job = b.bed.job().env(k, v);
+        let out = b.run_as(&alice, &job, "id -u; id -g");
+        out.expect_ok();
+        assert_eq!(out.lines(), ["2001", "2001"], "{k}={v}: {out:?}");
+        let launch = b.audit_event(&job.id, "launch");
+        assert_eq!(launch[0]["caller_uid"], ALICE_UID, "{launch:?}");
+        assert_eq!(launch[0]["user"], ALICE, "{launch:?}");
+    }
+    // Also with the plain-environment scheduler.
+    let job = b.bed.job().env("LSFUSER", "berth-bob");
+    let out = broker::output(user_command(
+        &job,
+        &alice,
+        &b.bin,
+        &["run", "--scheduler", "env"],
+        &["id -u"],
+    ));
+    out.expect_ok();
+    assert_eq!(out.lines(), ["2001"]);
+}
+
+#[test]
+fn a_relay_names_the_job_user_but_never_root() {
+    let b = broker();
+    let relay = TestUser::get("berth-relay");
+    let job = b.bed.job(); // LSFUSER=berth-alice
+    let out = b.run_as(&relay, &job, "id -u");
+    out.expect_ok();
+    assert_eq!(out.lines(), ["2001"]);
+    let launch = b.audit_event(&job.id, "launch");
+    assert_eq!(launch[0]["caller_uid"], 2010, "{launch:?}");
+    assert_eq!(launch[0]["uid"], ALICE_UID, "{launch:?}");
+
+    for who in ["root", "0"] {
+        let job = b.bed.job().env("LSFUSER", who);
+        b.run_as(&relay, &job, "id -u").expect_code(77);
+        b.bed.assert_no_leaks(&job.id);
+        assert!(b.bed.spy_runs(&job.id).is_empty());
+    }
+}
+
+#[test]
+fn a_hand_made_client_gets_its_kernel_uid() {
+    let b = broker();
+    let alice = alice();
+    for sched in ["lsf", "env", "slurm"] {
+        let job = next_job_id();
+        let mut env = job_env(&job);
+        env.insert("LSFUSER".into(), "berth-bob".into());
+        env.insert("SLURM_JOB_UID".into(), "0".into());
+        env.insert("SLURM_JOB_USER".into(), "root".into());
+        let r = raw_job(&b, &alice, &hello(sched, env, "id -u; id -G"));
+        assert_eq!(r.exit(), Some(0), "{sched}: {:?} {}", r.msgs, r.stderr);
+        assert!(
+            matches!(r.msgs.first(), Some(DaemonMsg::Started { container }) if container.starts_with(&format!("berth-{job}-"))),
+            "{:?}",
+            r.msgs
+        );
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines[0], "2001", "{sched}: {}", r.stdout);
+        assert!(!numbers(lines[1]).contains(&0), "{}", r.stdout);
+        b.bed.assert_no_leaks(&job);
+    }
+}
+
+#[test]
+fn malformed_requests_are_refused_and_the_daemon_goes_on() {
+    let mut b = broker();
+    let alice = alice();
+    let h = hello("lsf", job_env(&next_job_id()), "id -u");
+
+    // A well-formed hello without the three descriptors.
+    let msgs = raw_bytes(&b, &alice, &proto::encode(&h).unwrap());
+    assert!(
+        matches!(&msgs[..], [DaemonMsg::Error { code: 64, .. }]),
+        "{msgs:?}"
+    );
+    // Garbage, a length beyond the limit, a truncated frame.
+    for bytes in [
+        b"\x00\x00\x00\x05hello".to_vec(),
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        u32::MAX.to_be_bytes().to_vec(),
+        ((proto::MAX_HELLO + 1) as u32).to_be_bytes().to_vec(),
+        b"\x00\x00\x01\x00{\"version\":1".to_vec(),
+    ] {
+        let stream = connect_as(&alice, &b.daemon.socket);
+        let _ = (&stream).write_all(&bytes);
+        // A truncated frame waits for more: say no more.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let msgs = read_msgs(&stream);
+        assert!(
+            matches!(&msgs[..], [DaemonMsg::Error { code: 64, .. }]),
+            "{:?}: {msgs:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    // A wrong version and an unknown scheduler, with descriptors.
+    let mut v = h.clone();
+    v.version = 99;
+    let r = raw_job(&b, &alice, &v);
+    assert_eq!(r.error().map(|e| e.0), Some(64), "{:?}", r.msgs);
+    let r = raw_job(&b, &alice, &hello("root", job_env(&next_job_id()), "id -u"));
+    assert_eq!(r.error().map(|e| e.0), Some(64), "{:?}", r.msgs);
+    // Hanging up at once, and holding a connection open without a word.
+    drop(connect_as(&alice, &b.daemon.socket));
+    let idle = connect_as(&alice, &b.daemon.socket);
+    // Nothing was started by any of it.
+    assert!(
+        b.bed.spy_calls().iter().all(|c| !c.is_run()),
+        "{:?}",
+        b.bed.spy_calls()
+    );
+    // The daemon still serves, even with the idle connection open.
+    b.assert_daemon_alive();
+    let job = b.bed.job();
+    let out = b.run_as(&alice, &job, "id -u");
+    out.expect_ok();
+    assert_eq!(out.lines(), ["2001"]);
+    drop(idle);
+    b.assert_daemon_alive();
+}
+
+#[test]
+fn killing_the_client_kills_the_container() {
+    let b = broker();
+    let alice = alice();
+    let job = b.bed.job();
+    let mut child = b.spawn_as(&alice, &job, "sleep 60");
+    wait_running(&job.id, Duration::from_secs(30));
+    assert_eq!(b.bed.job_dirs(&job.id).len(), 1);
+    assert_eq!(b.pins(&job.id).len(), 1, "the job's pinned volumes");
+    let t = Instant::now();
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    b.bed.assert_cleaned_within(&job.id, Duration::from_secs(5));
+    eprintln!("cleaned {:?} after SIGKILL of the client", t.elapsed());
+    assert!(b.pins(&job.id).is_empty(), "{:?}", b.pins(&job.id));
+    let exit = b.audit_event(&job.id, "exit");
+    assert_eq!(exit.len(), 1, "{exit:?}");
+    assert!(
+        exit[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("client disconnected")),
+        "{exit:?}"
+    );
+}
+
+#[test]
+fn signals_to_the_client_reach_the_container() {
+    let b = broker();
+    let alice = alice();
+    let job = b.bed.job();
+    let child = b.spawn_as(
+        &alice,
+        &job,
+        "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+    );
+    wait_running(&job.id, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    signal(child.id(), Signal::SIGTERM);
+    let out = broker::finish(child, Duration::from_secs(30));
+    out.expect_code(42);
+    assert_eq!(out.lines(), ["ready", "got-term"], "{out:?}");
+    b.bed.assert_cleaned_within(&job.id, Duration::from_secs(5));
+}
+
+#[test]
+fn twenty_concurrent_launches_all_succeed() {
+    let b = broker();
+    let alice = alice();
+    let jobs: Vec<Job<'_>> = (0..20).map(|_| b.bed.job()).collect();
+    let t = Instant::now();
+    let outs: Vec<(String, Out)> = std::thread::scope(|s| {
+        let hs: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                let (b, alice) = (&b, &alice);
+                s.spawn(move || {
+                    (
+                        j.id.clone(),
+                        b.run_as(alice, j, &format!("echo out-{}; id -u", j.id)),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!(
+        "20 concurrent launches through the broker: {:?}",
+        t.elapsed()
+    );
+    for (id, out) in &outs {
+        out.expect_ok();
+        assert_eq!(
+            out.lines(),
+            [format!("out-{id}").as_str(), "2001"],
+            "{out:?}"
+        );
+    }
+    for (id, _) in &outs {
+        b.bed.assert_no_leaks(id);
+    }
+}
+
+#[test]
+fn an_unreachable_broker_is_exit_69_naming_the_socket() {
+    let mut bed = Bed::new();
+    let socket = bed.path().join("nowhere").join("berth.sock");
+    set(
+        &mut bed.policy,
+        "broker.socket",
+        socket.display().to_string(),
+    );
+    bed.write_policy();
+    let bin = install_berth(bed.path());
+    let job = bed.job();
+    let out = broker::output(user_command(&job, &alice(), &bin, &["run"], &["id -u"]));
+    out.expect_code(69);
+    assert!(
+        out.stderr.contains(&socket.display().to_string()) && out.stderr.contains("broker"),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty());
+    bed.assert_not_started(&job.id);
+
+    // A socket file nobody listens on (a daemon that died) is the same.
+    std::fs::create_dir(socket.parent().unwrap()).unwrap();
+    let l = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    drop(l);
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let job = bed.job();
+    let out = broker::output(user_command(&job, &alice(), &bin, &["run"], &["id -u"]));
+    out.expect_code(69);
+    assert!(
+        out.stderr.contains(&socket.display().to_string()),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_broker_gives_no_way_to_the_docker_socket() {
+    let b = broker_with(|p| set(p, "docker.networks", vec!["none", "bridge"]));
+    let alice = alice();
+    let attempts: &[(&str, &str, &[&str])] = &[
+        (
+            "LSF_DOCKER_VOLUMES",
+            "/var/run/docker.sock:/s",
+            &["/var/run/docker.sock"],
+        ),
+        ("LSF_DOCKER_VOLUMES", "/var/run:/r", &["/var/run"]),
+        ("LSF_DOCKER_VOLUMES", "/run:/r", &["/run"]),
+        ("LSF_DOCKER_VOLUMES", "/:/host", &["/"]),
+        (
+            "LSF_DOCKER_VOLUMES",
+            "/storage1/fs1/alice/link-out:/e",
+            &["link-out"],
+        ),
+        (
+            "LSF_DOCKER_VOLUMES",
+            "/storage1/fs1/alice/../../../var/run:/r",
+            &["/var/run"],
+        ),
+        ("LSF_DOCKER_NETWORK", "host", &["host"]),
+        ("LSF_DOCKER_IPC", "host", &["host"]),
+        ("LSF_DOCKER_NETWORK", "container:dockerd", &["container:"]),
+        (
+            "LSB_CONTAINER_IMAGE",
+            "docker.io/library/docker:latest",
+            &["docker.io/library/docker"],
+        ),
+        (
+            "LSF_DOCKER_ENTRYPOINT",
+            "/usr/bin/docker",
+            &["/usr/bin/docker"],
+        ),
+    ];
+    for (k, v, needles) in attempts {
+        let job = b.bed.job().env(k, v);
+        let out = b.run_as(&alice, &job, "id -u");
+        out.expect_denied(needles);
+        assert!(out.stdout.is_empty(), "{k}={v}: {out:?}");
+        b.bed.assert_no_leaks(&job.id);
+        assert!(
+            b.bed.spy_runs(&job.id).is_empty(),
+            "{k}={v} reached docker run"
+        );
+        let denial = b.audit_event(&job.id, "denial");
+        assert_eq!(denial.len(), 1, "{k}={v}: {:?}", b.bed.audit_for(&job.id));
+        assert_eq!(denial[0]["caller_uid"], ALICE_UID, "{denial:?}");
+        assert_eq!(denial[0]["decision"], "deny", "{denial:?}");
+    }
+    // Whatever else the job asks, the container is never privileged, never
+    // in a host namespace and never sees the engine's socket.
+    let job = b
+        .bed
+        .job()
+        .env("LSF_DOCKER_VOLUMES", "/storage1/fs1/alice:/data");
+    let out = b.run_as(
+        &alice,
+        &job,
+        "test -e /var/run/docker.sock && echo SOCKET; id -u",
+    );
+    out.expect_ok();
+    assert_eq!(out.lines(), ["2001"]);
+    let run = &b.bed.spy_runs(&job.id)[0];
+    for bad in [
+        "--privileged",
+        "--pid=host",
+        "--network=host",
+        "--ipc=host",
+        "--userns=host",
+        "--uts=host",
+    ] {
+        assert!(!run.has_arg(bad), "{bad} in {:?}", run.args);
+    }
+    assert!(
+        run.args
+            .iter()
+            .take_while(|a| a.starts_with("--"))
+            .all(|a| !a.contains("docker.sock")),
+        "{:?}",
+        run.args
+    );
+}
+
+#[test]
+fn sighup_reloads_the_policy() {
+    let mut b = broker();
+    let alice = alice();
+    b.run_as(&alice, &b.bed.job(), "true").expect_ok();
+
+    set(
+        &mut b.bed.policy,
+        "images.allow",
+        vec!["docker.io/somewhere-else/*"],
+    );
+    b.bed.write_policy();
+    b.daemon.signal(Signal::SIGHUP);
+    let mut last = None;
+    let denied = wait_until(Duration::from_secs(10), || {
+        let out = b.run_as(&alice, &b.bed.job(), "true");
+        let d = out.code == Some(77);
+        last = Some(out);
+        d
+    });
+    assert!(denied, "the reloaded policy was not applied: {last:?}");
+    let out = last.unwrap();
+    out.expect_denied(&["berth-test/busybox"]);
+
+    // A policy that does not load is refused: the last good one stays.
+    // (A hand-made client: berth run itself reads the policy for the
+    // socket's path.)
+    std::fs::write(b.bed.policy_path(), "this is not toml [[[").unwrap();
+    b.daemon.signal(Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    b.assert_daemon_alive();
+    let r = raw_job(&b, &alice, &hello("lsf", job_env(&next_job_id()), "true"));
+    assert_eq!(r.error().map(|e| e.0), Some(77), "{:?}", r.msgs);
+
+    set(
+        &mut b.bed.policy,
+        "images.allow",
+        vec!["docker.io/berth-test/*"],
+    );
+    b.bed.write_policy();
+    b.daemon.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || b
+            .run_as(&alice, &b.bed.job(), "true")
+            .code
+            == Some(0)),
+        "the restored policy was not applied:\n{}",
+        b.daemon.log_text()
+    );
+}
+
+#[test]
+fn sigterm_stops_the_daemon_and_removes_running_containers() {
+    let mut b = broker();
+    let alice = alice();
+    let job = b.bed.job();
+    let child = b.spawn_as(&alice, &job, "sleep 60");
+    wait_running(&job.id, Duration::from_secs(30));
+    b.daemon.signal(Signal::SIGTERM);
+    let st = b.daemon.wait_exit(Duration::from_secs(15));
+    assert!(st.is_some(), "the broker did not exit on SIGTERM");
+    assert!(st.unwrap().success(), "{st:?}");
+    b.bed.assert_cleaned_within(&job.id, Duration::from_secs(5));
+    assert!(b.pins(&job.id).is_empty(), "{:?}", b.pins(&job.id));
+    assert!(!b.daemon.socket.exists(), "the socket was left behind");
+    // The client learns the broker is gone: 69, requeue.
+    let out = broker::finish(child, Duration::from_secs(10));
+    out.expect_code(69);
+    assert!(out.stderr.contains("requeue"), "{out:?}");
+}
