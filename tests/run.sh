@@ -20,3 +20,7 @@ trap 'bash tests/setup/testbed.sh down' EXIT
 
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast -- --test-threads="${BERTH_TEST_THREADS:-4}"
+
+# Build the .deb and .rpm, install the .deb, run a real job with the
+# installed /usr/bin/berth, then purge it again.
+bash tests/packaging.sh
