@@ -111,6 +111,9 @@ pub fn run(policy_path: &Path) -> Vec<Check> {
         "images.facts_cache",
         &policy.images.facts_cache,
     );
+    if policy.mounts.pin {
+        check_owned_dir(&mut r, "pin_dir", "mounts.pin_dir", &policy.mounts.pin_dir);
+    }
     check_bundles(&mut r, &policy);
     check_owned_dir(
         &mut r,

@@ -481,3 +481,57 @@ fn policy_examples_in_the_docs_are_valid() {
     }
     assert!(seen >= 1, "no ```toml policy examples found");
 }
+
+#[test]
+fn broker_unit_keeps_the_host_mount_namespace() {
+    // The broker bind-mounts pinned volumes that dockerd must see, and
+    // creates per-job /tmp directories under /var/tmp/berth that dockerd
+    // mounts: any option that gives the unit its own mount namespace (or a
+    // device allow-list, which would block the job's terminal) breaks jobs.
+    let unit = read("wrapper/systemd/berth.service");
+    let settings: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .collect();
+    for bad in [
+        "PrivateTmp",
+        "PrivateDevices",
+        "PrivateMounts",
+        "PrivateUsers",
+        "ProtectSystem",
+        "ProtectHome",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "ProtectProc",
+        "ReadWritePaths",
+        "ReadOnlyPaths",
+        "InaccessiblePaths",
+        "TemporaryFileSystem",
+        "BindPaths",
+        "BindReadOnlyPaths",
+        "MountFlags",
+        "RootDirectory",
+        "DeviceAllow",
+        "DevicePolicy",
+        "CapabilityBoundingSet",
+        "DynamicUser",
+        "User",
+    ] {
+        assert!(
+            !settings.iter().any(|l| l.starts_with(&format!("{bad}="))),
+            "berth.service must not set {bad}="
+        );
+    }
+    for need in [
+        "ExecStart=/usr/bin/berth daemon",
+        "RuntimeDirectory=berth",
+        "RuntimeDirectoryMode=0755",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(settings.contains(&need), "berth.service lacks {need}");
+    }
+}
