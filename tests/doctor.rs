@@ -50,8 +50,12 @@ log = "@DIR@/audit.log"
 "#;
 
 fn json(r: &Run) -> Value {
-    serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {}{}", r.stdout, r.stderr))
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json printed no JSON ({e}): {}{}",
+            r.stdout, r.stderr
+        )
+    })
 }
 
 fn status<'a>(v: &'a Value, name: &str) -> &'a str {
