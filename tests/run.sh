@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a real Docker engine, as root:
 #   sudo bash tests/run.sh
-# Brings up the testbed (Debian's docker.io engine, test users, GPFS-like
-# trees, locally built images), runs every test, and stops the daemons it
-# started. Idempotent.
+# Brings up the testbed (Debian's docker.io engine, munge and a one-node
+# Slurm 22.05, test users, GPFS-like trees, locally built images), runs
+# every test, and stops the daemons it started. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +15,9 @@ fi
 bash tests/setup/testbed.sh up
 trap 'bash tests/setup/testbed.sh down' EXIT
 
-# Fail, never skip, when the engine is missing.
+# Fail, never skip, when the engine or Slurm is missing.
 /usr/bin/docker info >/dev/null
+sinfo -h -o %T | grep -qxE 'idle|mixed|allocated'
 
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast -- --test-threads="${BERTH_TEST_THREADS:-4}"

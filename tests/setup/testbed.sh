@@ -504,6 +504,206 @@ smoke_test() {
 }
 
 # ---------------------------------------------------------------------------
+# 6. Slurm: munge + a single-node slurmctld/slurmd (22.05 on Debian 12)
+# ---------------------------------------------------------------------------
+# The tests write /etc/slurm/oci.conf themselves (slurmstepd reads it for
+# every step), pointing at the berth binary and policy under test; `up`
+# never writes it.
+readonly SLURM_PACKAGES=(slurmctld slurmd slurm-client munge)
+readonly SLURM_DIR=/var/lib/berth-testbed/slurm
+readonly SLURM_CONF=/etc/slurm/slurm.conf
+readonly SLURM_MARK='# managed by berth tests/setup/testbed.sh'
+readonly SLURMCTLD=/usr/sbin/slurmctld SLURMD=/usr/sbin/slurmd MUNGED=/usr/sbin/munged
+readonly MUNGE_KEY=/etc/munge/munge.key
+readonly MUNGED_PIDFILE=$RUNDIR/munged.pid
+readonly SLURMCTLD_PIDFILE=$RUNDIR/slurmctld.pid
+readonly SLURMD_PIDFILE=$RUNDIR/slurmd.pid
+
+# exe PATH: what /proc/PID/exe shows for PATH (Debian's alternatives links)
+exe() { readlink -f "$1"; }
+
+slurm_host() { hostname -s; }
+
+ensure_slurm_packages() {
+  local missing=() p
+  for p in "${SLURM_PACKAGES[@]}"; do pkg_installed "$p" || missing+=("$p"); done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    apt_retry update -q || die "apt-get update failed"
+    apt_retry install -y -q --no-install-recommends "${SLURM_PACKAGES[@]}" || die "apt-get install of slurm failed"
+  fi
+  for p in "${SLURM_PACKAGES[@]}"; do pkg_installed "$p" || die "package $p not installed"; done
+  getent passwd slurm >/dev/null || die "user slurm missing after installing slurmctld"
+  getent passwd munge >/dev/null || die "user munge missing after installing munge"
+}
+
+munge_ok() { timeout 5 munge -n 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1; }
+
+ensure_munge() {
+  if [[ ! -s $MUNGE_KEY ]]; then
+    log "creating $MUNGE_KEY"
+    install -d -o munge -g munge -m 0700 /etc/munge
+    (umask 077; dd if=/dev/urandom of="$MUNGE_KEY" bs=1 count=1024 status=none)
+  fi
+  chown munge:munge "$MUNGE_KEY"
+  chmod 0400 "$MUNGE_KEY"
+  install -d -o munge -g munge -m 0755 /run/munge
+  install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+
+  local pid
+  pid=$(read_pid "$MUNGED_PIDFILE")
+  if [[ -n $pid ]] && ! pid_is "$pid" "$MUNGED"; then rm -f "$MUNGED_PIDFILE"; fi
+  munge_ok && return 0
+  local other
+  other=$(read_pid /run/munge/munged.pid)
+  if [[ -n $other ]] && pid_is "$other" "$MUNGED"; then
+    die "munged pid $other (not ours) runs but does not answer"
+  fi
+  log "starting munged"
+  rm -f /run/munge/munged.pid
+  runuser -u munge -- "$MUNGED" 9>&- </dev/null || die "munged did not start"
+  local i
+  for ((i = 0; i < 40; i++)); do
+    munge_ok && break
+    sleep 0.25
+  done
+  munge_ok || die "munged does not answer"
+  pid=$(read_pid /run/munge/munged.pid)
+  [[ -n $pid ]] && echo "$pid" >"$MUNGED_PIDFILE"
+  log "munged up, pid ${pid:-?}"
+}
+
+slurm_conf_text() {
+  local host
+  host=$(slurm_host)
+  cat <<CONF
+$SLURM_MARK: a single-node cluster for berth's integration tests.
+ClusterName=berthtest
+SlurmctldHost=$host(127.0.0.1)
+SlurmUser=slurm
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+MailProg=/bin/true
+ReturnToService=2
+KillWait=5
+MinJobAge=600
+InactiveLimit=0
+StateSaveLocation=$SLURM_DIR/state
+SlurmdSpoolDir=$SLURM_DIR/spool
+SlurmctldLogFile=$SLURM_DIR/log/slurmctld.log
+SlurmdLogFile=$SLURM_DIR/log/slurmd.log
+SlurmctldPidFile=$SLURM_DIR/run/slurmctld.pid
+SlurmdPidFile=$SLURM_DIR/run/slurmd.pid
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:16
+CONF
+}
+
+slurm_state() { timeout 10 sinfo -h -o %T 2>/dev/null | head -n1 || true; }
+
+ensure_slurm() {
+  ensure_slurm_packages
+  ensure_munge
+  install -d -o root -g root -m 0755 /var/lib/berth-testbed "$SLURM_DIR" "$SLURM_DIR/spool" "$SLURM_DIR/run"
+  install -d -o slurm -g slurm -m 0755 "$SLURM_DIR/state" "$SLURM_DIR/log"
+  install -d -o root -g root -m 0755 /etc/slurm
+  if [[ -e $SLURM_CONF ]] && ! grep -qF "$SLURM_MARK" "$SLURM_CONF"; then
+    die "$SLURM_CONF exists and was not written by this script; move it away"
+  fi
+  local want changed=0
+  want=$(slurm_conf_text)
+  if [[ ! -f $SLURM_CONF || $(<"$SLURM_CONF") != "$want" ]]; then
+    log "writing $SLURM_CONF"
+    printf '%s\n' "$want" >"$SLURM_CONF.tmp"
+    chmod 0644 "$SLURM_CONF.tmp"
+    mv -f "$SLURM_CONF.tmp" "$SLURM_CONF"
+    changed=1
+  fi
+
+  local ctld d
+  ctld=$(read_pid "$SLURMCTLD_PIDFILE")
+  d=$(read_pid "$SLURMD_PIDFILE")
+  if [[ -n $ctld ]] && ! pid_is "$ctld" "$(exe "$SLURMCTLD")"; then rm -f "$SLURMCTLD_PIDFILE"; ctld=; fi
+  if [[ -n $d ]] && ! pid_is "$d" "$(exe "$SLURMD")"; then rm -f "$SLURMD_PIDFILE"; d=; fi
+  if ((changed)) && [[ -n $ctld$d ]]; then
+    log "slurm.conf changed: restarting the slurm daemons started by testbed"
+    stop_pid slurmd "$SLURMD_PIDFILE" "$(exe "$SLURMD")"
+    stop_pid slurmctld "$SLURMCTLD_PIDFILE" "$(exe "$SLURMCTLD")"
+    ctld= d=
+  fi
+  if [[ -z $ctld ]]; then
+    local other
+    other=$(read_pid "$SLURM_DIR/run/slurmctld.pid")
+    if [[ -n $other ]] && pid_is "$other" "$(exe "$SLURMCTLD")"; then
+      die "slurmctld pid $other runs but was not started by testbed; stop it first"
+    fi
+    log "starting slurmctld (log $SLURM_DIR/log/slurmctld.log)"
+    rm -f "$SLURM_DIR/run/slurmctld.pid"
+    setsid "$SLURMCTLD" 9>&- </dev/null >/dev/null 2>&1 || die "slurmctld did not start"
+    wait_pidfile "$SLURM_DIR/run/slurmctld.pid" "$(exe "$SLURMCTLD")" >"$SLURMCTLD_PIDFILE" \
+      || { tail -n 30 "$SLURM_DIR/log/slurmctld.log" >&2 || true; die "slurmctld did not stay up"; }
+  fi
+  if [[ -z $d ]]; then
+    local other
+    other=$(read_pid "$SLURM_DIR/run/slurmd.pid")
+    if [[ -n $other ]] && pid_is "$other" "$(exe "$SLURMD")"; then
+      die "slurmd pid $other runs but was not started by testbed; stop it first"
+    fi
+    log "starting slurmd (log $SLURM_DIR/log/slurmd.log)"
+    rm -f "$SLURM_DIR/run/slurmd.pid"
+    setsid "$SLURMD" 9>&- </dev/null >/dev/null 2>&1 || die "slurmd did not start"
+    wait_pidfile "$SLURM_DIR/run/slurmd.pid" "$(exe "$SLURMD")" >"$SLURMD_PIDFILE" \
+      || { tail -n 30 "$SLURM_DIR/log/slurmd.log" >&2 || true; die "slurmd did not stay up"; }
+  fi
+
+  local i st resumed=0
+  for ((i = 0; i < 120; i++)); do
+    st=$(slurm_state)
+    case $st in
+      idle | mixed | allocated) break ;;
+      down* | drain* | drained*)
+        if ((!resumed && i >= 8)); then
+          log "node is $st: resuming it"
+          scontrol update NodeName="$(slurm_host)" State=RESUME >/dev/null 2>&1 || true
+          resumed=1
+        fi
+        ;;
+    esac
+    sleep 0.25
+  done
+  case $st in
+    idle | mixed | allocated) ;;
+    *)
+      tail -n 20 "$SLURM_DIR/log/slurmctld.log" "$SLURM_DIR/log/slurmd.log" >&2 || true
+      die "slurm node state is '${st:-no answer}', not idle, after 30 s"
+      ;;
+  esac
+  log "slurm up: node $(slurm_host) $st"
+}
+
+# wait_pidfile FILE EXE: print the pid in FILE once it names a live EXE
+wait_pidfile() {
+  local f=$1 exe=$2 i pid
+  for ((i = 0; i < 80; i++)); do
+    pid=$(read_pid "$f")
+    if [[ -n $pid ]] && pid_is "$pid" "$exe"; then
+      sleep 0.5
+      pid_is "$pid" "$exe" || return 1
+      echo "$pid"
+      return 0
+    fi
+    sleep 0.25
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------------------
 # subcommands
 # ---------------------------------------------------------------------------
 cmd_up() {
@@ -518,12 +718,16 @@ cmd_up() {
   ensure_images
   verify_images
   smoke_test
+  ensure_slurm   # after ensure_users: slurmctld caches group lists
   local pid how
   pid=$(read_pid "$DOCKERD_PIDFILE")
   if [[ -n $pid ]]; then how="started by testbed, pid $pid"; else how="not started by testbed"; fi
   printf 'testbed up: docker %s (%s); %d users, %d groups; trees under /storage1 /storage1x /scratch1 /var/tmp/berth; %d images (%d built now); %ds\n' \
     "$("$DOCKER" version -f '{{.Server.Version}}')" "$how" "${#USERS_SPEC[@]}" \
     "${#GROUPS_SPEC[@]}" "${#IMAGES_SPEC[@]}" "$IMAGES_BUILT" $((SECONDS - t0))
+  printf 'testbed up: slurm %s, node %s %s (munged pid %s, slurmctld pid %s, slurmd pid %s)\n' \
+    "$(sinfo -V 2>/dev/null | awk '{print $2}')" "$(slurm_host)" "$(slurm_state)" \
+    "$(read_pid "$MUNGED_PIDFILE")" "$(read_pid "$SLURMCTLD_PIDFILE")" "$(read_pid "$SLURMD_PIDFILE")"
 }
 
 # stop_pid NAME PIDFILE EXE
@@ -555,6 +759,11 @@ cmd_down() {
   lock
   local had=0
   [[ -s $DOCKERD_PIDFILE || -s $CONTAINERD_PIDFILE ]] && had=1
+  [[ -s $SLURMD_PIDFILE || -s $SLURMCTLD_PIDFILE || -s $MUNGED_PIDFILE ]] && had=1
+  # Slurm first (its steps may hold containers), then munge, then the engine.
+  stop_pid slurmd "$SLURMD_PIDFILE" "$(exe "$SLURMD")"
+  stop_pid slurmctld "$SLURMCTLD_PIDFILE" "$(exe "$SLURMCTLD")"
+  stop_pid munged "$MUNGED_PIDFILE" "$MUNGED"
   stop_pid dockerd "$DOCKERD_PIDFILE" "$DOCKERD"
   # dockerd stops its supervised containerd itself; only clean up a leftover.
   stop_pid containerd "$CONTAINERD_PIDFILE" /usr/bin/containerd
@@ -603,6 +812,16 @@ cmd_status() {
     ((${#miss[@]} == 0)) || rc=1
   else
     echo "images:     unknown (engine down)"
+  fi
+  local m ctld d st
+  m=$(read_pid "$MUNGED_PIDFILE"); ctld=$(read_pid "$SLURMCTLD_PIDFILE"); d=$(read_pid "$SLURMD_PIDFILE")
+  if munge_ok; then echo "munged:     up${m:+, started by testbed (pid $m)}"; else echo "munged:     down"; rc=1; fi
+  st=$(slurm_state)
+  if [[ $st == idle || $st == mixed || $st == allocated ]]; then
+    echo "slurm:      node $(slurm_host) $st${ctld:+, slurmctld pid $ctld}${d:+, slurmd pid $d}"
+  else
+    echo "slurm:      ${st:-down}${ctld:+ (slurmctld pid $ctld)}${d:+ (slurmd pid $d)}"
+    rc=1
   fi
   return $rc
 }
