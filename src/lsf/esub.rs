@@ -221,8 +221,9 @@ pub fn docker_args(additional: &str) -> Option<Vec<String>> {
             });
         }
         if i == start {
-            // Not a name: skip one character so the scan moves on.
-            i += 1;
+            // Not a name: skip one character (all of its bytes, so later
+            // slices stay on character boundaries) so the scan moves on.
+            i += s[i..].chars().next().map_or(1, char::len_utf8);
         }
     }
     None
@@ -536,6 +537,10 @@ mod tests {
         assert_eq!(d("nvdocker(alpine)"), None);
         assert_eq!(d("license(docker(x))"), None);
         assert_eq!(d(""), None);
+        // Found by fuzzing: a multi-byte character outside any item used
+        // to be skipped one byte at a time, panicking on a slice.
+        assert_eq!(d("ޘ docker(alpine) é"), Some(vec!["alpine".into()]));
+        assert_eq!(d("'ޘl='x"), None);
         assert_eq!(
             d("docker(registry.example.edu:5000/lab/img:1.0@sha256:00)"),
             Some(vec![
