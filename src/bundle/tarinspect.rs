@@ -241,7 +241,9 @@ struct Entry {
 }
 
 /// Read the table of a tar (seeking over data), checking every name.
-fn table<Rd: Read + Seek>(r: Rd, what: &str) -> R<(Vec<Entry>, u64)> {
+fn table<Rd: Read + Seek>(mut r: Rd, what: &str) -> R<(Vec<Entry>, u64)> {
+    let len = r.seek(SeekFrom::End(0)).map_err(io_err(what))?;
+    r.seek(SeekFrom::Start(0)).map_err(io_err(what))?;
     let mut ar = tar::Archive::new(r);
     let mut out = Vec::new();
     let mut newest = 0u64;
@@ -290,14 +292,26 @@ fn table<Rd: Read + Seek>(r: Rd, what: &str) -> R<(Vec<Entry>, u64)> {
                 ))
             }
         };
+        let span = Span {
+            offset: e.raw_file_position(),
+            size: e.size(),
+        };
+        // Seeking over data never reads it: a header whose size runs past
+        // the end of the file is a truncated tar, not an empty tail.
+        if span
+            .offset
+            .checked_add(span.size)
+            .map_or(true, |end| end > len)
+        {
+            return err(format!(
+                "{what}: entry {path:?} is cut short (the tar is truncated)"
+            ));
+        }
         out.push(Entry {
             path,
             kind,
             mode,
-            span: Span {
-                offset: e.raw_file_position(),
-                size: e.size(),
-            },
+            span,
         });
     }
     Ok((out, newest))
@@ -1077,6 +1091,19 @@ mod tests {
                 "twice",
             ),
             (build(&[T::F("manifest.json", b"[]")]), "exactly one"),
+            // Found by fuzzing: a header whose data runs past the end of
+            // the file (a truncated tar) was accepted as if it were whole.
+            (
+                {
+                    let mut t = build(&[
+                        T::F("manifest.json", ok_manifest),
+                        T::F("c.json", &[b'x'; 2000]),
+                    ]);
+                    t.truncate(1536);
+                    t
+                },
+                "truncated",
+            ),
         ];
         for (t, want) in cases {
             let e = inspect(&file_of(&t), Depth::Full).unwrap_err();
