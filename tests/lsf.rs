@@ -690,6 +690,24 @@ fn esub_rejects_at_submission_and_writes_nothing() {
     assert!(out.stderr.contains("parameter file"), "{}", out.stderr);
     assert_eq!(envfile, None);
 
+    // An output file that cannot be opened rejects the job before anything
+    // is written to the other.
+    let (out, envfile, _) = bed.esub(
+        ALICE,
+        &[IMAGE],
+        "",
+        &[("LSB_SUB_MODIFY_FILE", "/nonexistent/modfile")],
+        ALICE_DIR,
+        Some(ABORT),
+    );
+    out.expect(ABORT);
+    assert!(
+        out.stderr.contains("/nonexistent/modfile"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(envfile, None);
+
     // Without LSB_SUB_ABORT_VALUE, berth's own codes: 77 denied, 64 malformed.
     let (out, envfile, _) = bed.esub(ALICE, &["alpine"], "", &[], ALICE_DIR, None);
     out.expect(77);

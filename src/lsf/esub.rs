@@ -387,9 +387,27 @@ fn run_inner(policy_path: &Path, args: &EsubArgs) -> Result<()> {
             "LSB_SUB_MODIFY_FILE is not set, so --app cannot choose the application profile".into(),
         ));
     }
-    append_lines(Path::new(&env_file), &accepted.env_lines)?;
+    // Open every file before writing any, so a file that cannot be opened
+    // rejects the job with nothing written (and none of them created).
+    let mut writes = vec![(open_append(Path::new(&env_file))?, &accepted.env_lines)];
     if let Some(f) = option_file.filter(|_| !accepted.option_lines.is_empty()) {
-        append_lines(Path::new(&f), &accepted.option_lines)?;
+        match open_append(Path::new(&f)) {
+            Ok(o) => writes.push((o, &accepted.option_lines)),
+            Err(e) => {
+                for ((_, path, created), _) in &writes {
+                    if *created {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    for ((mut file, path, _), lines) in writes {
+        // One write per file, so other esubs' lines stay whole.
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        file.write_all(text.as_bytes())
+            .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(())
 }
@@ -420,14 +438,21 @@ fn read_small(path: &Path) -> Result<String> {
     })
 }
 
-/// Append lines with one write, so other esubs' lines stay whole.
-fn append_lines(path: &Path, lines: &[String]) -> Result<()> {
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
+/// An esub output file, opened for appending (other esubs write to it
+/// too); whether this call created it.
+fn open_append(path: &Path) -> Result<(std::fs::File, std::path::PathBuf, bool)> {
+    let open = |create_new: bool| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(create_new)
+            .open(path)
+    };
+    let r = match open(true) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open(false).map(|f| (f, false)),
+        Err(e) => Err(e),
+    };
+    r.map(|(f, created)| (f, path.to_path_buf(), created))
         .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))
 }
 
