@@ -1,0 +1,581 @@
+//! Slurm (SPEC §8) for real: `srun|sbatch --container=<bundle>` on the
+//! testbed's single-node Slurm 22.05, with berth as the OCI runtime
+//! (wrapper/slurm/oci.conf), the broker as root, and berth-alice (uid 2001,
+//! not in the docker group) submitting.
+//!
+//! Needs root, the testbed's Docker and Slurm (`bash tests/run.sh` brings
+//! them up); a missing engine or Slurm FAILS. The tests of this file share
+//! one fixture (one /etc/slurm/oci.conf, one broker, one bundle cache) and
+//! hold a lock on it, so two runs on one machine never mix their oci.conf.
+
+#[path = "common/broker.rs"]
+mod broker;
+mod common;
+
+use broker::{install_berth, use_broker_socket, Daemon, TestUser};
+use common::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+const OCI_CONF: &str = "/etc/slurm/oci.conf";
+const LOCK: &str = "/run/berth-testbed/slurm-tests.lock";
+
+/// The shared fixture: a bed whose policy has a bundle cache and a broker
+/// socket, the broker, a bundle of berth-test/busybox:1, a copy of berth
+/// the job users may run, and /etc/slurm/oci.conf pointing at both.
+struct Slurm {
+    _daemon: Daemon,
+    bundle: PathBuf,
+    oci_conf: String,
+    bed: Bed,
+    _lock: std::fs::File,
+}
+
+impl Drop for Slurm {
+    fn drop(&mut self) {
+        if std::fs::read_to_string(OCI_CONF).ok().as_deref() == Some(self.oci_conf.as_str()) {
+            let _ = std::fs::remove_file(OCI_CONF);
+        }
+    }
+}
+
+/// The fixture, shared by the tests that run at the same time; set up
+/// again (new broker, new bundle) if every user of the last one is done.
+fn slurm() -> Arc<Slurm> {
+    static SHARED: Mutex<Weak<Slurm>> = Mutex::new(Weak::new());
+    let mut g = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = g.upgrade() {
+        return s;
+    }
+    let s = Arc::new(setup());
+    *g = Arc::downgrade(&s);
+    s
+}
+
+#[track_caller]
+fn require_slurm() {
+    let st = Command::new("/usr/bin/sinfo")
+        .args(["-h", "-o", "%T"])
+        .env_clear()
+        .env("PATH", CALLER_PATH)
+        .output();
+    let state = st
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    assert!(
+        ["idle", "mixed", "allocated"].contains(&state.as_str()),
+        "Slurm is not up (sinfo: {state:?}, {:?}); run `bash tests/setup/testbed.sh up`",
+        st.as_ref()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+    );
+}
+
+fn setup() -> Slurm {
+    require_testbed();
+    require_slurm();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK)
+        .unwrap_or_else(|e| panic!("{LOCK}: {e}"));
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) },
+        0,
+        "flock {LOCK}"
+    );
+
+    let mut bed = Bed::with(|p| {
+        set(p, "docker.networks", vec!["none", "bridge"]);
+    });
+    let cache = bed.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    set(
+        &mut bed.policy,
+        "bundles.cache",
+        cache.display().to_string(),
+    );
+    let socket = use_broker_socket(&mut bed);
+    let bin = install_berth(bed.path());
+
+    let name = format!("slurm-{}", next_job_id());
+    let out = broker::output({
+        let mut c = Command::new(berth_bin());
+        c.arg("--policy")
+            .arg(bed.policy_path())
+            .args(["bundle", "create", &name, "--from-image", IMAGE])
+            .env_clear()
+            .env("PATH", CALLER_PATH)
+            .stdin(Stdio::null());
+        c
+    });
+    out.expect_ok();
+    let bundle = cache.join(&name);
+    assert!(bundle.join("config.json").is_file() && bundle.join("rootfs").is_dir());
+
+    let daemon = Daemon::start(&bed, &socket);
+
+    // The shipped oci.conf, with berth under test and the test policy.
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("wrapper/slurm/oci.conf"),
+    )
+    .unwrap();
+    assert!(shipped.contains("\"/usr/bin/berth slurm run %b %r %n.%u.%j.%s.%t\""));
+    let oci_conf = shipped.replace(
+        "/usr/bin/berth ",
+        &format!(
+            "{} --policy {} ",
+            bin.display(),
+            bed.policy_path().display()
+        ),
+    );
+    let tmp = format!("{OCI_CONF}.berth-test");
+    std::fs::write(&tmp, &oci_conf).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::rename(&tmp, OCI_CONF).unwrap();
+
+    Slurm {
+        _daemon: daemon,
+        bundle,
+        oci_conf,
+        bed,
+        _lock: lock,
+    }
+}
+
+fn alice() -> TestUser {
+    TestUser::get(ALICE)
+}
+
+/// A Slurm client command (`srun`, `sbatch`, `scancel`) as `user`, with a
+/// login-like environment plus `env`, from `cwd`.
+fn client(user: &TestUser, prog: &str, env: &[(&str, &str)], cwd: &Path) -> Command {
+    let mut c = Command::new(prog);
+    c.env_clear()
+        .env("PATH", CALLER_PATH)
+        .env("HOME", format!("/home/{}", user.name))
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name)
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdin(Stdio::null());
+    user.apply(&mut c);
+    c
+}
+
+fn unique(tag: &str) -> String {
+    format!("berth-it-{tag}-{}", next_job_id())
+}
+
+impl Slurm {
+    fn container_arg(&self) -> String {
+        format!("--container={}", self.bundle.display())
+    }
+
+    /// `srun --container=<bundle> ARGS…` as alice from `cwd`, with `stdin`.
+    fn srun(&self, env: &[(&str, &str)], cwd: &Path, args: &[&str], stdin: Option<&[u8]>) -> Out {
+        let mut c = client(&alice(), "/usr/bin/srun", env, cwd);
+        c.arg(format!("--job-name={}", unique("srun")))
+            .arg(self.container_arg())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if stdin.is_some() {
+            c.stdin(Stdio::piped());
+        }
+        let mut child = c.spawn().expect("srun");
+        if let Some(data) = stdin {
+            let mut w = child.stdin.take().unwrap();
+            w.write_all(data).unwrap();
+        }
+        broker::finish(child, Duration::from_secs(90))
+    }
+
+    /// `sbatch --container=<bundle> --wrap SCRIPT` as alice from `dir`,
+    /// output and error to `dir/<name>.out|.err`; the job id.
+    fn sbatch(&self, env: &[(&str, &str)], dir: &Path, name: &str, script: &str) -> String {
+        let out = broker::output({
+            let mut c = client(&alice(), "/usr/bin/sbatch", env, dir);
+            c.arg("--parsable")
+                .arg(format!("--job-name={name}"))
+                .arg(format!("--output={}/{name}.out", dir.display()))
+                .arg(format!("--error={}/{name}.err", dir.display()))
+                .arg(self.container_arg())
+                .arg("--wrap")
+                .arg(script);
+            c
+        });
+        out.expect_ok();
+        let id = out.stdout.trim().split(';').next().unwrap().to_string();
+        assert!(
+            id.bytes().all(|b| b.is_ascii_digit()),
+            "sbatch said {out:?}"
+        );
+        id
+    }
+}
+
+/// `scontrol show job -o ID` as key → value.
+fn job_info(id: &str) -> BTreeMap<String, String> {
+    let out = Command::new("/usr/bin/scontrol")
+        .args(["show", "job", "-o", id])
+        .env_clear()
+        .env("PATH", CALLER_PATH)
+        .output()
+        .expect("scontrol");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const ENDED: &[&str] = &[
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+];
+
+/// Wait for a batch job to end: (JobState, ExitCode).
+#[track_caller]
+fn wait_job(id: &str, timeout: Duration) -> (String, String) {
+    let mut info = BTreeMap::new();
+    let done = wait_until(timeout, || {
+        info = job_info(id);
+        info.get("JobState")
+            .is_some_and(|s| ENDED.contains(&s.as_str()))
+    });
+    assert!(done, "job {id} did not end within {timeout:?}: {info:?}");
+    (info["JobState"].clone(), info["ExitCode"].clone())
+}
+
+/// Wait (a little) for a file Slurm writes at the end of a job.
+fn read_output(p: &Path) -> String {
+    let mut s = String::new();
+    wait_until(Duration::from_secs(5), || {
+        s = std::fs::read_to_string(p).unwrap_or_default();
+        !s.is_empty()
+    });
+    s
+}
+
+// ---------------------------------------------------------------------------
+
+#[test]
+fn srun_runs_as_the_submitting_user() {
+    let s = slurm();
+    let out = s.srun(&[], Path::new(ALICE_DIR), &["id", "-u"], None);
+    out.expect_ok();
+    assert_eq!(out.lines(), ["2001"], "{out:?}");
+
+    let out = s.srun(
+        &[],
+        Path::new(ALICE_DIR),
+        &["sh", "-c", "id -g; id -G; whoami; pwd"],
+        None,
+    );
+    out.expect_ok();
+    let l = out.lines();
+    assert_eq!(l[0], "2001");
+    let mut groups = host_id("-G", ALICE);
+    groups.sort_unstable();
+    assert_eq!(numbers(l[1]), groups);
+    assert_eq!(l[2], ALICE);
+    assert_eq!(l[3], ALICE_DIR, "SLURM_SUBMIT_DIR is the container's cwd");
+}
+
+#[test]
+fn the_job_environment_cannot_change_who_runs() {
+    let s = slurm();
+    let out = s.srun(
+        &[
+            ("SLURM_JOB_UID", "0"),
+            ("SLURM_JOB_USER", "root"),
+            ("LSFUSER", "root"),
+            ("LSB_CONTAINER_IMAGE", "docker.io/library/docker:latest"),
+        ],
+        Path::new(ALICE_DIR),
+        &[
+            "sh",
+            "-c",
+            "id -u; test -e /var/run/docker.sock && echo SOCKET; true",
+        ],
+        None,
+    );
+    out.expect_ok();
+    assert_eq!(out.lines(), ["2001"], "{out:?}");
+}
+
+#[test]
+fn srun_passes_exit_codes_and_stdin() {
+    let s = slurm();
+    let out = s.srun(&[], Path::new(ALICE_DIR), &["sh", "-c", "exit 3"], None);
+    out.expect_code(3);
+    let out = s.srun(
+        &[],
+        Path::new(ALICE_DIR),
+        &["cat"],
+        Some(b"data piped to srun\nsecond line\n"),
+    );
+    out.expect_ok();
+    assert_eq!(
+        out.lines(),
+        ["data piped to srun", "second line"],
+        "{out:?}"
+    );
+}
+
+#[test]
+fn sbatch_output_and_exit_code() {
+    let s = slurm();
+    let dir = AliceDir::new("sbatch");
+    let name = unique("sbatch");
+    let id = s.sbatch(&[], &dir.path, &name, "id -u; echo hi; pwd");
+    let (state, code) = wait_job(&id, Duration::from_secs(60));
+    assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"));
+    let out = read_output(&dir.path.join(format!("{name}.out")));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["2001", "hi", dir.display().as_str()],
+        "{out:?}"
+    );
+    s.bed.assert_no_leaks(&id);
+
+    let name = unique("exit3");
+    let id = s.sbatch(&[], &dir.path, &name, "echo before; exit 3");
+    let (state, code) = wait_job(&id, Duration::from_secs(60));
+    assert_eq!((state.as_str(), code.as_str()), ("FAILED", "3:0"));
+    assert_eq!(
+        read_output(&dir.path.join(format!("{name}.out"))),
+        "before\n"
+    );
+    s.bed.assert_no_leaks(&id);
+}
+
+#[test]
+fn scancel_removes_the_container_and_the_job_dir() {
+    let s = slurm();
+    let dir = AliceDir::new("scancel");
+    let name = unique("scancel");
+    let id = s.sbatch(&[], &dir.path, &name, "echo started; sleep 300");
+    let container = wait_running(&id, Duration::from_secs(60));
+    assert_eq!(s.bed.job_dirs(&id).len(), 1, "the per-job directory");
+    let c = inspect(&container);
+    let label = c["Config"]["Labels"]["berth.slurm"]
+        .as_str()
+        .expect("berth.slurm label")
+        .to_string();
+    assert!(
+        label.ends_with(&format!(".{ALICE}.{id}.4294967291.0")),
+        "{label}"
+    );
+    // RunTimeQuery's view (as root, as slurmstepd runs it).
+    let q = broker::output({
+        let mut c = Command::new(berth_bin());
+        c.arg("--policy")
+            .arg(s.bed.policy_path())
+            .args(["slurm", "query", &label])
+            .env_clear();
+        c
+    });
+    q.expect_ok();
+    let state: serde_json::Value = serde_json::from_str(&q.stdout).expect("query JSON");
+    assert_eq!(state["status"], "running", "{state}");
+    assert_eq!(state["id"], label.as_str());
+
+    let t = Instant::now();
+    let mut cancel = client(&alice(), "/usr/bin/scancel", &[], Path::new("/"));
+    cancel.arg(&id);
+    broker::output(cancel).expect_ok();
+    assert!(
+        wait_until(Duration::from_secs(10), || containers(&id, true).is_empty()),
+        "the container of job {id} is still there {:?} after scancel",
+        t.elapsed()
+    );
+    let gone = t.elapsed();
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(5));
+    eprintln!(
+        "scancel: container gone after {gone:?}, job dir after {:?}",
+        t.elapsed()
+    );
+    let (state, _) = wait_job(&id, Duration::from_secs(30));
+    assert_eq!(state, "CANCELLED");
+    // Nothing left to query.
+    let q = broker::output({
+        let mut c = Command::new(berth_bin());
+        c.arg("--policy")
+            .arg(s.bed.policy_path())
+            .args(["slurm", "query", &label])
+            .env_clear();
+        c
+    });
+    assert_eq!(q.stdout.trim(), "{}");
+}
+
+#[test]
+fn volumes_follow_the_policy() {
+    let s = slurm();
+    let dir = AliceDir::new("vol");
+    std::fs::write(dir.path.join("input.txt"), "volume content\n").unwrap();
+    let vol = format!("{}:/data", dir.display());
+    let out = s.srun(
+        &[("LSF_DOCKER_VOLUMES", &vol)],
+        Path::new(ALICE_DIR),
+        &[
+            "sh",
+            "-c",
+            "cat /data/input.txt; echo written > /data/out.txt",
+        ],
+        None,
+    );
+    out.expect_ok();
+    assert_eq!(out.lines(), ["volume content"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path.join("out.txt")).unwrap(),
+        "written\n"
+    );
+    // /scratch1/fs1 is read-only by policy.
+    let out = s.srun(
+        &[("LSF_DOCKER_VOLUMES", "/scratch1/fs1/alice:/scratch")],
+        Path::new(ALICE_DIR),
+        &[
+            "sh",
+            "-c",
+            "touch /scratch/x 2>/dev/null && echo WROTE; ls -d /scratch",
+        ],
+        None,
+    );
+    out.expect_ok();
+    assert_eq!(out.lines(), ["/scratch"], "{out:?}");
+
+    // A forbidden volume: srun and sbatch fail with berth's message.
+    let out = s.srun(
+        &[("LSF_DOCKER_VOLUMES", "/etc:/data")],
+        Path::new(ALICE_DIR),
+        &["echo", "ran"],
+        None,
+    );
+    out.expect_code(77);
+    assert!(!out.stdout.contains("ran"));
+    assert_eq!(out.denied_lines().len(), 1, "{out:?}");
+    assert!(out.denied_lines()[0].contains("/etc"), "{out:?}");
+
+    let name = unique("badvol");
+    let id = s.sbatch(
+        &[("LSF_DOCKER_VOLUMES", "/var/run:/r")],
+        &dir.path,
+        &name,
+        "echo ran",
+    );
+    let (state, code) = wait_job(&id, Duration::from_secs(60));
+    assert_eq!((state.as_str(), code.as_str()), ("FAILED", "77:0"));
+    let err = read_output(&dir.path.join(format!("{name}.err")));
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("berth: denied:") && l.contains("/var/run")),
+        "{err:?}"
+    );
+    assert!(
+        !std::fs::read_to_string(dir.path.join(format!("{name}.out")))
+            .unwrap_or_default()
+            .contains("ran")
+    );
+    s.bed.assert_no_leaks(&id);
+    assert!(s.bed.spy_runs(&id).is_empty());
+}
+
+#[test]
+fn the_submit_dir_is_the_workdir_and_must_be_allowed() {
+    let s = slurm();
+    let dir = AliceDir::new("cwd");
+    let out = s.srun(&[], &dir.path, &["pwd"], None);
+    out.expect_ok();
+    assert_eq!(out.lines(), [dir.display().as_str()]);
+    // A submit dir outside every allowed root is refused.
+    let home = format!("/home/{ALICE}");
+    let out = s.srun(&[], Path::new(&home), &["pwd"], None);
+    out.expect_code(77);
+    assert!(
+        out.denied_lines()
+            .first()
+            .is_some_and(|l| l.contains(&home)),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_container_is_locked_down_like_every_berth_job() {
+    let s = slurm();
+    let dir = AliceDir::new("lock");
+    let name = unique("lock");
+    let id = s.sbatch(
+        &[],
+        &dir.path,
+        &name,
+        "cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)'",
+    );
+    let (state, code) = wait_job(&id, Duration::from_secs(60));
+    assert_eq!((state.as_str(), code.as_str()), ("COMPLETED", "0:0"));
+    let out = read_output(&dir.path.join(format!("{name}.out")));
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    let runs = s.bed.spy_runs(&id);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let r = &runs[0];
+    for a in [
+        "--user=2001:2001",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--network=none",
+        "--rm",
+        "--init",
+    ] {
+        assert!(r.has_arg(a), "{a} missing from {:?}", r.args);
+    }
+    assert!(!r.has_arg("--privileged"));
+    // The image is the bundle's, run by id.
+    let meta = std::fs::read_to_string(s.bundle.join("bundle.toml")).unwrap();
+    let want: toml::Table = toml::from_str(&meta).unwrap();
+    assert!(
+        r.has_arg(want["image_id"].as_str().unwrap()),
+        "{:?}",
+        r.args
+    );
+}
+
+#[test]
+fn a_bundle_outside_the_cache_is_refused() {
+    let s = slurm();
+    // Alice makes her own "bundle" (a copy of the real one's config.json).
+    let dir = AliceDir::new("ownbundle");
+    std::fs::copy(s.bundle.join("config.json"), dir.path.join("config.json")).unwrap();
+    std::fs::create_dir(dir.path.join("rootfs")).unwrap();
+    let out = broker::output({
+        let mut c = client(&alice(), "/usr/bin/srun", &[], Path::new(ALICE_DIR));
+        c.arg(format!("--container={}", dir.display()))
+            .args(["id", "-u"]);
+        c
+    });
+    out.expect_code(77);
+    assert!(
+        out.denied_lines()
+            .first()
+            .is_some_and(|l| l.contains("bundle cache")),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("2001"));
+}
