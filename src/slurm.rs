@@ -175,8 +175,31 @@ pub fn run(policy_path: &Path, spool: &Path, rootfs: &Path, id: &str) -> Result<
     crate::broker::client::launch(&policy.broker.socket, &h)
 }
 
+/// The containers of Slurm's container id `%n.%u.%j.%s.%t`. The label is
+/// whatever the client sent (any user can run `berth slurm run` with any
+/// id), so only a container the broker started for the user the id names
+/// (its `berth.user` label, from the kernel's identity) counts.
 fn find(engine: &Engine, id: &str) -> Result<Vec<Value>> {
-    engine.list_containers(&[format!("berth.slurm={id}")])
+    Ok(engine
+        .list_containers(&[format!("berth.slurm={id}")])?
+        .into_iter()
+        .filter(|c| {
+            c.pointer("/Labels/berth.user")
+                .and_then(Value::as_str)
+                .is_some_and(|u| id_names_user(id, u))
+        })
+        .collect())
+}
+
+/// Whether `id` (`%n.%u.%j.%s.%t`; node and user names may hold dots) names
+/// `user`.
+fn id_names_user(id: &str, user: &str) -> bool {
+    let mut fields = id.rsplitn(4, '.');
+    let (_t, _s, _j) = (fields.next(), fields.next(), fields.next());
+    fields
+        .next()
+        .and_then(|node_user| node_user.strip_suffix(user))
+        .is_some_and(|node| node.ends_with('.') && node.len() > 1)
 }
 
 /// `berth slurm query ID`: OCI state JSON, `{}` when there is no container.
@@ -273,6 +296,18 @@ mod tests {
             j.startup,
             Some(PathBuf::from("/var/spool/slurmd/job17/slurm_script"))
         );
+    }
+
+    #[test]
+    fn the_id_names_its_user() {
+        assert!(id_names_user("vm.berth-alice.17.0.0", "berth-alice"));
+        assert!(id_names_user("n1.example.org.a.b.17.4294967291.0", "a.b"));
+        assert!(!id_names_user("vm.berth-bob.17.0.0", "berth-alice"));
+        assert!(!id_names_user("vm.xberth-alice.17.0.0", "berth-alice"));
+        assert!(!id_names_user("berth-alice.17.0.0", "berth-alice"));
+        assert!(!id_names_user(".berth-alice.17.0.0", "berth-alice"));
+        assert!(!id_names_user("vm.berth-alice.17.0", "berth-alice"));
+        assert!(!id_names_user("", "berth-alice"));
     }
 
     #[test]

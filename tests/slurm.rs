@@ -579,3 +579,73 @@ fn a_bundle_outside_the_cache_is_refused() {
     );
     assert!(!out.stdout.contains("2001"));
 }
+
+#[test]
+fn query_kill_and_delete_only_touch_the_named_users_container() {
+    let s = slurm();
+    let alice = alice();
+    // What slurmstepd would write in %b, made by alice herself: she can run
+    // `berth slurm run` with any arguments.
+    let spool = AliceDir::new("fakespool");
+    std::fs::write(
+        spool.path.join("config.json"),
+        format!(
+            r#"{{"process":{{"args":["sleep","60"],"env":["PATH=/bin:/usr/bin","SLURM_SUBMIT_DIR={ALICE_DIR}"]}}}}"#
+        ),
+    )
+    .unwrap();
+    let berth_cmd = |args: &[&str]| {
+        let mut c = Command::new(berth_bin());
+        c.arg("--policy")
+            .arg(s.bed.policy_path())
+            .args(args)
+            .env_clear()
+            .env("PATH", CALLER_PATH)
+            .stdin(Stdio::null());
+        c
+    };
+    let rootfs = s.bundle.join("rootfs").display().to_string();
+    for (owner, ours) in [("berth-bob", false), (ALICE, true)] {
+        let job = next_job_id();
+        let id = format!("node.with.dots.{owner}.{job}.0.0");
+        let mut c = berth_cmd(&["slurm", "run", &spool.display(), &rootfs, &id]);
+        c.current_dir(&spool.path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        alice.apply(&mut c);
+        let child = c.spawn().unwrap();
+        let container = wait_running(&job, Duration::from_secs(30));
+        assert_eq!(
+            inspect(&container)["Config"]["Labels"]["berth.slurm"],
+            id.as_str()
+        );
+        // RunTimeQuery, RunTimeKill and RunTimeDelete for `id`, as root.
+        let q = broker::output(berth_cmd(&["slurm", "query", &id]));
+        q.expect_ok();
+        let state: serde_json::Value = serde_json::from_str(&q.stdout).expect("query JSON");
+        broker::output(berth_cmd(&["slurm", "kill", &id])).expect_ok();
+        broker::output(berth_cmd(&["slurm", "delete", &id])).expect_ok();
+        if ours {
+            assert_eq!(state["status"], "running", "{state}");
+            assert!(
+                wait_until(Duration::from_secs(10), || containers(&job, true)
+                    .is_empty()),
+                "kill and delete left alice's container of {id}"
+            );
+            let out = broker::finish(child, Duration::from_secs(30));
+            assert_ne!(out.code, Some(0), "{out:?}");
+        } else {
+            // Alice's container is not bob's step's: nothing to see or do.
+            assert_eq!(
+                q.stdout.trim(),
+                "{}",
+                "query of bob's step saw alice's container"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(containers(&job, false), [container.clone()]);
+            drop(child); // ends when its container does
+            remove_containers(&job);
+        }
+        s.bed.assert_cleaned_within(&job, Duration::from_secs(10));
+    }
+}
