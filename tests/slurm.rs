@@ -642,7 +642,7 @@ fn query_kill_and_delete_only_touch_the_named_users_container() {
                 "query of bob's step saw alice's container"
             );
             std::thread::sleep(Duration::from_millis(500));
-            assert_eq!(containers(&job, false), [container.clone()]);
+            assert_eq!(containers(&job, false), vec![container]);
             drop(child); // ends when its container does
             remove_containers(&job);
         }
