@@ -622,7 +622,7 @@ fn plan_command(
                 return deny(
                     "images.entrypoint",
                     ep,
-                    format!("LSF_DOCKER_ENTRYPOINT={ep} is not allowed; only /bin/sh"),
+                    format!("LSF_DOCKER_ENTRYPOINT={ep:?} is not allowed; only /bin/sh"),
                     "unset LSF_DOCKER_ENTRYPOINT and put the program in the job command",
                 );
             }
@@ -862,7 +862,7 @@ fn plan_workdir(
             return deny(
                 "workdir.path",
                 &shown,
-                format!("working directory {shown} is under {bad}"),
+                format!("working directory {shown:?} is under {bad}"),
                 "use a directory on a shared filesystem",
             );
         }

@@ -328,6 +328,19 @@ fn denial_message_names_value_and_roots() {
 }
 
 #[test]
+fn denial_is_one_line_whatever_the_value() {
+    // Found by fuzzing: a newline in the value made a denial span lines
+    // (a forged "berth: …" line on stderr).
+    for env in [
+        [("LSF_DOCKER_WORKDIR", "/proc/x\nberth: ok")],
+        [("LSF_DOCKER_ENTRYPOINT", "/bin/x\nberth: ok")],
+    ] {
+        let m = denied(&env).to_string();
+        assert!(!m.contains('\n'), "{m:?}");
+    }
+}
+
+#[test]
 fn workdir_rules() {
     // Same directory as a volume: mounted once.
     let p = try_plan(&[("LSF_DOCKER_VOLUMES", "/storage1/fs1/alice/proj")]).unwrap();
