@@ -131,7 +131,9 @@ pub fn from_env(
         Some(v) if crate::size::parse(v).is_none() => {
             return malformed("LSF_DOCKER_SHM_SIZE", v, "not a size like 4g or 512m")
         }
-        v => v.map(str::to_string),
+        // size::parse allows surrounding blanks; docker's parser does not,
+        // and a newline must never reach an argv element.
+        v => v.map(|s| s.trim().to_string()),
     };
     let ports = match get("LSF_DOCKER_PORTS") {
         None => Vec::new(),
@@ -466,6 +468,17 @@ mod tests {
             vec![],
         );
         assert!(matches!(r, Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn shm_size_is_trimmed() {
+        // Found by fuzzing: "64m\n" parsed and went into argv as is.
+        let r = req(&[
+            ("LSB_CONTAINER_IMAGE", "a"),
+            ("LSF_DOCKER_SHM_SIZE", " 64m\n"),
+        ])
+        .unwrap();
+        assert_eq!(r.shm_size.as_deref(), Some("64m"));
     }
 
     #[test]
