@@ -11,6 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "tests/packaging.sh: run as root" >&2; exit 1; }
+# One packaging test at a time on a machine: they install and purge the
+# same package.
+exec 9>/run/berth-packaging-test.lock
+flock 9
 
 passed=0 failed=0
 ok() { passed=$((passed + 1)); echo "ok   $1"; }
