@@ -616,6 +616,17 @@ ensure_slurm() {
   if [[ -e $SLURM_CONF ]] && ! grep -qF "$SLURM_MARK" "$SLURM_CONF"; then
     die "$SLURM_CONF exists and was not written by this script; move it away"
   fi
+  # A test or benchmark that was killed leaves its oci.conf pointing at a
+  # berth copy in a removed temporary directory: every --container step
+  # would fail. Remove only such a file.
+  local oci=/etc/slurm/oci.conf bin
+  if [[ -f $oci ]]; then
+    bin=$(sed -n 's/^RunTimeRun="\([^ "]*\).*/\1/p' "$oci" | head -n1)
+    if [[ $bin == /tmp/berth-* && ! -e $bin ]]; then
+      log "removing stale $oci (its berth $bin is gone)"
+      rm -f "$oci"
+    fi
+  fi
   local want changed=0
   want=$(slurm_conf_text)
   if [[ ! -f $SLURM_CONF || $(<"$SLURM_CONF") != "$want" ]]; then
