@@ -25,3 +25,7 @@ cargo test --locked --no-fail-fast -- --test-threads="${BERTH_TEST_THREADS:-4}"
 # Build the .deb and .rpm, install the .deb, run a real job with the
 # installed /usr/bin/berth, then purge it again.
 bash tests/packaging.sh
+
+# A short libFuzzer run of every fuzz target (20 s each; skipped, not
+# failed, when cargo-fuzz cannot be installed in time).
+bash tests/fuzz-smoke.sh
