@@ -571,6 +571,24 @@ fn the_broker_gives_no_way_to_the_docker_socket() {
         assert_eq!(denial[0]["caller_uid"], ALICE_UID, "{denial:?}");
         assert_eq!(denial[0]["decision"], "deny", "{denial:?}");
     }
+    // The working directory is the client's word too: a hand-made client
+    // naming the engine's directory, or a link to outside the roots, is
+    // refused like a volume.
+    for cwd in ["/var/run", "/run", "/", "/storage1/fs1/alice/link-out"] {
+        let job = next_job_id();
+        let mut env = job_env(&job);
+        env.remove("LS_SUBCWD");
+        let mut h = hello("lsf", env, "id -u");
+        h.cwd = Some(cwd.into());
+        let r = raw_job(&b, &alice, &h);
+        assert_eq!(r.error().map(|e| e.0), Some(77), "cwd {cwd}: {:?}", r.msgs);
+        assert!(r.stdout.is_empty(), "cwd {cwd}: {}", r.stdout);
+        b.bed.assert_no_leaks(&job);
+        assert!(
+            b.bed.spy_runs(&job).is_empty(),
+            "cwd {cwd} reached docker run"
+        );
+    }
     // Whatever else the job asks, the container is never privileged, never
     // in a host namespace and never sees the engine's socket.
     let job = b
