@@ -540,6 +540,22 @@ fn check_bundles(r: &mut Report, policy: &Policy) {
 fn check_broker(r: &mut Report, policy: &Policy) {
     let sock = &policy.broker.socket;
     let shown = sock.display();
+    // Every job user must be able to reach the socket: each directory above
+    // it must be searchable by others.
+    for dir in sock.ancestors().skip(1) {
+        if let Ok(m) = std::fs::metadata(dir) {
+            if m.mode() & 0o001 == 0 {
+                return r.fail(
+                    "broker",
+                    format!(
+                        "{} has mode {:o}: users cannot reach {shown}; chmod o+x it (0755)",
+                        dir.display(),
+                        m.mode() & 0o7777
+                    ),
+                );
+            }
+        }
+    }
     match std::fs::symlink_metadata(sock) {
         Ok(m) if m.file_type().is_socket() => {
             match std::os::unix::net::UnixStream::connect(sock) {

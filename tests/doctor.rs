@@ -43,6 +43,8 @@ fn berth(bin: &Path, policy: &Path, args: &[&str]) -> Run {
 /// A root-owned directory holding `policy.toml` (plus whatever the test adds).
 fn site(policy: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
+    // Searchable by others, like /run/berth must be for the broker socket.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let p = dir.path().join("policy.toml");
     let text = policy.replace("@DIR@", &dir.path().display().to_string());
     std::fs::write(&p, text).unwrap();
@@ -58,6 +60,8 @@ root = "/storage1/fs1"
 mode = "rw"
 [audit]
 log = "@DIR@/audit.log"
+[broker]
+socket = "@DIR@/berth.sock"
 "#;
 
 fn json(r: &Run) -> Value {
@@ -138,11 +142,9 @@ fn a_healthy_node_passes_with_the_engine_and_runc_checked() {
     } else {
         assert_eq!(runc, "ok", "{v:#}");
     }
-    // The broker is not running in the test bed: a warning that says how.
-    if !Path::new("/run/berth/berth.sock").exists() {
-        assert_eq!(status(&v, "broker"), "warn");
-        assert!(message(&v, "broker").contains("berth daemon"));
-    }
+    // No broker listens on this policy's socket: a warning that says how.
+    assert_eq!(status(&v, "broker"), "warn", "{v:#}");
+    assert!(message(&v, "broker").contains("berth daemon"));
     // Built in the repository (target/<profile>/berth): the glue is the
     // repository's wrapper/. With a target directory elsewhere there is no
     // glue to find unless the package is installed.
@@ -292,4 +294,22 @@ fn a_setuid_berth_is_refused() {
         r.stdout,
         r.stderr
     );
+}
+
+#[test]
+fn a_broker_socket_users_cannot_reach_fails() {
+    let (d, p) = site(
+        GOOD.replace("@DIR@/berth.sock", "@DIR@/closed/berth.sock")
+            .as_str(),
+    );
+    let closed = d.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let v = json(&berth(Path::new(BERTH), &p, &["doctor", "--json"]));
+    assert_eq!(status(&v, "broker"), "fail", "{v:#}");
+    assert!(
+        message(&v, "broker").contains("users cannot reach"),
+        "{v:#}"
+    );
+    assert_eq!(v["ok"], false);
 }

@@ -130,6 +130,10 @@ mode = "rw"
 [audit]
 log = "none"
 EOF
+# The broker is not part of this test: a socket path of its own, in
+# directories users can search (as /run/berth must be).
+printf '[broker]\nsocket = "%s/site/berth.sock"\n' "$work" >> "$pol"
+chmod 0755 "$work"
 chmod 0644 "$pol"
 doctor=$(/usr/bin/berth --policy "$pol" doctor 2>&1) && ok "installed berth doctor passes" || { bad "installed berth doctor passes"; echo "$doctor"; }
 check "doctor finds the installed glue" grep -q '^ok    glue .*/usr/share/berth/wrapper' <<<"$doctor"
