@@ -25,16 +25,25 @@ pub fn launch(socket: &Path, hello: &Hello) -> Result<i32> {
     let mut tx = stream
         .try_clone()
         .map_err(|e| Error::internal("socket clone", e))?;
-    std::thread::spawn(move || loop {
-        if let Some(sig) = wait_signal(&set, Duration::from_secs(3600)) {
-            let msg = ClientMsg::Signal {
-                signal: sig.as_str().to_string(),
-            };
-            if proto::write_frame(&mut tx, &msg).is_err() {
-                return;
+    // A hostile RLIMIT_NPROC makes the thread impossible: say so, cleanly
+    // (std::thread::spawn would panic).
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            if let Some(sig) = wait_signal(&set, Duration::from_secs(3600)) {
+                let msg = ClientMsg::Signal {
+                    signal: sig.as_str().to_string(),
+                };
+                if proto::write_frame(&mut tx, &msg).is_err() {
+                    return;
+                }
             }
-        }
-    });
+        })
+        .map_err(|e| {
+            Error::Internal(format!(
+                "cannot start the thread that forwards signals to the job ({e}); the process limit (ulimit -u) is too low"
+            ))
+        })?;
     proto::send_hello(&stream, hello, [0, 1, 2])?;
     let mut rx = &stream;
     loop {
