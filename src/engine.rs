@@ -426,7 +426,11 @@ impl Engine {
             .map(|a| {
                 a.iter()
                     .map(|i| {
-                        let id = i.get("Id").and_then(Value::as_str).unwrap_or("").to_string();
+                        let id = i
+                            .get("Id")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string();
                         let tags = i
                             .get("RepoTags")
                             .and_then(Value::as_array)

@@ -169,16 +169,25 @@ pub fn pin(plan: &LaunchPlan) -> Result<()> {
         .parent()
         .ok_or_else(|| Error::Config("mounts.pin_dir has no parent".into()))?;
     if !parent.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(|e| {
-                Error::Config(format!(
+        // Its parents (/run/berth) also hold the broker socket that every
+        // user must reach: 0755 for them, 0700 for pin_dir itself.
+        if let Some(up) = parent.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(up)
+                .map_err(|e| Error::Config(format!("cannot create {}: {e}", up.display())))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Error::Config(format!(
                     "cannot create mounts.pin_dir {}: {e}",
                     parent.display()
-                ))
-            })?;
+                )))
+            }
+        }
     }
     crate::policy::check_trusted_path(parent, 0)?;
     std::fs::DirBuilder::new()
