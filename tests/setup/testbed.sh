@@ -18,7 +18,7 @@ readonly RUNDIR=/run/berth-testbed
 readonly DOCKERD_LOG=/var/log/berth-testbed-dockerd.log
 readonly DOCKERD_PIDFILE=$RUNDIR/dockerd.pid
 readonly CONTAINERD_PIDFILE=$RUNDIR/containerd.pid
-readonly PACKAGES=(docker.io busybox-static tini)
+readonly PACKAGES=(docker.io busybox-static tini libcap2-bin)   # setcap: tests/hostile.rs
 readonly BUSYBOX=/bin/busybox              # from busybox-static
 readonly RECIPE_LABEL=org.berth.testbed.recipe
 
