@@ -172,6 +172,8 @@ fn decide_inner(
     };
     // An image policy refuses is never asked about (nor pulled).
     plan::check_image(policy, &req)?;
+    // A known-vulnerable engine: warn, or refuse (docker.old_runc); no API call per job.
+    crate::enginecheck::check_if(policy, engine)?;
     let facts = match engine {
         Some(e) => Some(image_facts(e, policy, &req, &nonce)?),
         None => None,

@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod cli;
 pub mod doctor;
 pub mod engine;
+pub mod enginecheck;
 pub mod envfilter;
 pub mod error;
 pub mod facts;
