@@ -892,7 +892,7 @@ fn control_suspends_resumes_and_terminates() {
     let mut child = job.start_job_file(
         &bed,
         None,
-        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done",
     );
     let name = bed.container(&job.id, 0);
     let dir = bed.jobs().join(&name);
@@ -1008,7 +1008,7 @@ fn control_and_monitor_through_the_broker() {
     let mut child = job.start_job_file(
         &bed,
         Some("berth-relay"),
-        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done",
     );
     let name = bed.container(&job.id, 0);
     let dir = bed.jobs().join(&name);

@@ -112,6 +112,21 @@ fn bind(socket: &Path) -> Result<UnixListener> {
             .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
     }
     check_trusted_path(dir, 0)?;
+    // Every user must be able to reach the socket: a root-owned directory
+    // left 0700 (e.g. made by a pin before the broker first ran) is opened
+    // up to 0755; its contents keep their own modes.
+    let mode = std::fs::metadata(dir)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0);
+    if mode & 0o055 != 0o055 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::Config(format!("chmod 0755 {}: {e}", dir.display())))?;
+        log::warn!(
+            "made {} searchable by all (was {:o}) so users reach the broker socket",
+            dir.display(),
+            mode & 0o7777
+        );
+    }
     if let Ok(md) = std::fs::symlink_metadata(socket) {
         if !md.file_type().is_socket() {
             return Err(Error::Config(format!(
