@@ -1460,10 +1460,298 @@ fn renamed_source_after_plan_is_refused_or_pinned(ctx: &Ctx) -> R {
 }
 
 // ---------------------------------------------------------------------------
+// engine checks: a fake engine that lies about its versions
+// ---------------------------------------------------------------------------
+
+/// A fake engine on a unix socket: `GET /version` (any API prefix) is
+/// answered with the given engine and runc versions and counted; every
+/// other request is passed, byte for byte, to the real engine (so jobs
+/// run). Stopped when dropped.
+struct FakeEngine {
+    path: PathBuf,
+    versions: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeEngine {
+    fn start(path: &Path, engine: &'static str, runc: &'static str) -> FakeEngine {
+        let _ = std::fs::remove_file(path);
+        let l = std::os::unix::net::UnixListener::bind(path).expect("fake engine socket");
+        l.set_nonblocking(true).unwrap();
+        let versions = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (v, s) = (versions.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let v = v.clone();
+                        std::thread::spawn(move || proxy(c, engine, runc, &v));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        FakeEngine {
+            path: path.to_path_buf(),
+            versions,
+            stop,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.versions.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn proxy(mut c: std::os::unix::net::UnixStream, engine: &str, runc: &str, count: &AtomicUsize) {
+    use std::io::{Read, Write};
+    let _ = c.set_nonblocking(false);
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 1 << 16 {
+            return;
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..head.iter().position(|b| *b == b'\r').unwrap_or(0)])
+        .into_owned();
+    let path = line.split(' ').nth(1).unwrap_or("");
+    if line.starts_with("GET ") && path.split('?').next().unwrap_or("").ends_with("/version") {
+        count.fetch_add(1, Ordering::SeqCst);
+        let body = serde_json::json!({
+            "Version": engine, "ApiVersion": "1.41", "MinAPIVersion": "1.12",
+            "Os": "linux", "Arch": "amd64", "KernelVersion": "6",
+            "Components": [
+                {"Name": "Engine", "Version": engine, "Details": {"ApiVersion": "1.41"}},
+                {"Name": "runc", "Version": runc, "Details": {"GitCommit": format!("v{runc}-0-g0000000")}},
+                {"Name": "docker-init", "Version": "0.19.0", "Details": {"GitCommit": ""}},
+            ]
+        })
+        .to_string();
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nApi-Version: 1.41\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
+    let Ok(mut up) = std::os::unix::net::UnixStream::connect(DOCKER_SOCK) else {
+        return;
+    };
+    if up.write_all(&head).is_err() {
+        return;
+    }
+    let (Ok(mut c2), Ok(mut up2)) = (c.try_clone(), up.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut up2);
+        let _ = up2.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut up, &mut c);
+    let _ = c.shutdown(std::net::Shutdown::Both);
+}
+
+/// A bed whose policy talks to a fake engine in it.
+fn faked(ctx: &Ctx, engine: &'static str, runc: &'static str, fail: bool) -> (Rc<Bed>, FakeEngine) {
+    let bed = ctx.bed_at(|p, dir| {
+        set(
+            p,
+            "docker.socket",
+            dir.join("engine.sock").display().to_string(),
+        );
+        set(p, "docker.old_runc", if fail { "fail" } else { "warn" });
+    });
+    let fake = FakeEngine::start(&bed.path().join("engine.sock"), engine, runc);
+    (bed, fake)
+}
+
+fn warnings(out: &Out) -> Vec<&str> {
+    out.stderr
+        .lines()
+        .filter(|l| l.starts_with("berth: warning:"))
+        .collect()
+}
+
+fn old_runc_refused_when_policy_says_fail(ctx: &Ctx) -> R {
+    let (bed, _fake) = faked(ctx, "24.0.7", "1.1.5", true);
+    let job = ctx.job(&bed);
+    let out = run_cmd(job.command(&["run"], &["echo RAN=1"]), T60)?;
+    expect(&out, 78, "CVE-2024-21626")?;
+    not_started(&bed)
+}
+
+fn old_runc_warned_once_per_job(ctx: &Ctx) -> R {
+    let (bed, _fake) = faked(ctx, "24.0.7", "1.1.5", false);
+    let job = ctx.job(&bed);
+    let out = run_cmd(job.command(&["run"], &["echo RAN=1"]), T60)?;
+    expect_code(&out, 0)?;
+    field_is(&out, "RAN", "1")?;
+    let w = warnings(&out);
+    if w.len() != 1 || !w[0].contains("CVE-2024-21626") || !w[0].contains("1.1.12") {
+        return Err(format!(
+            "want one warning naming the CVE and the fix:\n{}",
+            out.stderr
+        ));
+    }
+    Ok(())
+}
+
+fn old_engine_refused_when_policy_says_fail(ctx: &Ctx) -> R {
+    let (bed, _fake) = faked(ctx, "20.10.17", "1.1.12", true);
+    let job = ctx.job(&bed);
+    let out = run_cmd(job.command(&["run"], &["echo RAN=1"]), T60)?;
+    expect(&out, 78, "CVE-2022-36109")?;
+    not_started(&bed)
+}
+
+fn patched_engine_is_silent(ctx: &Ctx) -> R {
+    let (bed, _fake) = faked(ctx, "27.1.1", "1.1.13", true);
+    let job = ctx.job(&bed);
+    let out = run_cmd(job.command(&["run"], &["echo RAN=1"]), T60)?;
+    expect_code(&out, 0)?;
+    if !warnings(&out).is_empty() {
+        return Err(format!("warned:\n{}", out.stderr));
+    }
+    Ok(())
+}
+
+fn testbed_debian_runc_is_known_patched(ctx: &Ctx) -> R {
+    // The real engine: Debian 12's runc 1.1.5+ds1-1+deb12u1 carries the
+    // CVE-2024-21626 fix; even with old_runc = fail the job runs, silently.
+    let bed = ctx.bed(|p| set(p, "docker.old_runc", "fail"));
+    let job = ctx.job(&bed);
+    let out = run_cmd(job.command(&["run"], &["echo RAN=1"]), T60)?;
+    expect_code(&out, 0)?;
+    if !warnings(&out).is_empty() {
+        return Err(format!("warned:\n{}", out.stderr));
+    }
+    let cache = std::fs::read_to_string(bed.path().join("facts/engine.json")).unwrap_or_default();
+    if !cache.contains("\"findings\":[]") {
+        return Err(format!("engine.json: {cache:?}"));
+    }
+    Ok(())
+}
+
+fn verdict_cached_per_engine_start(ctx: &Ctx) -> R {
+    let (bed, fake) = faked(ctx, "24.0.7", "1.1.5", false);
+    for _ in 0..3 {
+        let job = ctx.job(&bed);
+        let out = run_cmd(job.command(&["run"], &["true"]), T60)?;
+        expect_code(&out, 0)?;
+        if warnings(&out).len() != 1 {
+            return Err(format!("every job warns:\n{}", out.stderr));
+        }
+    }
+    if fake.count() != 1 {
+        return Err(format!("{} GET /version for 3 jobs, want 1", fake.count()));
+    }
+    // The engine restarts (a new socket): checked again, once.
+    let path = fake.path.clone();
+    drop(fake);
+    let fake = FakeEngine::start(&path, "24.0.7", "1.1.5");
+    for _ in 0..2 {
+        let job = ctx.job(&bed);
+        expect_code(&run_cmd(job.command(&["run"], &["true"]), T60)?, 0)?;
+    }
+    if fake.count() != 1 {
+        return Err(format!(
+            "{} GET /version after the restart, want 1",
+            fake.count()
+        ));
+    }
+    Ok(())
+}
+
+fn forged_cache_is_ignored(ctx: &Ctx) -> R {
+    // A cache entry claiming the engine is safe, for this very engine
+    // start, but writable by others: berth asks the engine instead.
+    let (bed, fake) = faked(ctx, "24.0.7", "1.1.5", true);
+    let md = std::fs::metadata(&fake.path).map_err(|e| e.to_string())?;
+    let key = format!(
+        "{}:{}:{}.{}",
+        md.dev(),
+        md.ino(),
+        md.ctime(),
+        md.ctime_nsec()
+    );
+    let facts = bed.path().join("facts");
+    std::fs::create_dir_all(&facts).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let file = facts.join("engine.json");
+    std::fs::write(
+        &file,
+        format!("{{\"key\":\"{key}\",\"checked\":{now},\"findings\":[]}}"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let job = ctx.job(&bed);
+    let out = run_cmd(job.command(&["run"], &["echo RAN=1"]), T60)?;
+    expect(&out, 78, "CVE-2024-21626")?;
+    if fake.count() != 1 {
+        return Err(format!(
+            "the engine was asked {} times, want 1",
+            fake.count()
+        ));
+    }
+    not_started(&bed)
+}
+
+// ---------------------------------------------------------------------------
 // the table of special cases
 // ---------------------------------------------------------------------------
 
 const SPECIAL: &[Special] = &[
+    Special {
+        name: "engine-old-runc-refused-by-policy",
+        cat: Cat::Engine,
+        run: old_runc_refused_when_policy_says_fail,
+    },
+    Special {
+        name: "engine-old-runc-warned",
+        cat: Cat::Engine,
+        run: old_runc_warned_once_per_job,
+    },
+    Special {
+        name: "engine-old-docker-refused-by-policy",
+        cat: Cat::Engine,
+        run: old_engine_refused_when_policy_says_fail,
+    },
+    Special {
+        name: "engine-patched-is-silent",
+        cat: Cat::Engine,
+        run: patched_engine_is_silent,
+    },
+    Special {
+        name: "engine-debian-backport-known-patched",
+        cat: Cat::Engine,
+        run: testbed_debian_runc_is_known_patched,
+    },
+    Special {
+        name: "engine-verdict-cached-per-engine-start",
+        cat: Cat::Engine,
+        run: verdict_cached_per_engine_start,
+    },
+    Special {
+        name: "engine-forged-cache-ignored",
+        cat: Cat::Engine,
+        run: forged_cache_is_ignored,
+    },
     Special {
         name: "non-utf8-volume",
         cat: Cat::Volumes,
@@ -1772,6 +2060,7 @@ fn all_cases() -> Vec<Case> {
 
 thread_local! {
     static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    static IN_CASE: RefCell<bool> = const { RefCell::new(false) };
 }
 
 /// Cases that fail for a reason reported and not yet fixed (in files the
@@ -1795,6 +2084,7 @@ fn run_case(case: &Case, fx: &Path) -> R {
         beds: RefCell::new(Vec::new()),
         jobs: RefCell::new(Vec::new()),
     };
+    IN_CASE.with(|c| *c.borrow_mut() = true);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &case.kind {
         Kind::Deny(d) => run_deny(d, &ctx),
         Kind::Contain(c) => run_contain(c, &ctx),
@@ -1813,6 +2103,7 @@ fn run_case(case: &Case, fx: &Path) -> R {
     for (_, job) in ctx.jobs.borrow().iter() {
         remove_containers(job);
     }
+    IN_CASE.with(|c| *c.borrow_mut() = false);
     r.and(leaks.map_err(|e| format!("leak: {e}")))
 }
 
@@ -1854,9 +2145,15 @@ fn main() {
         return;
     }
 
+    // Inside a case a panic is that case's failure (reported with it);
+    // anywhere else it is shown at once.
     std::panic::set_hook(Box::new(|info| {
         let msg = info.to_string();
-        PANIC.with(|p| *p.borrow_mut() = Some(msg));
+        if IN_CASE.with(|c| *c.borrow()) {
+            PANIC.with(|p| *p.borrow_mut() = Some(msg));
+        } else {
+            eprintln!("hostile: {msg}");
+        }
     }));
     require_testbed();
     ensure_users();
@@ -1880,7 +2177,13 @@ fn main() {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(case) = cases.get(i) else { return };
                 let t = Instant::now();
-                let r = run_case(case, &fx);
+                // Nothing a case does may take its worker down (a cleanup that
+                // panics, e.g. when the engine went away, is that case's failure).
+                let r =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(case, &fx)))
+                        .unwrap_or_else(|_| {
+                            Err("the case's cleanup panicked (is the engine up?)".into())
+                        });
                 let took = t.elapsed();
                 println!(
                     "hostile [{}] {} ... {} ({:.1} s)",
