@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 /// Most jobs one daemon runs at once; more are refused (69, requeue).
 const MAX_CONNECTIONS: usize = 1024;
 
+/// Most connections one uid may hold that have not yet sent their request:
+/// idle or slow connections of one user never fill the broker for all.
+const MAX_PENDING_PER_UID: usize = 16;
+
 struct State {
     policy_path: PathBuf,
     policy: RwLock<Arc<Policy>>,
@@ -41,6 +45,41 @@ struct State {
     /// Set (under the `active` lock) when SIGTERM abandons the jobs: a job
     /// ending after it was killed by the stop, not by itself.
     stopping: AtomicBool,
+    /// Connections per peer uid still waiting for their request.
+    pending: Mutex<HashMap<u32, usize>>,
+}
+
+/// A connection counted against its uid until its request is read.
+struct Pending {
+    state: Arc<State>,
+    uid: u32,
+}
+
+impl Pending {
+    fn admit(state: &Arc<State>, uid: u32) -> Option<Pending> {
+        let mut m = state.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(uid).or_insert(0);
+        if *n >= MAX_PENDING_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(Pending {
+            state: state.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut m = self.state.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.uid);
+            }
+        }
+    }
 }
 
 pub fn serve(policy_path: &Path) -> Result<i32> {
@@ -57,6 +96,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
         active: Mutex::new(HashMap::new()),
         connections: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
+        pending: Mutex::new(HashMap::new()),
     });
 
     let mut set = SigSet::empty();
@@ -78,6 +118,31 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
             }
         };
         let st = state.clone();
+        let uid =
+            match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            {
+                Ok(c) => c.uid(),
+                Err(e) => {
+                    log::warn!("no peer credentials: {e}");
+                    continue;
+                }
+            };
+        let Some(pending) = Pending::admit(&st, uid) else {
+            log::warn!(
+                "uid {uid}: over {MAX_PENDING_PER_UID} connections without a request; refused"
+            );
+            let mut s = stream;
+            let _ = proto::write_frame(
+                &mut s,
+                &DaemonMsg::Error {
+                    code: crate::error::exit::UNAVAILABLE,
+                    message: format!(
+                        "unavailable: uid {uid} holds {MAX_PENDING_PER_UID} connections to the broker that have not sent their request; close them, or requeue the job"
+                    ),
+                },
+            );
+            continue;
+        };
         if st.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             st.connections.fetch_sub(1, Ordering::SeqCst);
             let mut s = stream;
@@ -91,7 +156,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
             continue;
         }
         std::thread::spawn(move || {
-            handle(&st, stream);
+            handle(&st, stream, pending);
             st.connections.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -192,7 +257,7 @@ fn send(stream: &UnixStream, msg: &DaemonMsg) {
     let _ = proto::write_frame(&mut s, msg);
 }
 
-fn handle(state: &State, stream: UnixStream) {
+fn handle(state: &State, stream: UnixStream, pending: Pending) {
     let creds =
         match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
             Ok(c) => c,
@@ -202,7 +267,9 @@ fn handle(state: &State, stream: UnixStream) {
             }
         };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let (hello, fds) = match proto::recv_hello(&stream) {
+    let hello = proto::recv_hello(&stream);
+    drop(pending);
+    let (hello, fds) = match hello {
         Ok(x) => x,
         Err(e) => {
             log::warn!("uid {}: bad request: {e}", creds.uid());
