@@ -1712,11 +1712,41 @@ fn forged_cache_is_ignored(ctx: &Ctx) -> R {
     not_started(&bed)
 }
 
+fn idle_connections_do_not_lock_other_users_out(ctx: &Ctx) -> R {
+    // alice opens more connections than the broker's job limit and never
+    // says anything on them; bob's job must still run.
+    let b = brokered(ctx, |_| {});
+    let socket = b.bed.path().join("sock").join("berth.sock");
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(1 << 16);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let a = alice();
+    let held: Vec<_> = (0..1100).map(|_| broker::connect_as(&a, &socket)).collect();
+    let job = ctx.job(&b.bed);
+    let out = as_user(&b, &job, &TestUser::get("berth-bob"), "echo U=$(id -u)");
+    drop(held);
+    let out = out?;
+    expect_code(&out, 0)?;
+    field_is(&out, "U", "2002")
+}
+
 // ---------------------------------------------------------------------------
 // the table of special cases
 // ---------------------------------------------------------------------------
 
 const SPECIAL: &[Special] = &[
+    Special {
+        name: "broker-idle-connections-lock-nobody-out",
+        cat: Cat::Process,
+        run: idle_connections_do_not_lock_other_users_out,
+    },
     Special {
         name: "engine-old-runc-refused-by-policy",
         cat: Cat::Engine,
