@@ -32,8 +32,10 @@ use std::time::{Duration, Instant};
 const MAX_CONNECTIONS: usize = 1024;
 
 /// Most connections one uid may hold that have not yet sent their request:
-/// idle or slow connections of one user never fill the broker for all.
-const MAX_PENDING_PER_UID: usize = 16;
+/// idle or slow connections of one user never fill the broker for all
+/// (far below MAX_CONNECTIONS; far above a burst of one user's job starts,
+/// whose requests arrive at once).
+const MAX_PENDING_PER_UID: usize = 128;
 
 struct State {
     policy_path: PathBuf,
