@@ -219,15 +219,21 @@ pub struct BundleCreateArgs {
 pub enum SlurmCommand {
     /// RunTimeRun: run the task described by Slurm's config.json, through the broker, as the job user
     #[command(
-        long_about = "oci.conf: RunTimeRun=\"berth slurm run %b %r %n.%u.%j.%s.%t\". Reads the task's command, environment and batch script from SPOOL/config.json, takes the image from the bundle the user named with --container (ROOTFS is <bundle>/rootfs; the bundle must be in the site's bundle cache), uses SLURM_SUBMIT_DIR as the working directory, and starts the container through the broker. Exits with the container's exit code."
+        long_about = "oci.conf: RunTimeRun=\"berth slurm run %b %r %n.%u.%j.%s.%t\". Reads the task's command, environment and batch script from SPOOL/config.json, takes the image from the bundle the user named with --container (ROOTFS is <bundle>/rootfs; the bundle must be in the site's bundle cache), uses SLURM_SUBMIT_DIR as the working directory, and starts the container through the broker. Exits with the container's exit code. Slurm 23.02+ with IgnoreFileConfigJson=true writes no config.json: there, RunTimeRun=\"berth slurm run --env-file %e %b %r %n.%u.%j.%s.%t -- %@\" takes the command from ARGS and the environment from FILE, ROOTFS may be <cache>/<name> or a bare NAME, and a batch step's script (ARGS[0], a path on the node) is copied into the job's /tmp (untested: the test bed runs Slurm 22.05)."
     )]
     Run {
         /// Slurm's spool directory for the step (%b), holding its config.json
         spool: std::path::PathBuf,
-        /// The bundle's root filesystem path (%r): <cache>/<name>/rootfs
+        /// The bundle's root filesystem path (%r): <cache>/<name>/rootfs; also <cache>/<name> or a bare NAME (what 23.02+ passes under IgnoreFileConfigJson=true)
         rootfs: std::path::PathBuf,
         /// The container id, %n.%u.%j.%s.%t
         id: String,
+        /// Slurm 23.02+ with IgnoreFileConfigJson=true: the task's environment file (%e, CreateEnvFile=null or newline); the command is then ARGS (%@) and SPOOL/config.json is not read
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<std::path::PathBuf>,
+        /// With --env-file: the task's command (%@)
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
     },
     /// RunTimeQuery: print the container's OCI state as JSON ({} when it is gone)
     Query {

@@ -22,9 +22,20 @@ pub fn main(cli: Cli) -> i32 {
         Command::Doctor { json } => crate::doctor::main(&cli.policy, json),
         Command::Daemon => crate::broker::server::serve(&cli.policy),
         Command::Slurm(c) => match c {
-            SlurmCommand::Run { spool, rootfs, id } => {
-                crate::slurm::run(&cli.policy, &spool, &rootfs, &id)
-            }
+            SlurmCommand::Run {
+                spool,
+                rootfs,
+                id,
+                env_file,
+                args,
+            } => crate::slurm::run(
+                &cli.policy,
+                &spool,
+                &rootfs,
+                &id,
+                env_file.as_deref(),
+                &args,
+            ),
             SlurmCommand::Query { id } => crate::slurm::query(&cli.policy, &id),
             SlurmCommand::Kill { id, signal } => crate::slurm::kill(&cli.policy, &id, &signal),
             SlurmCommand::Delete { id } => crate::slurm::delete(&cli.policy, &id),

@@ -74,7 +74,10 @@ pub fn parse_config(text: &str) -> Result<SlurmJob> {
     Ok(SlurmJob { args, env, startup })
 }
 
-/// The bundle name of `--container=<cache>/<name>`, from `%r`.
+/// The bundle name of `--container=<cache>/<name>`, from `%r`: the bundle's
+/// `rootfs` (22.05, and later without IgnoreFileConfigJson), or, as Slurm
+/// 23.02+ passes `--container` unchanged under IgnoreFileConfigJson=true,
+/// the bundle directory itself or a bare NAME.
 pub fn bundle_name(policy: &Policy, rootfs: &Path) -> Result<String> {
     let cache = policy.bundles.cache.as_ref().ok_or_else(|| {
         Error::Denied(crate::error::Denial::new(
@@ -84,10 +87,18 @@ pub fn bundle_name(policy: &Policy, rootfs: &Path) -> Result<String> {
             "ask your administrator to set [bundles] cache",
         ))
     })?;
-    let real_cache = std::fs::canonicalize(cache).unwrap_or_else(|_| cache.clone());
-    let bundle = rootfs
-        .parent()
-        .map(|b| std::fs::canonicalize(b).unwrap_or_else(|_| b.to_path_buf()));
+    if let Some(name) = rootfs.to_str().filter(|n| !n.contains('/')) {
+        if crate::image::valid_bundle_name(name) {
+            return Ok(name.to_string());
+        }
+    }
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let real_cache = canon(cache);
+    let bundle = if canon(rootfs).parent() == Some(real_cache.as_path()) {
+        Some(canon(rootfs))
+    } else {
+        rootfs.parent().map(canon)
+    };
     match bundle {
         Some(b) if b.parent() == Some(real_cache.as_path()) => {
             let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -112,6 +123,51 @@ pub fn bundle_name(policy: &Policy, rootfs: &Path) -> Result<String> {
             ),
         ))),
     }
+}
+
+/// Slurm's step id of a batch script (`SLURM_BATCH_SCRIPT`).
+const BATCH_STEP: &str = "4294967291";
+
+/// The task as Slurm 23.02+ hands it over with IgnoreFileConfigJson=true:
+/// no config.json, the argv from `%@` and the environment from the
+/// `CreateEnvFile` file (`%e`, NUL- or newline-terminated entries). A batch
+/// step's argv[0] is the script's path on the node: it goes to the job's
+/// /tmp/slurm/startup like the bind mount 22.05 describes.
+pub fn job_from_argv(env_file: &[u8], mut args: Vec<String>, id: &str) -> Result<SlurmJob> {
+    let bad = |why: String| Error::Malformed(format!("slurm task: {why}"));
+    if args.is_empty() {
+        return Err(bad("no command after --".into()));
+    }
+    let sep = if env_file.contains(&0) { 0 } else { b'\n' };
+    let mut env = BTreeMap::new();
+    for entry in env_file.split(|b| *b == sep).filter(|e| !e.is_empty()) {
+        let Ok(entry) = std::str::from_utf8(entry) else {
+            let name = String::from_utf8_lossy(entry.split(|b| *b == b'=').next().unwrap_or(b""))
+                .into_owned();
+            if name.starts_with("LSF_") || name.starts_with("LSB_") || name.starts_with("LS_") {
+                return Err(bad(format!("{name} is not valid UTF-8")));
+            }
+            continue;
+        };
+        if let Some((k, v)) = entry.split_once('=') {
+            env.insert(k.to_string(), v.to_string());
+        }
+    }
+    let step = id.rsplit('.').nth(1);
+    let startup = if step == Some(BATCH_STEP) {
+        let script = PathBuf::from(&args[0]);
+        if !script.is_absolute() {
+            return Err(bad(format!(
+                "batch script {:?} is not an absolute path",
+                args[0]
+            )));
+        }
+        args[0] = STARTUP.into();
+        Some(script)
+    } else {
+        None
+    };
+    Ok(SlurmJob { args, env, startup })
 }
 
 /// The request berth sends the broker for a Slurm task.
@@ -164,14 +220,38 @@ pub fn hello(policy: &Policy, job: SlurmJob, rootfs: &Path, id: &str) -> Result<
     })
 }
 
-/// `berth slurm run SPOOL ROOTFS ID`.
-pub fn run(policy_path: &Path, spool: &Path, rootfs: &Path, id: &str) -> Result<i32> {
+/// `berth slurm run [--env-file FILE] SPOOL ROOTFS ID [-- ARGS…]`: the task
+/// from `SPOOL/config.json`, or (Slurm 23.02+, IgnoreFileConfigJson=true)
+/// from ARGS and FILE.
+pub fn run(
+    policy_path: &Path,
+    spool: &Path,
+    rootfs: &Path,
+    id: &str,
+    env_file: Option<&Path>,
+    args: &[String],
+) -> Result<i32> {
     crate::sys::harden()?;
     let policy = Policy::load(policy_path)?;
-    let cfg = spool.join("config.json");
-    let text = std::fs::read_to_string(&cfg)
-        .map_err(|e| Error::Malformed(format!("cannot read {}: {e}", cfg.display())))?;
-    let h = hello(&policy, parse_config(&text)?, rootfs, id)?;
+    let job =
+        match env_file {
+            Some(f) => {
+                let bytes = std::fs::read(f)
+                    .map_err(|e| Error::Malformed(format!("cannot read {}: {e}", f.display())))?;
+                job_from_argv(&bytes, args.to_vec(), id)?
+            }
+            None if !args.is_empty() => return Err(Error::Malformed(
+                "a command after -- (Slurm's %@) needs --env-file %e; see wrapper/slurm/README.md"
+                    .into(),
+            )),
+            None => {
+                let cfg = spool.join("config.json");
+                let text = std::fs::read_to_string(&cfg)
+                    .map_err(|e| Error::Malformed(format!("cannot read {}: {e}", cfg.display())))?;
+                parse_config(&text)?
+            }
+        };
+    let h = hello(&policy, job, rootfs, id)?;
     crate::broker::client::launch(&policy.broker.socket, &h)
 }
 
@@ -296,6 +376,63 @@ mod tests {
             j.startup,
             Some(PathBuf::from("/var/spool/slurmd/job17/slurm_script"))
         );
+    }
+
+    #[test]
+    fn a_task_from_argv_and_an_env_file() {
+        let env = b"PATH=/bin\0SLURM_SUBMIT_DIR=/storage1/fs1/alice\0A=1\0A=2\0\0";
+        let j = job_from_argv(env, vec!["id".into(), "-u".into()], "vm.alice.17.0.0").unwrap();
+        assert_eq!(j.args, ["id", "-u"]);
+        assert_eq!(j.env["A"], "2");
+        assert_eq!(j.env["SLURM_SUBMIT_DIR"], "/storage1/fs1/alice");
+        assert_eq!(j.startup, None);
+        // newline-terminated (CreateEnvFile=newline), a batch step
+        let j = job_from_argv(
+            b"B=x y\nC=\n",
+            vec![
+                "/var/spool/slurmd/job00017/slurm_script".into(),
+                "arg".into(),
+            ],
+            "vm.alice.17.4294967291.0",
+        )
+        .unwrap();
+        assert_eq!(j.args, [STARTUP, "arg"]);
+        assert_eq!(j.env["B"], "x y");
+        assert_eq!(j.env["C"], "");
+        assert_eq!(
+            j.startup,
+            Some(PathBuf::from("/var/spool/slurmd/job00017/slurm_script"))
+        );
+        assert!(job_from_argv(b"", vec![], "vm.alice.17.0.0").is_err());
+        assert!(job_from_argv(b"", vec!["rel".into()], "vm.alice.17.4294967291.0").is_err());
+        assert!(job_from_argv(b"LSB_X=\xff\0", vec!["id".into()], "vm.a.1.0.0").is_err());
+        let j = job_from_argv(b"X=\xff\0Y=1\0", vec!["id".into()], "vm.a.1.0.0").unwrap();
+        assert_eq!(j.env.keys().collect::<Vec<_>>(), ["Y"]);
+    }
+
+    #[test]
+    fn bundle_names_as_23_02_passes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(cache.join("pt2/rootfs")).unwrap();
+        let mut p = Policy::default();
+        p.bundles.cache = Some(cache.clone());
+        for r in [
+            cache.join("pt2/rootfs"),
+            cache.join("pt2"),
+            PathBuf::from("pt2"),
+        ] {
+            assert_eq!(bundle_name(&p, &r).unwrap(), "pt2", "{}", r.display());
+        }
+        for r in [
+            PathBuf::from(".hidden"),
+            PathBuf::from("a/b"),
+            dir.path().to_path_buf(),
+            cache.clone(),
+            PathBuf::from("/"),
+        ] {
+            assert!(bundle_name(&p, &r).is_err(), "{}", r.display());
+        }
     }
 
     #[test]

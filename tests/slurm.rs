@@ -649,3 +649,75 @@ fn query_kill_and_delete_only_touch_the_named_users_container() {
         s.bed.assert_cleaned_within(&job, Duration::from_secs(10));
     }
 }
+
+/// Slurm 23.02+ with IgnoreFileConfigJson=true (not on this test bed):
+/// RunTimeRun="berth slurm run --env-file %e %b %r ID -- %@". The calls
+/// slurmstepd would make, made by hand as the job user: no config.json, the
+/// command from argv, the environment from a NUL-terminated file, a bare
+/// bundle NAME, and for a batch step the script's path as argv[0].
+#[test]
+fn the_23_02_ignore_config_json_calling_convention() {
+    let s = slurm();
+    let alice = alice();
+    let dir = AliceDir::new("ignorecfg");
+    let name = s.bundle.file_name().unwrap().to_str().unwrap().to_string();
+    let env_file = dir.path.join("environment");
+    std::fs::write(
+        &env_file,
+        format!(
+            "PATH=/bin:/usr/bin\0SLURM_SUBMIT_DIR={}\0FOO=bar baz\0",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let script = dir.path.join("slurm_script");
+    std::fs::write(&script, "#!/bin/sh\necho \"batch $FOO $1\"; pwd\n").unwrap();
+    for p in [&env_file, &script] {
+        std::os::unix::fs::chown(p, Some(ALICE_UID), Some(ALICE_GID)).unwrap();
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    let run = |step: &str, rootfs: &str, args: &[&str]| {
+        let job = next_job_id();
+        let id = format!("vm.{ALICE}.{job}.{step}.0");
+        let mut c = Command::new(berth_bin());
+        c.arg("--policy")
+            .arg(s.bed.policy_path())
+            .args(["slurm", "run", "--env-file"])
+            .arg(&env_file)
+            .arg(&dir.path)
+            .args([rootfs, &id, "--"])
+            .args(args)
+            .env_clear()
+            .env("PATH", CALLER_PATH)
+            .env("HOME", "/root")
+            .current_dir(&dir.path)
+            .stdin(Stdio::null());
+        alice.apply(&mut c);
+        let out = broker::output(c);
+        s.bed.assert_no_leaks(&job);
+        out
+    };
+    let out = run("0", &name, &["sh", "-c", "id -u; echo \"$FOO\"; pwd"]);
+    out.expect_ok();
+    assert_eq!(out.lines(), ["2001", "bar baz", dir.display().as_str()]);
+    let bundle_dir = s.bundle.display().to_string();
+    let out = run(
+        "4294967291",
+        &bundle_dir,
+        &[&script.display().to_string(), "arg1"],
+    );
+    out.expect_ok();
+    assert_eq!(out.lines(), ["batch bar baz arg1", dir.display().as_str()]);
+    // A name that is not a bundle in the cache is refused.
+    run("0", "no-such-bundle", &["true"]).expect_code(77);
+    // argv without the environment file is a configuration mistake.
+    let mut c = Command::new(berth_bin());
+    c.arg("--policy")
+        .arg(s.bed.policy_path())
+        .args(["slurm", "run"])
+        .arg(&dir.path)
+        .args([&name, "vm.x.1.0.0", "--", "true"])
+        .env_clear();
+    alice.apply(&mut c);
+    broker::output(c).expect_code(64);
+}

@@ -78,6 +78,7 @@ complete -c berth -n "__fish_berth_using_subcommand slurm; and not __fish_seen_s
 complete -c berth -n "__fish_berth_using_subcommand slurm; and not __fish_seen_subcommand_from run query kill delete" -f -a "query" -d 'RunTimeQuery: print the container\'s OCI state as JSON ({} when it is gone)'
 complete -c berth -n "__fish_berth_using_subcommand slurm; and not __fish_seen_subcommand_from run query kill delete" -f -a "kill" -d 'RunTimeKill: signal the container'
 complete -c berth -n "__fish_berth_using_subcommand slurm; and not __fish_seen_subcommand_from run query kill delete" -f -a "delete" -d 'RunTimeDelete: remove the container'
+complete -c berth -n "__fish_berth_using_subcommand slurm; and __fish_seen_subcommand_from run" -l env-file -d 'Slurm 23.02+ with IgnoreFileConfigJson=true: the task\'s environment file (%e, CreateEnvFile=null or newline); the command is then ARGS (%@) and SPOOL/config.json is not read' -r -F
 complete -c berth -n "__fish_berth_using_subcommand slurm; and __fish_seen_subcommand_from run" -l policy -d 'Site policy file (never taken from the environment)' -r -F
 complete -c berth -n "__fish_berth_using_subcommand slurm; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c berth -n "__fish_berth_using_subcommand slurm; and __fish_seen_subcommand_from query" -l policy -d 'Site policy file (never taken from the environment)' -r -F
