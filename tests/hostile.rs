@@ -431,6 +431,50 @@ const CONTAIN: &[Contain] = &[
         check: |o| field_is(o, "N", "6"),
     },
     Contain {
+        name: "tmp-host-private-and-empty",
+        cat: Cat::Tmp,
+        env: &[],
+        policy: no_policy_change,
+        script: "echo STAT=$(stat -c '%u %a' /tmp); echo N=$(ls -A /tmp | wc -l)",
+        code: 0,
+        check: |o| field_is(o, "STAT", "2001 700").and(field_is(o, "N", "0")),
+    },
+    Contain {
+        name: "tmpfs-tmp-nosuid-nodev-sized",
+        cat: Cat::Tmp,
+        env: &[],
+        policy: tmpfs_8m,
+        script: "grep ' /tmp ' /proc/self/mountinfo | sed 's/^/M=/'; echo S=$(df -k /tmp | tail -1 | awk '{print $2}')",
+        code: 0,
+        check: |o| {
+            let m = o.field("M").unwrap_or("");
+            if !(m.contains("nosuid") && m.contains("nodev") && m.contains("tmpfs")) {
+                return Err(format!("/tmp mount: {m:?}"));
+            }
+            field_is(o, "S", "8192")
+        },
+    },
+    Contain {
+        name: "tmp-no-hardlink-to-host-files",
+        cat: Cat::Tmp,
+        env: &[],
+        policy: no_policy_change,
+        script: "ln /etc/passwd /tmp/pw 2>/dev/null && echo LINKED=yes || echo LINKED=no; \
+                 ln /storage1/fs1/alice/hello.txt /tmp/h 2>/dev/null && echo LINKED2=yes || echo LINKED2=no",
+        code: 0,
+        check: |o| field_is(o, "LINKED", "no").and(field_is(o, "LINKED2", "no")),
+    },
+    Contain {
+        name: "pinned-read-only-volume-stays-read-only",
+        cat: Cat::Pinning,
+        env: &[(V, "/storage1/fs1/alice/ro:/data:ro")],
+        policy: no_policy_change,
+        script: "touch /data/x 2>/dev/null && echo WROTE=yes || echo WROTE=no; \
+                 mount -o remount,rw /data 2>/dev/null && echo REMOUNT=yes || echo REMOUNT=no",
+        code: 0,
+        check: |o| field_is(o, "WROTE", "no").and(field_is(o, "REMOUNT", "no")),
+    },
+    Contain {
         name: "tmp-unreadable-dirs-and-odd-names-cleaned",
         cat: Cat::Tmp,
         env: &[],
