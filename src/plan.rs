@@ -875,6 +875,36 @@ fn plan_workdir(
             "submit from a directory without such characters",
         );
     }
+    // runc creates a missing working directory as root, and under a volume
+    // that happens on the host: a user could have root create directories
+    // where they cannot write (in a directory they may only read). Under a
+    // volume, the working directory must already exist in it.
+    let inside = mounts
+        .iter()
+        .filter(|m| norm != m.dst && is_under(&norm, &m.dst))
+        .max_by_key(|m| m.dst.components().count());
+    if let Some(m) = inside {
+        let host_path = m
+            .src
+            .join(norm.strip_prefix(&m.dst).unwrap_or(Path::new("")));
+        let exists = host
+            .canonicalize(&host_path)
+            .ok()
+            .filter(|r| is_under(r, &m.src))
+            .is_some_and(|r| host.is_dir(&r).unwrap_or(false));
+        if !exists {
+            return deny(
+                "workdir.path",
+                &shown,
+                format!(
+                    "working directory {shown:?} is not a directory in the volume mounted at {} ({})",
+                    m.dst.display(),
+                    m.src.display()
+                ),
+                "create it first (docker would create it as root), or set LSF_DOCKER_WORKDIR to an existing directory",
+            );
+        }
+    }
     let under_root = policy
         .volumes
         .iter()

@@ -351,6 +351,20 @@ fn workdir_rules() {
             .count(),
         1
     );
+    // Under a volume, the working directory must exist in it: docker
+    // would create it as root on the host.
+    let vol = ("LSF_DOCKER_VOLUMES", "/storage1/fs1/alice:/data");
+    let p = try_plan(&[vol, ("LSF_DOCKER_WORKDIR", "/data/proj")]).unwrap();
+    assert!(has(&p, "--workdir=/data/proj"));
+    for w in [
+        "/data/new",
+        "/data/proj/deeper",
+        "/data/out",
+        "/data/file.txt",
+    ] {
+        let d = denied(&[vol, ("LSF_DOCKER_WORKDIR", w)]);
+        assert_eq!(d.rule, "workdir.path", "{w}: {d}");
+    }
     // Explicit container workdir outside the roots: set, not mounted.
     let p = try_plan(&[("LSF_DOCKER_WORKDIR", "/opt/app")]).unwrap();
     assert!(has(&p, "--workdir=/opt/app"));
