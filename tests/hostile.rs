@@ -173,6 +173,7 @@ const DENY: &[Deny] = &[
     deny!(Volumes "very-long-path", [V => "/storage1/fs1/alice/{LONG}:/data"], 77, "cannot be resolved"),
     deny!(Volumes "workdir-symlink-out", ["LS_SUBCWD" => "/storage1/fs1/alice/link-out"], 77, "outside its root"),
     deny!(Volumes "workdir-explicit-symlink-out", [W => "/storage1/fs1/alice/link-out"], 77, "outside its root"),
+    deny!(Volumes "workdir-created-as-root-in-unwritable-volume", [V => "{FX}/bobs:/data", W => "/data/planted"], 77, "not a directory in the volume"),
     deny!(Volumes "workdir-newline", ["LS_SUBCWD" => "/storage1/fs1/alice\n/etc"], 77, "control character"),
     // destinations
     deny!(Destinations "reserved-etc", [V => "/storage1/fs1/alice/ro:/etc"], 77, "reserved"),
@@ -2019,9 +2020,12 @@ fn make_fixtures() -> PathBuf {
     ln("loop", "loop");
     ln("/storage1/fs1/nothing-here", "dangling");
     ln("/etc/shadow", "shadow-link");
-    for d in ["eq=ual", "quo\"te", "it's", "tab\u{1}x"] {
+    for d in ["eq=ual", "quo\"te", "it's", "tab\u{1}x", "bobs"] {
         std::fs::create_dir(fx.join(d)).unwrap();
     }
+    // bob's directory, readable (not writable) by alice.
+    std::os::unix::fs::chown(fx.join("bobs"), Some(2002), Some(2002)).unwrap();
+    std::fs::set_permissions(fx.join("bobs"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(
         fx.join("env-preload"),
         "LD_PRELOAD=/tmp/evil.so\nOKV=fine\n",
