@@ -216,6 +216,7 @@ pub fn plan(
     }
 
     let workdir = plan_workdir(policy, req, host, &mut mounts)?;
+    check_nested(&mounts, host)?;
 
     // Every host source must be reachable by the user with their own
     // credentials: dockerd mounts as root and would skip parents' modes.
@@ -838,6 +839,44 @@ fn check_destination(policy: &Policy, raw: &str, dst: &Path) -> Result<PathBuf> 
     Ok(norm)
 }
 
+/// Whether container path `p`, under mount `m`'s destination, is an
+/// existing directory in the mount's source (not leaving it by a symlink).
+fn exists_in(host: &dyn HostFs, m: &MountPlan, p: &Path) -> bool {
+    let host_path = m.src.join(p.strip_prefix(&m.dst).unwrap_or(Path::new("")));
+    host.canonicalize(&host_path)
+        .ok()
+        .filter(|r| is_under(r, &m.src))
+        .is_some_and(|r| host.is_dir(&r).unwrap_or(false))
+}
+
+/// runc creates a missing mount point as root, and inside another bind
+/// mount that happens on the host: a user could have root create
+/// directories where they may only read. A volume (or the working
+/// directory) mounted inside another must find its mount point there.
+fn check_nested(mounts: &[MountPlan], host: &dyn HostFs) -> Result<()> {
+    for m in mounts {
+        let parent = mounts
+            .iter()
+            .filter(|p| p.dst != m.dst && is_under(&m.dst, &p.dst))
+            .max_by_key(|p| p.dst.components().count());
+        let Some(p) = parent else { continue };
+        if !exists_in(host, p, &m.dst) {
+            return deny(
+                "volumes.destination",
+                m.dst.display().to_string(),
+                format!(
+                    "{} is mounted inside the volume at {} ({}), where that directory does not exist",
+                    m.dst.display(),
+                    p.dst.display(),
+                    p.src.display()
+                ),
+                "create the directory in the outer volume first (docker would create it as root), or mount it elsewhere",
+            );
+        }
+    }
+    Ok(())
+}
+
 fn plan_workdir(
     policy: &Policy,
     req: &Request,
@@ -884,15 +923,7 @@ fn plan_workdir(
         .filter(|m| norm != m.dst && is_under(&norm, &m.dst))
         .max_by_key(|m| m.dst.components().count());
     if let Some(m) = inside {
-        let host_path = m
-            .src
-            .join(norm.strip_prefix(&m.dst).unwrap_or(Path::new("")));
-        let exists = host
-            .canonicalize(&host_path)
-            .ok()
-            .filter(|r| is_under(r, &m.src))
-            .is_some_and(|r| host.is_dir(&r).unwrap_or(false));
-        if !exists {
+        if !exists_in(host, m, &norm) {
             return deny(
                 "workdir.path",
                 &shown,

@@ -365,6 +365,17 @@ fn workdir_rules() {
         let d = denied(&[vol, ("LSF_DOCKER_WORKDIR", w)]);
         assert_eq!(d.rule, "workdir.path", "{w}: {d}");
     }
+    // A volume inside another needs its mount point there already.
+    let ok = "/storage1/fs1/alice:/data /scratch1/fs1/alice:/data/proj";
+    assert!(try_plan(&[("LSF_DOCKER_VOLUMES", ok)]).is_ok());
+    for v in [
+        "/storage1/fs1/alice:/data /scratch1/fs1/alice:/data/new",
+        "/storage1/fs1/alice:/data /scratch1/fs1/alice:/data/out/x",
+        "/scratch1/fs1/alice:/storage1/fs1/alice/proj/newdir",
+    ] {
+        let d = denied(&[("LSF_DOCKER_VOLUMES", v)]);
+        assert_eq!(d.rule, "volumes.destination", "{v}: {d}");
+    }
     // Explicit container workdir outside the roots: set, not mounted.
     let p = try_plan(&[("LSF_DOCKER_WORKDIR", "/opt/app")]).unwrap();
     assert!(has(&p, "--workdir=/opt/app"));
