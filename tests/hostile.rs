@@ -174,6 +174,7 @@ const DENY: &[Deny] = &[
     deny!(Volumes "workdir-symlink-out", ["LS_SUBCWD" => "/storage1/fs1/alice/link-out"], 77, "outside its root"),
     deny!(Volumes "workdir-explicit-symlink-out", [W => "/storage1/fs1/alice/link-out"], 77, "outside its root"),
     deny!(Volumes "workdir-created-as-root-in-unwritable-volume", [V => "{FX}/bobs:/data", W => "/data/planted"], 77, "not a directory in the volume"),
+    deny!(Destinations "mount-point-created-as-root-in-unwritable-volume", [V => "{FX}/bobs:/data /storage1/fs1/alice/ro:/data/planted"], 77, "where that directory does not exist"),
     deny!(Volumes "workdir-newline", ["LS_SUBCWD" => "/storage1/fs1/alice\n/etc"], 77, "control character"),
     // destinations
     deny!(Destinations "reserved-etc", [V => "/storage1/fs1/alice/ro:/etc"], 77, "reserved"),
