@@ -1783,11 +1783,70 @@ fn idle_connections_do_not_lock_other_users_out(ctx: &Ctx) -> R {
     field_is(&out, "U", "2002")
 }
 
+fn other_users_job_cannot_be_controlled(ctx: &Ctx) -> R {
+    // bob asks the broker to kill alice's running job (the LSF control
+    // path, as `berth lsf control` would): refused, the job runs on.
+    use berth::broker::proto::{self, DaemonMsg, Hello, VERSION};
+    use std::os::fd::AsRawFd;
+    let b = brokered(ctx, |_| {});
+    let job = ctx.job(&b.bed);
+    let run = job.spawn(HOLD);
+    let id = wait_running(&job.id, T60);
+    let dir = b.bed.wait_job_dir(&job.id, T60);
+    let socket = b.bed.path().join("sock").join("berth.sock");
+    let bob = TestUser::get("berth-bob");
+    let mut answers = Vec::new();
+    for action in ["kill", "suspend", "USR1"] {
+        let stream = broker::connect_as(&bob, &socket);
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let h = Hello {
+            version: VERSION,
+            scheduler: "lsf-control".into(),
+            env: BTreeMap::from([("LSB_JOBID".to_string(), job.id.clone())]),
+            cwd: None,
+            command: vec![action.into()],
+            tmp_files: vec![],
+            slurm_id: None,
+        };
+        let fd = null.as_raw_fd();
+        proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(T60)).ok();
+        let mut r = &stream;
+        answers.push(
+            proto::read_frame::<DaemonMsg>(&mut r, proto::MAX_FRAME)
+                .ok()
+                .flatten(),
+        );
+    }
+    let state = inspect(&id)["State"]["Status"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    release(&dir);
+    let out = run.finish(T60);
+    for a in &answers {
+        if !matches!(a, Some(DaemonMsg::Error { code: 77, .. })) {
+            return Err(format!("bob's control request was answered {a:?}"));
+        }
+    }
+    if state != "running" {
+        return Err(format!(
+            "alice's container is {state:?} after bob's requests"
+        ));
+    }
+    expect_code(&out, 0)
+}
+
 // ---------------------------------------------------------------------------
 // the table of special cases
 // ---------------------------------------------------------------------------
 
 const SPECIAL: &[Special] = &[
+    Special {
+        name: "other-users-job-cannot-be-controlled",
+        cat: Cat::Identity,
+        run: other_users_job_cannot_be_controlled,
+    },
     Special {
         name: "broker-idle-connections-lock-nobody-out",
         cat: Cat::Process,
