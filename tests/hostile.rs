@@ -1837,11 +1837,28 @@ fn other_users_job_cannot_be_controlled(ctx: &Ctx) -> R {
     expect_code(&out, 0)
 }
 
+fn many_volumes_are_pinned_and_unpinned(ctx: &Ctx) -> R {
+    // 1500 volumes: 1500 staging mounts made and undone, nothing left.
+    let bed = ctx.bed(|_| {});
+    let spec: Vec<String> = (1..=1500)
+        .map(|i| format!("/storage1/fs1/alice/ro:/d/{i}:ro"))
+        .collect();
+    let job = ctx.job(&bed).volumes(&spec.join(" "));
+    let out = run_cmd(job.command(&["run"], &["echo N=$(ls /d | wc -l)"]), T60)?;
+    expect_code(&out, 0)?;
+    field_is(&out, "N", "1500")
+}
+
 // ---------------------------------------------------------------------------
 // the table of special cases
 // ---------------------------------------------------------------------------
 
 const SPECIAL: &[Special] = &[
+    Special {
+        name: "1500-volumes-pinned-and-unpinned",
+        cat: Cat::Resources,
+        run: many_volumes_are_pinned_and_unpinned,
+    },
     Special {
         name: "other-users-job-cannot-be-controlled",
         cat: Cat::Identity,
