@@ -92,8 +92,16 @@ fn read_body<T: for<'de> Deserialize<'de>>(
             format!("frame of {n} bytes exceeds {max}"),
         ));
     }
-    let mut body = vec![0u8; n];
-    s.read_exact(&mut body)?;
+    // Grow the buffer as bytes arrive: a peer that announces 4 MiB and
+    // sends nothing must not make the daemon hold 4 MiB per connection.
+    let mut body = Vec::with_capacity(n.min(64 << 10));
+    s.take(n as u64).read_to_end(&mut body)?;
+    if body.len() != n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame cut short: {} of {n} bytes", body.len()),
+        ));
+    }
     serde_json::from_slice(&body)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
@@ -181,6 +189,14 @@ mod tests {
         let (a, mut b) = UnixStream::pair().unwrap();
         drop(a);
         assert_eq!(read_frame::<DaemonMsg>(&mut b, MAX_FRAME).unwrap(), None);
+        // A frame announced big and cut short is an error, not a hang or
+        // an up-front allocation of the announced size.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        a.write_all(&(MAX_HELLO as u32).to_be_bytes()).unwrap();
+        a.write_all(b"{}").unwrap();
+        drop(a);
+        let e = read_frame::<Hello>(&mut b, MAX_HELLO).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
     }
 
     #[test]
