@@ -589,6 +589,7 @@ printf 'ENV\0' >>"$f"
 /usr/bin/env -0 >>"$f"
 /bin/ls -l /proc/self/fd/ >"{spy}/fds.$$" 2>&1
 {{ /usr/bin/stat -c '%u %a' "$DOCKER_CONFIG"; /bin/ls -A "$DOCKER_CONFIG"; }} >"{spy}/dcfg.$$" 2>&1
+/bin/grep ^Cap /proc/self/status >"{spy}/caps.$$" 2>&1
 exec {DOCKER} "$@"
 "#
     );
@@ -1849,11 +1850,48 @@ fn many_volumes_are_pinned_and_unpinned(ctx: &Ctx) -> R {
     field_is(&out, "N", "1500")
 }
 
+fn docker_runs_without_needless_capabilities(ctx: &Ctx) -> R {
+    // What docker (a client of a socket) is started with: none of the
+    // capabilities that load modules, touch raw devices or the clock.
+    let bed = ctx.bed(|_| {});
+    let job = ctx.job(&bed);
+    let out = run_cmd(job.command(&["run"], &["true"]), T60)?;
+    expect_code(&out, 0)?;
+    let caps = std::fs::read_dir(bed.spy_dir())
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("caps."))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .ok_or("no capability record")?;
+    let bnd = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .ok_or(format!("no CapBnd in {caps:?}"))?;
+    // CAP_SYS_MODULE 16, CAP_SYS_RAWIO 17, CAP_SYS_BOOT 22, CAP_SYS_TIME 25.
+    let needless: Vec<u32> = [16, 17, 22, 25]
+        .into_iter()
+        .filter(|b| bnd & (1 << b) != 0)
+        .collect();
+    if needless.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "docker's bounding set {bnd:#x} still holds capabilities {needless:?}"
+        ))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // the table of special cases
 // ---------------------------------------------------------------------------
 
 const SPECIAL: &[Special] = &[
+    Special {
+        name: "docker-without-needless-capabilities",
+        cat: Cat::Process,
+        run: docker_runs_without_needless_capabilities,
+    },
     Special {
         name: "1500-volumes-pinned-and-unpinned",
         cat: Cat::Resources,
@@ -2223,6 +2261,10 @@ thread_local! {
 /// skipped unless BERTH_HOSTILE_STRICT=1. A known case that passes says so,
 /// to be taken off this list.
 const KNOWN: &[(&str, &str)] = &[
+    (
+        "docker-without-needless-capabilities",
+        "sys::harden drops no capabilities: berth and the docker it runs keep root's whole bounding set",
+    ),
     (
         "rlimit-fsize-0-root",
         "sys::harden keeps RLIMIT_FSIZE: berth (root) dies of SIGXFSZ writing the per-job files and leaves the per-job directory",
