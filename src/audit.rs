@@ -94,22 +94,33 @@ impl Audit {
         }
     }
 
+    /// Write a record; a failure is logged (use [`Audit::record_checked`]
+    /// where a launch must not happen unrecorded).
     pub fn record(&mut self, r: &Record) {
+        if let Err(e) = self.record_checked(r) {
+            log::warn!("audit record lost: {e}");
+        }
+    }
+
+    /// Write a record, or say why it could not be written.
+    pub fn record_checked(&mut self, r: &Record) -> std::io::Result<()> {
         let line = serde_json::to_string(r).unwrap_or_default();
         match self {
-            Audit::None => {}
-            Audit::File(f) => {
-                // One write per record: O_APPEND keeps concurrent jobs' lines whole.
-                let _ = f.write_all(format!("{line}\n").as_bytes());
-            }
+            Audit::None => Ok(()),
+            // One write per record: O_APPEND keeps concurrent jobs' lines whole.
+            Audit::File(f) => f.write_all(format!("{line}\n").as_bytes()),
             Audit::Syslog(l) => {
-                let _ = if r.decision == "deny" {
+                let res = if r.decision == "deny" {
                     l.warning(&line)
                 } else {
                     l.info(&line)
                 };
+                res.map_err(|e| std::io::Error::other(e.to_string()))
             }
-            Audit::Stderr => log::info!("audit: {line}"),
+            Audit::Stderr => {
+                log::info!("audit: {line}");
+                Ok(())
+            }
         }
     }
 }

@@ -277,8 +277,9 @@ fn run(policy_path: &Path, args: &RunArgs) -> Result<i32> {
     apply_log_level(&caller.env);
     let engine = Engine::new(&policy.docker.socket);
     let Decision { plan, mut record } = decide(&policy, &caller, Some(&engine));
-    audit.record(&record);
+    let written = audit.record_checked(&record);
     let plan = plan?;
+    written.map_err(|e| unaudited(&policy, e))?;
     crate::bundle::prepare(&engine, &policy, &plan, &record, &mut |r| audit.record(r))?;
     let code = crate::launch::run(&plan);
     record.event = "exit";
@@ -289,6 +290,15 @@ fn run(policy_path: &Path, args: &RunArgs) -> Result<i32> {
     }
     audit.record(&record);
     code
+}
+
+/// A launch is never left unrecorded (a caller's file-size limit or a full
+/// disk must not be a way around the audit log).
+pub fn unaudited(policy: &Policy, e: std::io::Error) -> Error {
+    Error::Config(format!(
+        "the audit record cannot be written to {} ({e}); berth does not launch unaudited jobs: fix audit.log or the caller's limits",
+        policy.audit.log
+    ))
 }
 
 fn explain(policy_path: &Path, args: &RunArgs, json: bool) -> Result<i32> {

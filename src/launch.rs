@@ -419,10 +419,14 @@ pub fn docker_command(plan: &LaunchPlan) -> Command {
         .env("DOCKER_HOST", format!("unix://{}", plan.socket.display()))
         .env("DOCKER_CONFIG", plan.job_dir.join(".docker"))
         .env("HOME", plan.job_dir.join(".docker"));
-    // SAFETY: setpgid and sigprocmask are async-signal-safe.
+    // SAFETY: setpgid, signal(SIG_DFL) and sigprocmask are async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGXFSZ,
+                nix::sys::signal::SigHandler::SigDfl,
+            )?;
             nix::sys::signal::sigprocmask(
                 nix::sys::signal::SigmaskHow::SIG_SETMASK,
                 Some(&SigSet::empty()),

@@ -52,7 +52,106 @@ pub fn harden() -> Result<()> {
         }
     }
     close_inherited_fds();
+    if is_root() {
+        sane_rlimits();
+        drop_capabilities()?;
+        // The docker client needs a few dozen descriptors; below that it
+        // fails with a misleading "cannot connect to the Docker daemon".
+        if let Ok((soft, _)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            if soft < MIN_NOFILE {
+                return Err(Error::Config(format!(
+                    "the caller's open-file limit is {soft} and cannot be raised; berth and docker need at least {MIN_NOFILE}: raise RLIMIT_NOFILE (ulimit -n) for the scheduler's starter"
+                )));
+            }
+        }
+    }
     Ok(())
+}
+
+/// Fewest open files berth runs with (the docker client needs a few dozen).
+const MIN_NOFILE: u64 = 64;
+
+/// What berth, as root, uses of root's power: switching to the job user's
+/// credentials (SETUID, SETGID), handing the per-job /tmp to the user
+/// (CHOWN, FOWNER), reaching and removing what users left in their 0700
+/// directories (DAC_OVERRIDE, DAC_READ_SEARCH), and pinning volumes
+/// (SYS_ADMIN, for mount). Everything else is dropped from the bounding,
+/// permitted, effective and inheritable sets, so neither berth nor the
+/// docker client it runs (a mere client of dockerd's socket) holds it.
+const KEPT_CAPS: [caps::Capability; 7] = [
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    caps::Capability::CAP_SYS_ADMIN,
+];
+
+fn drop_capabilities() -> Result<()> {
+    let keep: caps::CapsHashSet = KEPT_CAPS.into_iter().collect();
+    let fail = |what: &str, e: caps::errors::CapsError| {
+        Error::internal(&format!("dropping capabilities ({what})"), e)
+    };
+    // The bounding set first (needs CAP_SETPCAP, dropped with the rest).
+    for c in caps::all() {
+        if !keep.contains(&c) && caps::has_cap(None, caps::CapSet::Bounding, c).unwrap_or(false) {
+            caps::drop(None, caps::CapSet::Bounding, c).map_err(|e| fail("bounding", e))?;
+        }
+    }
+    caps::clear(None, caps::CapSet::Ambient).map_err(|e| fail("ambient", e))?;
+    caps::clear(None, caps::CapSet::Inheritable).map_err(|e| fail("inheritable", e))?;
+    let have = caps::read(None, caps::CapSet::Permitted).map_err(|e| fail("permitted", e))?;
+    let kept: caps::CapsHashSet = have.intersection(&keep).cloned().collect();
+    caps::set(None, caps::CapSet::Effective, &kept).map_err(|e| fail("effective", e))?;
+    caps::set(None, caps::CapSet::Permitted, &kept).map_err(|e| fail("permitted", e))?;
+    Ok(())
+}
+
+/// Undo resource limits a hostile caller may have set for root berth (and
+/// the docker client it runs): a zero file size kills it with SIGXFSZ
+/// half-way through preparing a job, eight descriptors starve docker's
+/// client, a tiny CPU or memory limit kills it mid-cleanup.
+fn sane_rlimits() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    for r in [
+        Resource::RLIMIT_FSIZE,
+        Resource::RLIMIT_CPU,
+        Resource::RLIMIT_AS,
+        Resource::RLIMIT_DATA,
+    ] {
+        if setrlimit(r, RLIM_INFINITY, RLIM_INFINITY).is_err() {
+            // Without CAP_SYS_RESOURCE the hard limit stays: use all of it.
+            if let Ok((_, hard)) = getrlimit(r) {
+                let _ = setrlimit(r, hard, hard);
+            }
+        }
+    }
+    // A file-size limit that could not be lifted must make writes fail
+    // (EFBIG: berth reports it and cleans up), not kill berth half-way.
+    // SAFETY: SIG_IGN installs no handler. docker gets the default back.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGXFSZ,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    };
+    let at_least = |r: Resource, min: u64| {
+        if let Ok((soft, hard)) = getrlimit(r) {
+            if soft != RLIM_INFINITY && soft < min {
+                let hard = if hard == RLIM_INFINITY {
+                    hard
+                } else {
+                    hard.max(min)
+                };
+                let _ = setrlimit(r, min, hard);
+            }
+        }
+    };
+    at_least(Resource::RLIMIT_NOFILE, 4096);
+    at_least(Resource::RLIMIT_STACK, 8 << 20);
 }
 
 /// Close every descriptor above 2 that berth did not open itself.

@@ -353,11 +353,15 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
     let Decision { plan, mut record } = decide(&policy, &caller, Some(&engine));
     record.caller_uid = creds.uid();
     record.detail = Some(format!("broker peer pid {}", creds.pid()));
-    state
+    let written = state
         .audit
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .record(&record);
+        .record_checked(&record);
+    let plan = match (plan, written) {
+        (Ok(_), Err(e)) => Err(crate::job::unaudited(&policy, e)),
+        (p, _) => p,
+    };
     let plan = match plan {
         Ok(p) => p,
         Err(e) => {
