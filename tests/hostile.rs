@@ -2111,6 +2111,18 @@ const SPECIAL: &[Special] = &[
 /// Root-owned hostile objects under /storage1/fs1 (inside the allowed
 /// root): a FIFO, a socket, device nodes, odd symlinks and names, env files.
 fn make_fixtures() -> PathBuf {
+    // Fixtures of runs that died (their pid is gone) are removed first.
+    if let Ok(rd) = std::fs::read_dir("/storage1/fs1") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("berth-hostile-")
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let fx = PathBuf::from(format!(
         "/storage1/fs1/berth-hostile-{}",
         std::process::id()
