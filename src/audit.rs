@@ -40,6 +40,27 @@ pub struct Record {
 }
 
 impl Record {
+    /// Turn the launch record into the job's last one: its exit code, or
+    /// why it did not run (a refusal at launch, e.g. a volume that changed
+    /// or that the user cannot open, is a denial with its rule).
+    pub fn finish(&mut self, outcome: std::result::Result<Option<i32>, &crate::error::Error>) {
+        self.event = "exit";
+        self.decision = "allow";
+        match outcome {
+            Ok(Some(c)) => self.exit_code = Some(c),
+            Ok(None) => {
+                self.reason = Some("client disconnected: container killed and removed".into())
+            }
+            Err(crate::error::Error::Denied(d)) => {
+                self.event = "denial";
+                self.decision = "deny";
+                self.rule = Some(d.rule.to_string());
+                self.reason = Some(format!("denied: {d}"));
+            }
+            Err(e) => self.reason = Some(e.to_string()),
+        }
+    }
+
     pub fn new(event: &'static str, decision: &'static str) -> Record {
         Record {
             time: std::time::SystemTime::now()

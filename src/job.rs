@@ -56,7 +56,12 @@ pub fn main(cli: Cli) -> i32 {
 }
 
 /// The node's filesystem, for the planner.
-pub struct RealFs;
+#[derive(Default)]
+pub struct RealFs {
+    /// The launcher will open every volume as the user when it pins it
+    /// (the same check, made race-free): don't fork to check it twice.
+    pub access_checked_by_pin: bool,
+}
 
 impl HostFs for RealFs {
     fn canonicalize(&self, p: &Path) -> std::io::Result<PathBuf> {
@@ -66,6 +71,9 @@ impl HostFs for RealFs {
         std::fs::metadata(p).map(|m| m.is_dir())
     }
     fn user_can_access(&self, id: &Identity, paths: &[PathBuf]) -> Result<Vec<bool>> {
+        if self.access_checked_by_pin {
+            return Ok(vec![true; paths.len()]);
+        }
         crate::sys::user_can_access(id, paths)
     }
 }
@@ -106,6 +114,9 @@ pub struct Caller {
     pub scheduler: Scheduler,
     pub tmp_files: Vec<crate::broker::proto::TmpFile>,
     pub slurm_id: Option<String>,
+    /// The decision is for a launch (not `explain`): volume access is then
+    /// checked when the launcher pins each volume.
+    pub launching: bool,
 }
 
 impl Caller {
@@ -118,6 +129,7 @@ impl Caller {
             scheduler: args.scheduler,
             tmp_files: Vec::new(),
             slurm_id: None,
+            launching: false,
         })
     }
 }
@@ -192,7 +204,10 @@ fn decide_inner(
     if let Some(f) = &facts {
         record.image_id = Some(f.id.clone());
     }
-    let p = plan::plan(policy, &id, &req, facts.as_ref(), &RealFs, &ctx)?;
+    let fs = RealFs {
+        access_checked_by_pin: caller.launching && policy.mounts.pin,
+    };
+    let p = plan::plan(policy, &id, &req, facts.as_ref(), &fs, &ctx)?;
     record.container = Some(p.name.clone());
     record.mounts = p
         .mounts
@@ -273,7 +288,8 @@ fn run(policy_path: &Path, args: &RunArgs) -> Result<i32> {
         return crate::broker::client::launch(&policy.broker.socket, &hello);
     }
     let mut audit = Audit::open(&policy.audit.log)?;
-    let caller = Caller::from_process(args)?;
+    let mut caller = Caller::from_process(args)?;
+    caller.launching = true;
     apply_log_level(&caller.env);
     let engine = Engine::new(&policy.docker.socket);
     let Decision { plan, mut record } = decide(&policy, &caller, Some(&engine));
@@ -282,12 +298,7 @@ fn run(policy_path: &Path, args: &RunArgs) -> Result<i32> {
     written.map_err(|e| unaudited(&policy, e))?;
     crate::bundle::prepare(&engine, &policy, &plan, &record, &mut |r| audit.record(r))?;
     let code = crate::launch::run(&plan);
-    record.event = "exit";
-    record.decision = "allow";
-    match &code {
-        Ok(c) => record.exit_code = Some(*c),
-        Err(e) => record.reason = Some(e.to_string()),
-    }
+    record.finish(code.as_ref().map(|c| Some(*c)));
     audit.record(&record);
     code
 }

@@ -203,6 +203,16 @@ fn check_volume_denied(spec: &str, needle: &str) {
     out.expect_denied(&[needle]);
     assert!(!out.stdout.contains("SHOULD-NOT-RUN"));
     bed.assert_not_started(&job.id);
+    // Refused at planning or when the launcher pins the volume: either
+    // way the job's last audit record is a denial with its rule.
+    let records = bed.audit_for(&job.id);
+    let last = records.last().expect("an audit record");
+    assert_eq!(last["event"], "denial", "{records:?}");
+    assert_eq!(last["decision"], "deny", "{records:?}");
+    assert!(
+        last["rule"].as_str().is_some_and(|r| !r.is_empty()),
+        "{records:?}"
+    );
 }
 
 macro_rules! volume_denied {

@@ -343,6 +343,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         scheduler,
         tmp_files: hello.tmp_files,
         slurm_id: hello.slurm_id,
+        launching: true,
     };
     let policy = state
         .policy
@@ -393,14 +394,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         return;
     }
     let code = run_job(state, &stream, &plan, &engine, fds);
-    record.event = "exit";
-    match &code {
-        Ok(Some(c)) => record.exit_code = Some(*c),
-        Ok(None) => {
-            record.reason = Some("client disconnected: container killed and removed".into())
-        }
-        Err(e) => record.reason = Some(e.to_string()),
-    }
+    record.finish(code.as_ref().copied());
     state
         .audit
         .lock()

@@ -316,7 +316,14 @@ pub fn decide(
     // Volumes, workdir, network, ports, raw args, env: the planner's own
     // rules, with this host's filesystem seen as the user and no image
     // facts (the image may not be on this host; the node checks those).
-    let _ = plan::plan(policy, &id, &req, None, &crate::job::RealFs, &ctx)?;
+    let _ = plan::plan(
+        policy,
+        &id,
+        &req,
+        None,
+        &crate::job::RealFs::default(),
+        &ctx,
+    )?;
 
     let mut option_lines = Vec::new();
     if let Some(app) = &args.app {
