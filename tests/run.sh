@@ -13,7 +13,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 bash tests/setup/testbed.sh up
-trap 'bash tests/setup/testbed.sh down' EXIT
+# Stop the daemons this run started (BERTH_TESTBED_KEEP=1 leaves them up,
+# for developers running the suite repeatedly).
+[ -n "${BERTH_TESTBED_KEEP:-}" ] || trap 'bash tests/setup/testbed.sh down' EXIT
 
 # Fail, never skip, when the engine or Slurm is missing.
 /usr/bin/docker info >/dev/null
