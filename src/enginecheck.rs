@@ -208,7 +208,7 @@ fn write_cache(file: &Path, key: &str, findings: &[Finding]) {
         std::fs::rename(&tmp, file)
     };
     if let Err(e) = write() {
-        log::warn!("cannot cache the engine check in {}: {e}", file.display());
+        log::info!("cannot cache the engine check in {}: {e}", file.display());
     }
 }
 

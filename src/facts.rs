@@ -80,7 +80,7 @@ impl FactsCache {
             std::fs::rename(&tmp, &f)
         };
         if let Err(e) = write() {
-            log::warn!("cannot cache facts of {id} in {}: {e}", self.dir.display());
+            log::info!("cannot cache facts of {id} in {}: {e}", self.dir.display());
         }
     }
 }

@@ -204,7 +204,7 @@ pub fn pin(plan: &LaunchPlan) -> Result<()> {
                 "volumes.access",
                 shown.clone(),
                 format!(
-                    "user {} cannot open {shown} with their own permissions",
+                    "user {} cannot read {shown} with their own permissions",
                     plan.user.name
                 ),
                 "mount a directory you can read; ask its owner for access",

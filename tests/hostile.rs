@@ -2272,20 +2272,7 @@ thread_local! {
 /// suite's authors do not own). They run and are shown; they count as
 /// skipped unless BERTH_HOSTILE_STRICT=1. A known case that passes says so,
 /// to be taken off this list.
-const KNOWN: &[(&str, &str)] = &[
-    (
-        "docker-without-needless-capabilities",
-        "sys::harden drops no capabilities: berth and the docker it runs keep root's whole bounding set",
-    ),
-    (
-        "rlimit-fsize-0-root",
-        "sys::harden keeps RLIMIT_FSIZE: berth (root) dies of SIGXFSZ writing the per-job files and leaves the per-job directory",
-    ),
-    (
-        "rlimit-nofile-8-root",
-        "berth passes RLIMIT_NOFILE=8 on to docker, whose CLI then fails (exit 125, 'Cannot connect to the Docker daemon')",
-    ),
-];
+const KNOWN: &[(&str, &str)] = &[];
 
 fn run_case(case: &Case, fx: &Path) -> R {
     let ctx = Ctx {
