@@ -99,6 +99,17 @@ impl Engine {
         self.request("GET", path, None, Duration::from_secs(30))
     }
 
+    /// A GET of one object: its JSON, `None` if the engine has no such
+    /// object (404), unavailable otherwise.
+    fn get_optional(&self, path: &str, what: &str) -> Result<Option<Value>> {
+        let r = self.get(path)?;
+        match r.status {
+            200 => r.json().map(Some),
+            404 => Ok(None),
+            s => Err(self.unavailable(format!("{what} HTTP {s}: {}", r.message()))),
+        }
+    }
+
     /// `GET /version`: engine and API versions, and its components (runc).
     pub fn version(&self) -> Result<Value> {
         let r = self.get("/version")?;
@@ -110,12 +121,10 @@ impl Engine {
 
     /// Inspect an image by reference or id; `None` when the engine has none.
     pub fn inspect_image(&self, reference: &str) -> Result<Option<Value>> {
-        let r = self.get(&format!("/images/{}/json", encode(reference)))?;
-        match r.status {
-            200 => r.json().map(Some),
-            404 => Ok(None),
-            s => Err(self.unavailable(format!("image inspect HTTP {s}: {}", r.message()))),
-        }
+        self.get_optional(
+            &format!("/images/{}/json", encode(reference)),
+            "image inspect",
+        )
     }
 
     /// Pull an image (`POST /images/create`), reading the progress stream to
@@ -199,12 +208,10 @@ impl Engine {
     }
 
     pub fn inspect_container(&self, name: &str) -> Result<Option<Value>> {
-        let r = self.get(&format!("/containers/{}/json", encode(name)))?;
-        match r.status {
-            200 => r.json().map(Some),
-            404 => Ok(None),
-            s => Err(self.unavailable(format!("container inspect HTTP {s}: {}", r.message()))),
-        }
+        self.get_optional(
+            &format!("/containers/{}/json", encode(name)),
+            "container inspect",
+        )
     }
 
     /// `GET /containers/json?all=1` filtered by labels (`key=value` each):
@@ -261,12 +268,10 @@ impl Engine {
     /// /containers/{name}/stats?stream=false`, which waits for a second
     /// sample so CPU percentages can be computed). `None` if it is gone.
     pub fn stats(&self, name: &str) -> Result<Option<Value>> {
-        let r = self.get(&format!("/containers/{}/stats?stream=false", encode(name)))?;
-        match r.status {
-            200 => r.json().map(Some),
-            404 => Ok(None),
-            s => Err(self.unavailable(format!("container stats HTTP {s}: {}", r.message()))),
-        }
+        self.get_optional(
+            &format!("/containers/{}/stats?stream=false", encode(name)),
+            "container stats",
+        )
     }
 
     /// Whether `/bin/sh` in the image resolves to an executable regular
