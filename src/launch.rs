@@ -259,6 +259,55 @@ pub fn cleanup(plan: &LaunchPlan) {
     remove_job_dir(&plan.job_dir);
 }
 
+/// Clean what jobs left when the process that ran them died with them (a
+/// broker killed mid-job, a node that rebooted): pins and per-job
+/// directories named `berth-*`, older than `min_age` (a job being prepared
+/// right now is younger), whose container the engine no longer has. Pins
+/// are detached and their empty directories removed, never recursively.
+/// Returns what was cleaned. If the engine cannot be asked, nothing is.
+pub fn sweep(
+    policy: &crate::policy::Policy,
+    engine: &Engine,
+    min_age: Duration,
+) -> Vec<std::path::PathBuf> {
+    let mut cleaned = Vec::new();
+    let stale = |e: &std::fs::DirEntry| -> Option<std::path::PathBuf> {
+        let name = e.file_name().into_string().ok()?;
+        let md = std::fs::symlink_metadata(e.path()).ok()?;
+        let age = md.modified().ok()?.elapsed().unwrap_or_default();
+        let ours = name.starts_with("berth-") && md.is_dir() && md.uid() == 0;
+        if !ours || age < min_age {
+            return None;
+        }
+        match engine.inspect_container(&name) {
+            Ok(None) => Some(e.path()),
+            _ => None,
+        }
+    };
+    if let Ok(rd) = std::fs::read_dir(&policy.mounts.pin_dir) {
+        for e in rd.flatten() {
+            let Some(dir) = stale(&e) else { continue };
+            if let Ok(subs) = std::fs::read_dir(&dir) {
+                for sub in subs.flatten() {
+                    crate::sys::unbind(&sub.path());
+                    let _ = std::fs::remove_dir(sub.path());
+                }
+            }
+            if std::fs::remove_dir(&dir).is_ok() {
+                cleaned.push(dir);
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(&policy.tmp.base) {
+        for e in rd.flatten() {
+            let Some(dir) = stale(&e) else { continue };
+            remove_job_dir(&dir);
+            cleaned.push(dir);
+        }
+    }
+    cleaned
+}
+
 /// Remove the per-job directory without following symlinks planted in it.
 pub fn remove_job_dir(dir: &Path) {
     match std::fs::remove_dir_all(dir) {

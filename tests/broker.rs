@@ -693,3 +693,68 @@ fn sigterm_stops_the_daemon_and_removes_running_containers() {
     out.expect_code(69);
     assert!(out.stderr.contains("requeue"), "{out:?}");
 }
+
+#[test]
+fn a_restarted_broker_cleans_what_a_killed_one_left() {
+    let mut b = broker();
+    let alice = alice();
+    let job = b.bed.job();
+    let mut child = b.spawn_as(&alice, &job, "sleep 60");
+    wait_running(&job.id, Duration::from_secs(30));
+    let dir = b.bed.wait_job_dir(&job.id, Duration::from_secs(10));
+    // The broker dies with the job running; then the job's container ends
+    // with nobody left to clean up after it.
+    b.daemon.signal(Signal::SIGKILL);
+    assert!(b.daemon.wait_exit(Duration::from_secs(10)).is_some());
+    let _ = child.kill();
+    let _ = child.wait();
+    let rm = std::process::Command::new("/usr/bin/docker")
+        .args(["rm", "-f"])
+        .args(containers(&job.id, true))
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{rm:?}");
+    let pins = b.pins(&job.id);
+    assert!(
+        dir.exists() && !pins.is_empty(),
+        "nothing was left to sweep"
+    );
+    let mounted = |p: &PathBuf| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!(" {} ", p.display()))
+    };
+    assert!(std::fs::read_dir(&pins[0])
+        .unwrap()
+        .flatten()
+        .any(|e| mounted(&e.path())));
+    // Young leftovers may belong to a job being prepared: a restart leaves
+    // them; old ones whose container is gone are swept.
+    let socket = b.daemon.socket.clone();
+    b.daemon = Daemon::start(&b.bed, &socket);
+    assert!(dir.exists(), "a young per-job directory was swept");
+    b.daemon.signal(Signal::SIGTERM);
+    assert!(b.daemon.wait_exit(Duration::from_secs(15)).is_some());
+    for p in [&dir, &pins[0]] {
+        let st = std::process::Command::new("touch")
+            .args(["-h", "-d", "-10 minutes"])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let victim = std::fs::read_dir("/storage1/fs1/alice").unwrap().count();
+    b.daemon = Daemon::start(&b.bed, &socket);
+    assert!(!dir.exists(), "the stale per-job directory is still there");
+    assert!(b.pins(&job.id).is_empty(), "{:?}", b.pins(&job.id));
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !text.contains(&format!(" {}", pins[0].display())),
+        "a stale pin is still mounted"
+    );
+    // Unpinning never deleted anything in the volume itself.
+    assert_eq!(
+        std::fs::read_dir("/storage1/fs1/alice").unwrap().count(),
+        victim
+    );
+}

@@ -28,6 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// Age past which a per-job directory or pin with no container is stale.
+const STALE_AFTER: Duration = Duration::from_secs(300);
+
 /// Most jobs one daemon runs at once; more are refused (69, requeue).
 const MAX_CONNECTIONS: usize = 1024;
 
@@ -91,6 +94,13 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
     let socket = policy.broker.socket.clone();
     let listener = bind(&socket)?;
     let audit = Audit::open(&policy.audit.log)?;
+    // Jobs a previous broker (or a rebooted node) left behind.
+    for p in launch::sweep(&policy, &Engine::new(&policy.docker.socket), STALE_AFTER) {
+        log::warn!(
+            "removed {}, left by a job whose container is gone",
+            p.display()
+        );
+    }
     let state = Arc::new(State {
         policy_path: policy_path.to_path_buf(),
         policy: RwLock::new(Arc::new(policy)),
