@@ -28,14 +28,17 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   fi
 fi
 
+# Logs of this run only (concurrent runs on one machine must not mix).
+logs=$(mktemp -d /tmp/berth-fuzz.XXXXXX)
+echo "fuzz-smoke: logs in $logs"
 start=$(date +%s)
-timeout 1200 cargo fuzz build -O >/tmp/berth-fuzz-build.log 2>&1
+timeout 1200 cargo fuzz build -O >"$logs/build.log" 2>&1
 rc=$?
 if [ $rc -eq 124 ]; then
   echo "fuzz-smoke: SKIPPED: the instrumented build took over 20 min"
   exit 0
 elif [ $rc -ne 0 ]; then
-  tail -30 /tmp/berth-fuzz-build.log
+  tail -30 "$logs/build.log"
   echo "fuzz-smoke: the fuzz targets do not build"
   exit 1
 fi
@@ -50,7 +53,7 @@ passed=0
 failed=0
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
-  log=/tmp/berth-fuzz-$t.log
+  log=$logs/$t.log
   # -rss_limit_mb: the planner targets are small; a leak shows up early.
   if cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
       -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 \
