@@ -1882,11 +1882,82 @@ fn docker_runs_without_needless_capabilities(ctx: &Ctx) -> R {
     }
 }
 
+/// Send a hand-made Hello as alice; the daemon's first answer.
+fn raw_hello(
+    b: &Brokered,
+    env: BTreeMap<String, String>,
+    tmp_files: Vec<berth::broker::proto::TmpFile>,
+    slurm_id: Option<String>,
+) -> Result<Option<berth::broker::proto::DaemonMsg>, String> {
+    use berth::broker::proto::{self, DaemonMsg, Hello, VERSION};
+    use std::os::fd::AsRawFd;
+    let socket = b.bed.path().join("sock").join("berth.sock");
+    let stream = broker::connect_as(&alice(), &socket);
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let h = Hello {
+        version: VERSION,
+        scheduler: "env".into(),
+        env,
+        cwd: Some(ALICE_DIR.into()),
+        command: vec!["echo SHOULD-NOT-RUN".into()],
+        tmp_files,
+        slurm_id,
+    };
+    let fd = null.as_raw_fd();
+    proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(T60)).ok();
+    let mut r = &stream;
+    Ok(proto::read_frame::<DaemonMsg>(&mut r, proto::MAX_FRAME)
+        .ok()
+        .flatten())
+}
+
+fn broker_hello_tmp_file_traversal_refused(ctx: &Ctx) -> R {
+    use berth::broker::proto::{DaemonMsg, TmpFile};
+    let b = brokered(ctx, |_| {});
+    let job = ctx.job(&b.bed);
+    for path in ["../../../../etc/cron.d/x", "/etc/passwd", "a/../../x", ""] {
+        let f = TmpFile {
+            path: path.into(),
+            content: b"* * * * * root id\n".to_vec(),
+            mode: 0o4755,
+        };
+        let a = raw_hello(&b, job.env.clone(), vec![f], None)?;
+        if !matches!(a, Some(DaemonMsg::Error { code: 64, .. })) {
+            return Err(format!("tmp file {path:?} was answered {a:?}"));
+        }
+    }
+    not_started(&b.bed)
+}
+
+fn broker_hello_slurm_id_injection_refused(ctx: &Ctx) -> R {
+    use berth::broker::proto::DaemonMsg;
+    let b = brokered(ctx, |_| {});
+    let job = ctx.job(&b.bed);
+    for id in ["x,berth.uid=0", "a\nb", "../../x", "x y"] {
+        let a = raw_hello(&b, job.env.clone(), vec![], Some(id.into()))?;
+        if !matches!(a, Some(DaemonMsg::Error { code: 64, .. })) {
+            return Err(format!("slurm id {id:?} was answered {a:?}"));
+        }
+    }
+    not_started(&b.bed)
+}
+
 // ---------------------------------------------------------------------------
 // the table of special cases
 // ---------------------------------------------------------------------------
 
 const SPECIAL: &[Special] = &[
+    Special {
+        name: "broker-hello-tmp-file-traversal",
+        cat: Cat::Tmp,
+        run: broker_hello_tmp_file_traversal_refused,
+    },
+    Special {
+        name: "broker-hello-slurm-id-injection",
+        cat: Cat::Identity,
+        run: broker_hello_slurm_id_injection_refused,
+    },
     Special {
         name: "docker-without-needless-capabilities",
         cat: Cat::Process,
