@@ -773,7 +773,7 @@ fn alice() -> TestUser {
 struct Brokered {
     bed: Rc<Bed>,
     bin: PathBuf,
-    _daemon: Daemon,
+    daemon: Daemon,
 }
 
 fn brokered(ctx: &Ctx, edit: impl FnOnce(&mut toml::Table)) -> Brokered {
@@ -785,11 +785,7 @@ fn brokered(ctx: &Ctx, edit: impl FnOnce(&mut toml::Table)) -> Brokered {
     let socket = bed.path().join("sock").join("berth.sock");
     let daemon = Daemon::start(&bed, &socket);
     let bin = install_berth(bed.path());
-    Brokered {
-        bed,
-        bin,
-        _daemon: daemon,
-    }
+    Brokered { bed, bin, daemon }
 }
 
 fn as_user(b: &Brokered, job: &Job<'_>, user: &TestUser, script: &str) -> Result<Out, String> {
@@ -1522,6 +1518,16 @@ struct FakeEngine {
 
 impl FakeEngine {
     fn start(path: &Path, engine: &'static str, runc: &'static str) -> FakeEngine {
+        FakeEngine::start_slow(path, engine, runc, Duration::ZERO)
+    }
+
+    /// [`FakeEngine::start`], answering every image request `delay` late.
+    fn start_slow(
+        path: &Path,
+        engine: &'static str,
+        runc: &'static str,
+        delay: Duration,
+    ) -> FakeEngine {
         let _ = std::fs::remove_file(path);
         let l = std::os::unix::net::UnixListener::bind(path).expect("fake engine socket");
         l.set_nonblocking(true).unwrap();
@@ -1533,7 +1539,7 @@ impl FakeEngine {
                 match l.accept() {
                     Ok((c, _)) => {
                         let v = v.clone();
-                        std::thread::spawn(move || proxy(c, engine, runc, &v));
+                        std::thread::spawn(move || proxy(c, engine, runc, &v, delay));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
@@ -1558,7 +1564,13 @@ impl Drop for FakeEngine {
     }
 }
 
-fn proxy(mut c: std::os::unix::net::UnixStream, engine: &str, runc: &str, count: &AtomicUsize) {
+fn proxy(
+    mut c: std::os::unix::net::UnixStream,
+    engine: &str,
+    runc: &str,
+    count: &AtomicUsize,
+    delay: Duration,
+) {
     use std::io::{Read, Write};
     let _ = c.set_nonblocking(false);
     let mut head = Vec::new();
@@ -1593,6 +1605,9 @@ fn proxy(mut c: std::os::unix::net::UnixStream, engine: &str, runc: &str, count:
             body.len()
         );
         return;
+    }
+    if path.contains("/images/") {
+        std::thread::sleep(delay);
     }
     let Ok(mut up) = std::os::unix::net::UnixStream::connect(DOCKER_SOCK) else {
         return;
@@ -1943,11 +1958,114 @@ fn broker_hello_slurm_id_injection_refused(ctx: &Ctx) -> R {
     not_started(&b.bed)
 }
 
+fn env_file_from_procfs_is_refused(ctx: &Ctx) -> R {
+    // Through the broker the file is read by a child of the root daemon
+    // that switched to alice: /proc/self/* there is the daemon's. Each is
+    // refused, and nothing of it comes back in the message.
+    let b = brokered(ctx, |_| {});
+    for f in [
+        "/proc/self/environ",
+        "/proc/self/fd/0",
+        "/proc/1/environ",
+        "/proc/self/mem",
+        "/proc/self/status",
+    ] {
+        let job = ctx.job(&b.bed).env("LSF_DOCKER_ENV_FILE", f);
+        let out = as_user(&b, &job, &alice(), "env")?;
+        if out.code == Some(0) {
+            return Err(format!("{f} was accepted as an env file:\n{}", out.stdout));
+        }
+        let msg = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("berth: "))
+            .count();
+        if msg != 1 || out.stderr.contains("PATH=") || out.stderr.contains("Uid:") {
+            return Err(format!("{f}: exit {:?}\n{}", out.code, out.stderr));
+        }
+        eprintln!("hostile: env file {f}: {}", out.stderr.trim());
+    }
+    not_started(&b.bed)
+}
+
+fn daemon_descriptors_are_not_the_users(ctx: &Ctx) -> R {
+    // bob's job, its stdout on a file in his 0700 directory, stalls in the
+    // broker (the engine answers image requests late) while the daemon
+    // holds his descriptors. alice names the daemon's descriptors as her
+    // env file: the child that reads it as alice must not reach bob's file.
+    let b = brokered(ctx, |_| {});
+    let sock = b.bed.path().join("slow-engine.sock");
+    let _slow = FakeEngine::start_slow(&sock, "27.1.1", "1.1.13", Duration::from_secs(6));
+    {
+        let mut policy = b.bed.policy.clone();
+        set(&mut policy, "docker.socket", sock.display().to_string());
+        set(
+            &mut policy,
+            "broker.socket",
+            b.bed.path().join("sock/berth.sock").display().to_string(),
+        );
+        std::fs::write(b.bed.policy_path(), toml::to_string(&policy).unwrap()).unwrap();
+        b.daemon.signal(nix::sys::signal::Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let secret_dir = b.bed.path().join("bob-secret");
+    std::fs::create_dir(&secret_dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&secret_dir, Some(2002), Some(2002)).unwrap();
+    std::fs::set_permissions(&secret_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out_path = secret_dir.join("out");
+    std::fs::write(&out_path, "SECRET=bob-secret-4711\n").unwrap();
+    std::os::unix::fs::chown(&out_path, Some(2002), Some(2002)).unwrap();
+    std::fs::set_permissions(&out_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bob = TestUser::get("berth-bob");
+    let bob_job = ctx.job(&b.bed);
+    let mut c = user_command(&bob_job, &bob, &b.bin, &["run"], &["true"]);
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&out_path)
+        .unwrap();
+    c.stdout(f);
+    let mut child = c.stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(800));
+    let mut leaked = None;
+    for n in 3..24 {
+        let path = format!("/proc/self/fd/{n}");
+        let job = ctx.job(&b.bed).env("LSF_DOCKER_ENV_FILE", &path);
+        let out = as_user(&b, &job, &alice(), "echo LEAK=${SECRET:-none}")?;
+        if out.stdout.contains("bob-secret-4711") || out.stderr.contains("bob-secret-4711") {
+            leaked = Some(format!("{path}: {}{}", out.stdout, out.stderr));
+            break;
+        }
+        if out.code == Some(0) || !out.stderr.contains("env file") {
+            leaked = Some(format!("{path} was read: {}{}", out.stdout, out.stderr));
+            break;
+        }
+    }
+    let _ = wait_child(&mut child, T60);
+    let _ = child.kill();
+    let _ = child.wait();
+    match leaked {
+        Some(l) => Err(format!(
+            "a descriptor of bob's job reached alice through the daemon: {l}"
+        )),
+        None => Ok(()),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // the table of special cases
 // ---------------------------------------------------------------------------
 
 const SPECIAL: &[Special] = &[
+    Special {
+        name: "daemon-descriptors-unreachable-as-env-file",
+        cat: Cat::Environment,
+        run: daemon_descriptors_are_not_the_users,
+    },
+    Special {
+        name: "env-file-from-the-daemons-procfs",
+        cat: Cat::Environment,
+        run: env_file_from_procfs_is_refused,
+    },
     Special {
         name: "broker-hello-tmp-file-traversal",
         cat: Cat::Tmp,
@@ -2343,7 +2461,10 @@ thread_local! {
 /// suite's authors do not own). They run and are shown; they count as
 /// skipped unless BERTH_HOSTILE_STRICT=1. A known case that passes says so,
 /// to be taken off this list.
-const KNOWN: &[(&str, &str)] = &[];
+const KNOWN: &[(&str, &str)] = &[(
+    "daemon-descriptors-unreachable-as-env-file",
+    "sys::with_user_creds forks the root daemon and reads the user's file in a child that keeps every descriptor of the daemon: /proc/self/fd/N reaches another job's files (reported; fix: close all but the pipe in the child)",
+)];
 
 fn run_case(case: &Case, fx: &Path) -> R {
     let ctx = Ctx {
