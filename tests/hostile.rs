@@ -2051,11 +2051,34 @@ fn daemon_descriptors_are_not_the_users(ctx: &Ctx) -> R {
     }
 }
 
+fn unpinned_still_checks_access(ctx: &Ctx) -> R {
+    // With pinning off (mounts.pin = false) the 0700 parent of another user
+    // still keeps alice out, and a symlink out of the root is still refused.
+    let bed = ctx.bed(|p| set(p, "mounts.pin", false));
+    for (v, needle) in [
+        (
+            "/storage1/fs1/bob-private/open:/data",
+            "/storage1/fs1/bob-private/open",
+        ),
+        ("/storage1/fs1/alice/link-out:/data", "outside its root"),
+    ] {
+        let job = ctx.job(&bed).volumes(v);
+        let out = run_cmd(job.command(&["run"], &["echo SHOULD-NOT-RUN"]), T60)?;
+        expect(&out, 77, needle)?;
+    }
+    not_started(&bed)
+}
+
 // ---------------------------------------------------------------------------
 // the table of special cases
 // ---------------------------------------------------------------------------
 
 const SPECIAL: &[Special] = &[
+    Special {
+        name: "unpinned-volumes-still-checked",
+        cat: Cat::Pinning,
+        run: unpinned_still_checks_access,
+    },
     Special {
         name: "daemon-descriptors-unreachable-as-env-file",
         cat: Cat::Environment,
