@@ -175,6 +175,27 @@ pub fn close_inherited_fds() {
     }
 }
 
+/// Close every descriptor but `keep` (0-2 included), in a child about to
+/// act with a user's credentials.
+fn close_all_but(keep: std::os::fd::RawFd) {
+    let keep = keep as u32;
+    // SAFETY: close_range on ranges that exclude `keep`; nothing in this
+    // child uses the descriptors closed.
+    let ok = unsafe {
+        (keep == 0 || libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32) == 0)
+            && libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32) == 0
+    };
+    if !ok {
+        // Kernels before 5.9.
+        for fd in 0..65536 {
+            if fd != keep as i32 {
+                // SAFETY: as above.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
 pub fn real_uid() -> u32 {
     nix::unistd::getuid().as_raw()
 }
@@ -231,6 +252,10 @@ fn with_user_creds(id: &Identity, f: impl FnOnce(&mut dyn FnMut(&[u8])) -> i32) 
     match unsafe { nix::unistd::fork() }.map_err(|e| Error::internal("fork", e))? {
         nix::unistd::ForkResult::Child => {
             drop(r);
+            // Forked from a broker, this child holds every descriptor the
+            // daemon does (other jobs' stdio among them): keep only its
+            // channel, so /proc/self/fd/N names nothing of anyone else's.
+            close_all_but(w.as_raw_fd());
             let ok = nix::unistd::setgroups(&gids).is_ok()
                 && nix::unistd::setresgid(
                     Gid::from_raw(id.gid),
@@ -493,6 +518,7 @@ pub fn open_dirs_as_user(
     match unsafe { nix::unistd::fork() }.map_err(|e| Error::internal("fork", e))? {
         nix::unistd::ForkResult::Child => {
             drop(parent_end);
+            close_all_but(child_end.as_raw_fd());
             let ok = nix::unistd::setgroups(&gids).is_ok()
                 && nix::unistd::setresgid(
                     Gid::from_raw(gid),

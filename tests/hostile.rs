@@ -2484,10 +2484,7 @@ thread_local! {
 /// suite's authors do not own). They run and are shown; they count as
 /// skipped unless BERTH_HOSTILE_STRICT=1. A known case that passes says so,
 /// to be taken off this list.
-const KNOWN: &[(&str, &str)] = &[(
-    "daemon-descriptors-unreachable-as-env-file",
-    "sys::with_user_creds forks the root daemon and reads the user's file in a child that keeps every descriptor of the daemon: /proc/self/fd/N reaches another job's files (reported; fix: close all but the pipe in the child)",
-)];
+const KNOWN: &[(&str, &str)] = &[];
 
 fn run_case(case: &Case, fx: &Path) -> R {
     let ctx = Ctx {
