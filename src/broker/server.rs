@@ -92,15 +92,16 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
     launch::require_root()?;
     let policy = Policy::load(policy_path)?;
     let socket = policy.broker.socket.clone();
-    let listener = bind(&socket)?;
     let audit = Audit::open(&policy.audit.log)?;
-    // Jobs a previous broker (or a rebooted node) left behind.
+    // Jobs a previous broker (or a rebooted node) left behind: cleaned
+    // before the socket accepts anyone.
     for p in launch::sweep(&policy, &Engine::new(&policy.docker.socket), STALE_AFTER) {
         log::warn!(
             "removed {}, left by a job whose container is gone",
             p.display()
         );
     }
+    let listener = bind(&socket)?;
     let state = Arc::new(State {
         policy_path: policy_path.to_path_buf(),
         policy: RwLock::new(Arc::new(policy)),
