@@ -529,9 +529,13 @@ pub fn require_root() -> Result<()> {
 pub fn run(plan: &LaunchPlan) -> Result<i32> {
     require_root()?;
     let engine = Engine::new(&plan.socket);
-    prepare(plan).inspect_err(|_| remove_job_dir(&plan.job_dir))?;
-    pin(plan).inspect_err(|_| cleanup(plan))?;
-    let mut reaper = Reaper::spawn(plan).inspect_err(|_| cleanup(plan))?;
+    // The reaper first: berth killed while it prepares must leave nothing.
+    let mut reaper = Reaper::spawn(plan)?;
+    if let Err(e) = prepare(plan).and_then(|()| pin(plan)) {
+        cleanup(plan);
+        reaper.tell("D\n");
+        return Err(e);
+    }
 
     let mut set = SigSet::empty();
     for s in FORWARDED {
