@@ -170,6 +170,7 @@ pub fn plan_env(env: &BTreeMap<String, String>, command: Vec<String>) {
         ],
         tmp_files: Vec::new(),
         slurm_id: None,
+        hostname: Some("node1".into()),
     };
     let p = policy();
     let id = alice();
@@ -201,11 +202,66 @@ const VALUE_FLAGS: &[&str] = &[
     "--mount",
     "--tmpfs",
     "--workdir",
-    "--env-file",
+    "--env",
+    "--hostname",
     "--add-host",
     "--publish",
     "--entrypoint",
 ];
+
+/// The same invariants on the Engine API body that is actually sent.
+fn check_body(p: &Policy, lp: &LaunchPlan, f: &ImageFacts) {
+    let b = lp.spec.create_body(&lp.env);
+    let h = &b["HostConfig"];
+    assert_eq!(b["Image"], f.id.as_str());
+    assert_eq!(b["User"], "2001:2001");
+    assert_eq!(b["Tty"], false);
+    let one = |v: &berth::plan::spec::Json, want: &str| {
+        v.as_array().is_some_and(|a| a.len() == 1 && a[0] == want)
+    };
+    assert!(one(&h["CapDrop"], "ALL"), "{h}");
+    assert!(one(&h["SecurityOpt"], "no-new-privileges"), "{h}");
+    assert_eq!(h["Init"], true);
+    assert_eq!(h["AutoRemove"], true);
+    assert!(h["PidsLimit"].as_u64().is_some_and(|n| n > 0));
+    for k in [
+        "Privileged",
+        "Devices",
+        "PidMode",
+        "UsernsMode",
+        "UTSMode",
+        "VolumesFrom",
+        "Runtime",
+        "Binds",
+        "VolumeDriver",
+    ] {
+        assert!(h.get(k).is_none(), "{k} in {h}");
+    }
+    let net = h["NetworkMode"].as_str().expect("network mode");
+    assert!(!net.starts_with("container:"), "{net}");
+    assert!(p.docker.networks.iter().any(|n| n == net), "{net}");
+    assert_ne!(h["IpcMode"], "host");
+    for c in h["CapAdd"].as_array().expect("caps") {
+        let c = c.as_str().expect("cap");
+        assert!(
+            p.docker.cap_add.iter().any(|x| x.eq_ignore_ascii_case(c)),
+            "{c}"
+        );
+    }
+    for g in h["GroupAdd"].as_array().expect("groups") {
+        let g: u32 = g.as_str().expect("gid").parse().expect("numeric gid");
+        assert!(g != 0 && g >= p.identity.min_gid, "group {g}");
+    }
+    for m in h["Mounts"].as_array().expect("mounts") {
+        assert_eq!(m["Type"], "bind");
+    }
+    for e in b["Env"].as_array().expect("env") {
+        let e = e.as_str().expect("env entry");
+        let (k, v) = e.split_once('=').expect("NAME=value");
+        assert!(!k.is_empty() && !v.contains('\n'), "{e:?}");
+        assert!(!k.starts_with("LD_") && !k.starts_with("DOCKER_"), "{e:?}");
+    }
+}
 
 fn docker_unsafe(s: &str) -> bool {
     s.chars()
@@ -214,6 +270,7 @@ fn docker_unsafe(s: &str) -> bool {
 
 /// The invariants every plan keeps, whatever the request said.
 pub fn check_plan(p: &Policy, lp: &LaunchPlan, f: &ImageFacts) {
+    check_body(p, lp, f);
     let a = &lp.argv;
     assert_eq!(a[0], p.docker.path.display().to_string());
     assert_eq!(a[1], "run");

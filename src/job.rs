@@ -192,6 +192,7 @@ fn decide_inner(
         nonce: nonce.clone(),
         tmp_files,
         slurm_id: caller.slurm_id.clone(),
+        hostname: Some(crate::sys::hostname()),
     };
     // An image policy refuses is never asked about (nor pulled).
     plan::check_image(policy, &req)?;

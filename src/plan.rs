@@ -9,9 +9,10 @@ use crate::error::{Denial, Error, Result};
 use crate::facts::ImageFacts;
 use crate::identity::Identity;
 use crate::paths::{is_under, normalize_abs, unsafe_char};
-use crate::policy::{EntrypointRule, Mode, Policy, TmpKind};
+use crate::policy::{EntrypointRule, HostnameRule, Mode, Policy, TmpKind};
 use crate::request::{ImageSpec, Request, Workdir};
 use serde::Serialize;
+pub use spec::ContainerSpec;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,8 @@ pub struct Context {
     /// script at /tmp/slurm/startup), by path relative to /tmp.
     pub tmp_files: Vec<crate::broker::proto::TmpFile>,
     pub slurm_id: Option<String>,
+    /// The execution node's hostname (the container's, by default).
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,6 +50,7 @@ pub enum MountKind {
     Tmp,
     Passwd,
     Group,
+    Hosts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -104,8 +108,8 @@ pub struct LaunchPlan {
     pub job_dir: PathBuf,
     /// Root-only directory of the job's pinned mounts (`None`: no pins).
     pub pins_dir: Option<PathBuf>,
-    /// Variables written to `<job_dir>/env` and passed with `--env-file`
-    /// (never in argv, where any user on the node could read them).
+    /// Variables passed to the container in the create body (never in an
+    /// argv, where any user on the node could read them).
     #[serde(skip)]
     pub env: Vec<(String, String)>,
     pub env_names: Vec<String>,
@@ -117,7 +121,12 @@ pub struct LaunchPlan {
     pub tmp_files: Vec<crate::broker::proto::TmpFile>,
     /// A Slurm container id (`%n.%u.%j.%s.%t`), set as a label.
     pub slurm_id: Option<String>,
-    /// The complete docker command line, argv[0] the docker binary.
+    /// `/etc/hosts` for a container without docker's network sandbox.
+    pub hosts: Option<String>,
+    /// The container, as the engine is asked to create it.
+    pub spec: ContainerSpec,
+    /// The equivalent docker command line, argv[0] the docker binary
+    /// (printed by `berth explain`; never run).
     pub argv: Vec<String>,
     pub socket: PathBuf,
     pub stop_timeout: u32,
@@ -393,40 +402,6 @@ pub fn plan(
     // The command, run under /bin/sh -c like every LSF job.
     let (entrypoint, tail) = plan_command(policy, req, facts)?;
 
-    let mut argv: Vec<String> = vec![
-        policy.docker.path.display().to_string(),
-        "run".into(),
-        "--rm".into(),
-        "--interactive".into(),
-        "--init".into(),
-        "--sig-proxy=false".into(),
-        "--log-driver=none".into(),
-        format!("--name={name}"),
-        format!("--user={}:{}", id.uid, id.gid),
-    ];
-    argv.extend(id.groups.iter().map(|g| format!("--group-add={}", g.gid)));
-    argv.push("--cap-drop=ALL".into());
-    argv.extend(
-        policy
-            .docker
-            .cap_add
-            .iter()
-            .map(|c| format!("--cap-add={}", c.to_ascii_uppercase())),
-    );
-    argv.push("--security-opt=no-new-privileges".into());
-    argv.push(format!("--pids-limit={}", policy.docker.pids_limit));
-    argv.push(format!("--network={network}"));
-    argv.push(format!("--ipc={ipc}"));
-    if let Some(shm) = &req.shm_size {
-        argv.push(format!("--shm-size={shm}"));
-    }
-    argv.push(format!("--label=berth.job={}", req.job.id));
-    argv.push(format!("--label=berth.index={}", req.job.index));
-    argv.push(format!("--label=berth.user={}", id.name));
-    argv.push(format!("--label=berth.uid={}", id.uid));
-    if let Some(s) = &slurm_id {
-        argv.push(format!("--label=berth.slurm={s}"));
-    }
     if policy.mounts.pin {
         for (i, m) in mounts.iter_mut().enumerate() {
             if matches!(m.kind, MountKind::Volume | MountKind::Workdir) {
@@ -434,40 +409,90 @@ pub fn plan(
             }
         }
     }
-    for m in &mounts {
-        let mut s = format!(
-            "--mount=type=bind,src={},dst={}",
-            m.staged.as_ref().unwrap_or(&m.src).display(),
-            m.dst.display()
-        );
-        if m.mode == Mode::Ro {
-            s.push_str(",readonly");
-        }
-        argv.push(s);
+    let hostname = match policy.docker.hostname {
+        HostnameRule::Node => ctx.hostname.clone().filter(|h| valid_hostname(h)),
+        HostnameRule::Engine => None,
+    };
+    // Without docker's network sandbox docker writes no /etc/hosts: berth
+    // gives one with loopback and the container's name.
+    let network_disabled = network == "none";
+    let hosts = network_disabled.then(|| spec::hosts_file(hostname.as_deref()));
+    if hosts.is_some() {
+        mounts.push(MountPlan {
+            kind: MountKind::Hosts,
+            src: job_dir.join("hosts"),
+            dst: "/etc/hosts".into(),
+            mode: Mode::Ro,
+            staged: None,
+        });
     }
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("berth.job".to_string(), req.job.id.clone());
+    labels.insert("berth.index".to_string(), req.job.index.to_string());
+    labels.insert("berth.user".to_string(), id.name.clone());
+    labels.insert("berth.uid".to_string(), id.uid.to_string());
+    if let Some(s) = &slurm_id {
+        labels.insert("berth.slurm".to_string(), s.clone());
+    }
+    let mut tmpfs = std::collections::BTreeMap::new();
     if tmp.kind == TmpKind::Tmpfs {
         let bytes = crate::size::parse(&tmp.size).unwrap_or(0);
-        argv.push(format!(
-            "--tmpfs=/tmp:rw,nosuid,nodev,size={bytes},mode=1777"
-        ));
+        tmpfs.insert(
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,size={bytes},mode=1777"),
+        );
     }
-    argv.push(format!("--workdir={}", workdir.display()));
-    argv.push(format!("--env-file={}", job_dir.join("env").display()));
-    for (h, ip) in &req.add_hosts {
-        argv.push(format!("--add-host={h}:{ip}"));
-    }
-    for p in &req.ports {
-        let ip = p.host_ip.map(|i| format!("{i}:")).unwrap_or_default();
-        argv.push(format!(
-            "--publish={ip}{}:{}/{}",
-            p.host_port, p.container_port, p.proto
-        ));
-    }
-    if let Some(ep) = &entrypoint {
-        argv.push(format!("--entrypoint={ep}"));
-    }
-    argv.push(image.id.clone().unwrap_or_else(|| image.requested.clone()));
-    argv.extend(tail);
+    let spec = ContainerSpec {
+        name: name.clone(),
+        image: image.id.clone().unwrap_or_else(|| image.requested.clone()),
+        user: format!("{}:{}", id.uid, id.gid),
+        group_add: id.groups.iter().map(|g| g.gid).collect(),
+        cap_add: policy
+            .docker
+            .cap_add
+            .iter()
+            .map(|c| c.to_ascii_uppercase())
+            .collect(),
+        pids_limit: policy.docker.pids_limit,
+        network: network.clone(),
+        network_disabled,
+        ipc: ipc.clone(),
+        shm_size: req.shm_size.as_deref().and_then(crate::size::parse),
+        hostname,
+        labels,
+        binds: mounts
+            .iter()
+            .map(|m| spec::Bind {
+                src: m.staged.clone().unwrap_or_else(|| m.src.clone()),
+                dst: m.dst.clone(),
+                readonly: m.mode == Mode::Ro,
+            })
+            .collect(),
+        tmpfs,
+        workdir: workdir.clone(),
+        extra_hosts: req
+            .add_hosts
+            .iter()
+            .map(|(h, ip)| format!("{h}:{ip}"))
+            .collect(),
+        publish: req
+            .ports
+            .iter()
+            .map(|p| spec::Publish {
+                host_ip: p.host_ip.map(|i| i.to_string()),
+                host_port: p.host_port,
+                container_port: p.container_port,
+                proto: p.proto.clone(),
+            })
+            .collect(),
+        entrypoint,
+        cmd: tail,
+        cgroup_parent: None,
+        cpuset_cpus: None,
+        memory: None,
+        env_names: env.iter().map(|(k, _)| k.clone()).collect(),
+    };
+    let argv = spec.argv(&policy.docker.path.display().to_string());
 
     let pins_dir = mounts
         .iter()
@@ -495,6 +520,8 @@ pub fn plan(
         group,
         tmp_files: ctx.tmp_files.clone(),
         slurm_id,
+        hosts,
+        spec,
         argv,
         socket: policy.docker.socket.clone(),
         stop_timeout: policy.docker.stop_timeout,
@@ -1066,5 +1093,20 @@ pub fn group_file(id: &Identity) -> String {
     s
 }
 
+/// A hostname docker accepts (RFC 1123 labels); anything else falls back
+/// to docker's default rather than failing the job.
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+pub mod spec;
 #[cfg(test)]
 mod tests;

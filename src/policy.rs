@@ -206,9 +206,19 @@ pub struct DockerPolicy {
     pub add_host: bool,
     /// Seconds between SIGTERM and SIGKILL when a job is terminated.
     pub stop_timeout: u32,
+    /// The container's hostname: `node` (the execution node's, as sites'
+    /// wrappers set it) or `engine` (docker's default, the container id).
+    pub hostname: HostnameRule,
     /// What `berth doctor` reports when the engine's runc is older than
     /// 1.1.12 (CVE-2024-21626): `warn`, or `fail` (exit 78).
     pub old_runc: OldRunc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostnameRule {
+    Node,
+    Engine,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -233,6 +243,7 @@ impl Default for DockerPolicy {
             ports: Vec::new(),
             add_host: true,
             stop_timeout: 10,
+            hostname: HostnameRule::Node,
             old_runc: OldRunc::Warn,
         }
     }

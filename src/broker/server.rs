@@ -13,20 +13,19 @@ use crate::cli::Scheduler;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::job::{decide, Caller, Decision};
-use crate::launch;
+use crate::launch::{self, supervise, supervise::Event, supervise::Outcome, supervise::Stdio};
 use crate::plan::LaunchPlan;
 use crate::policy::{check_trusted_path, Policy};
 use nix::sys::signal::{SigSet, Signal};
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Age past which a per-job directory or pin with no container is stale.
 const STALE_AFTER: Duration = Duration::from_secs(300);
@@ -44,8 +43,8 @@ struct State {
     policy_path: PathBuf,
     policy: RwLock<Arc<Policy>>,
     audit: Mutex<Audit>,
-    /// Running jobs: container name → (plan, docker pid), for shutdown.
-    active: Mutex<HashMap<String, (LaunchPlan, u32)>>,
+    /// Running jobs: container name → plan, for shutdown.
+    active: Mutex<HashMap<String, LaunchPlan>>,
     connections: AtomicUsize,
     /// Set (under the `active` lock) when SIGTERM abandons the jobs: a job
     /// ending after it was killed by the stop, not by itself.
@@ -251,13 +250,13 @@ fn control_loop(state: Arc<State>, set: SigSet, socket: PathBuf) {
             _ => {
                 log::warn!("stopping: abandoning running jobs");
                 let _ = std::fs::remove_file(&socket);
-                let jobs: Vec<(LaunchPlan, u32)> = {
+                let jobs: Vec<LaunchPlan> = {
                     let active = state.active.lock().unwrap_or_else(|e| e.into_inner());
                     state.stopping.store(true, Ordering::SeqCst);
                     active.values().cloned().collect()
                 };
-                for (plan, pid) in jobs {
-                    launch::abandon(&plan, &Engine::new(&plan.socket), Some(pid));
+                for plan in jobs {
+                    launch::abandon(&plan, &Engine::new(&plan.socket));
                 }
                 std::process::exit(0);
             }
@@ -435,136 +434,91 @@ fn run_job(
     launch::prepare(plan).inspect_err(|_| launch::remove_job_dir(&plan.job_dir))?;
     launch::pin(plan).inspect_err(|_| launch::cleanup(plan))?;
     let mut fds = fds.into_iter();
-    let (i, o, e) = (fds.next(), fds.next(), fds.next());
-    let mut cmd = launch::docker_command(plan);
-    cmd.stdin(i.map(Stdio::from).unwrap_or(Stdio::null()))
-        .stdout(o.map(Stdio::from).unwrap_or(Stdio::null()))
-        .stderr(e.map(Stdio::from).unwrap_or(Stdio::null()));
-    let spawned = cmd.spawn();
-    // Hold no copy of the job's descriptors: readers must see EOF at its end.
-    drop(cmd);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            launch::cleanup(plan);
-            return Err(Error::Config(format!(
-                "cannot run {}: {e}; fix docker.path in the policy",
-                plan.argv[0]
-            )));
-        }
+    let stdio = Stdio {
+        stdin: fds.next(),
+        stdout: fds.next(),
+        stderr: fds.next(),
     };
-    let pid = child.id();
     {
         let mut active = state.active.lock().unwrap_or_else(|e| e.into_inner());
         if state.stopping.load(Ordering::SeqCst) {
-            // Too late for the stop's list of jobs to abandon: do it here.
             drop(active);
-            launch::abandon(plan, engine, Some(pid));
-            let _ = child.wait();
+            launch::cleanup(plan);
             return Err(stopped());
         }
-        active.insert(plan.name.clone(), (plan.clone(), pid));
+        active.insert(plan.name.clone(), plan.clone());
     }
-    send(
-        stream,
-        &DaemonMsg::Started {
-            container: plan.name.clone(),
-        },
-    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The client's frames become events: signals to forward, and its end
+    // (killed, disconnected) abandons the job. A client that sends half a
+    // frame blocks only this reader, never the job.
     let _ = stream.set_read_timeout(None);
-
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a non-negative result is a descriptor we now own.
-    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as i32) });
-
-    let mut kill_at: Option<Instant> = None;
-    let mut rx = stream;
-    let outcome = loop {
-        let timeout_ms: i32 = match (kill_at, &pidfd) {
-            (Some(at), _) => at
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(1000) as i32,
-            (None, Some(_)) => 1000,
-            (None, None) => 50,
-        };
-        let mut pfds = vec![nix::poll::PollFd::new(
-            stream.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        if let Some(p) = &pidfd {
-            pfds.push(nix::poll::PollFd::new(
-                p.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            ));
-        }
-        let _ = nix::poll::poll(
-            &mut pfds,
-            nix::poll::PollTimeout::try_from(timeout_ms.max(0))
-                .unwrap_or(nix::poll::PollTimeout::MAX),
-        );
-        let client_ready = pfds[0].revents().is_some_and(|r| !r.is_empty());
-        drop(pfds);
-        if let Ok(Some(status)) = child.try_wait() {
-            break Some(status);
-        }
-        if let Some(at) = kill_at {
-            if Instant::now() >= at {
-                let _ = engine.kill(&plan.name, "KILL");
-                kill_at = None;
-            }
-        }
-        if !client_ready {
-            continue;
-        }
-        match proto::read_frame::<ClientMsg>(&mut rx, proto::MAX_FRAME) {
-            Ok(Some(ClientMsg::Signal { signal })) => {
-                let Ok(sig) = Signal::from_str(&signal) else {
-                    continue;
-                };
-                if !launch::FORWARDED.contains(&sig) {
-                    continue;
-                }
-                let (name, sock) = (plan.name.clone(), plan.socket.clone());
-                std::thread::spawn(move || launch::forward_signal(&Engine::new(&sock), &name, sig));
-                if matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)
-                    && kill_at.is_none()
-                {
-                    kill_at = Some(Instant::now() + Duration::from_secs(plan.stop_timeout.into()));
-                }
-            }
-            // The client is gone (killed, or its connection dropped).
-            _ => break None,
-        }
+    let reader = stream
+        .try_clone()
+        .map_err(|e| Error::internal("cloning the client socket", e));
+    let reader_tx = tx.clone();
+    let spawned = reader.and_then(|mut r| {
+        std::thread::Builder::new()
+            .name("client".into())
+            .spawn(move || client_events(&mut r, &reader_tx))
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "the broker cannot start a thread for the job ({e}); requeue the job"
+                ))
+            })
+    });
+    let result = match spawned {
+        Err(e) => Err(e),
+        Ok(_) => supervise::run(plan, engine, stdio, tx, &rx, &mut || {
+            send(
+                stream,
+                &DaemonMsg::Started {
+                    container: plan.name.clone(),
+                },
+            )
+        }),
     };
-    let result = match outcome {
-        // Killed by the daemon's own stop: not the job's exit code.
-        Some(_) if state.stopping.load(Ordering::SeqCst) => {
-            launch::finish(plan, engine);
-            Err(stopped())
-        }
-        Some(status) => {
-            launch::finish(plan, engine);
-            Ok(Some(launch::exit_code(status)))
-        }
-        None => {
-            log::warn!(
-                "client of {} disconnected: killing the container",
-                plan.name
-            );
-            launch::abandon(plan, engine, Some(pid));
-            let _ = child.wait();
-            Ok(None)
-        }
-    };
+    // End the reader: nothing more is wanted from the client.
+    let _ = stream.shutdown(std::net::Shutdown::Read);
+    launch::cleanup(plan);
     state
         .active
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&plan.name);
-    let _ = pidfd.map(|p| p.as_raw_fd());
-    result
+    match result {
+        // Killed by the daemon's own stop: not the job's exit code.
+        _ if state.stopping.load(Ordering::SeqCst) => Err(stopped()),
+        Ok(Outcome::Exited(code)) => Ok(Some(code)),
+        Ok(Outcome::Abandoned) => {
+            log::warn!(
+                "client of {} disconnected: its container was killed and removed",
+                plan.name
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Read a client's frames until it goes away.
+fn client_events(r: &mut UnixStream, tx: &std::sync::mpsc::Sender<Event>) {
+    loop {
+        match proto::read_frame::<ClientMsg>(r, proto::MAX_FRAME) {
+            Ok(Some(ClientMsg::Signal { signal })) => {
+                let Ok(sig) = Signal::from_str(&signal) else {
+                    continue;
+                };
+                if launch::FORWARDED.contains(&sig) && tx.send(Event::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+            _ => {
+                let _ = tx.send(Event::Abandon);
+                return;
+            }
+        }
+    }
 }
 
 fn stopped() -> Error {

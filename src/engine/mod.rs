@@ -9,6 +9,14 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod container;
+pub use container::{Attach, Wait};
+
+/// The Engine API version berth speaks, pinned: what it sends and reads
+/// never changes under it when the engine is upgraded. 1.41 is Docker
+/// 20.10's (Debian 12); later engines still serve it.
+pub const API: &str = "/v1.41";
+
 pub struct Engine {
     socket: PathBuf,
 }
@@ -26,22 +34,29 @@ impl Response {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
-    fn json(&self) -> Result<Value> {
+    pub(crate) fn json(&self) -> Result<Value> {
         serde_json::from_slice(&self.body)
             .map_err(|e| Error::internal("engine reply is not JSON", e))
     }
-    fn message(&self) -> String {
-        serde_json::from_slice::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| {
-                String::from_utf8_lossy(&self.body)
-                    .trim()
-                    .chars()
-                    .take(300)
-                    .collect()
-            })
+    pub(crate) fn message(&self) -> String {
+        message_of(&self.body)
     }
+}
+
+/// The engine's error message in a reply body (`{"message": …}`), or the
+/// body's first 300 characters.
+pub(crate) fn message_of(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| {
+            String::from_utf8_lossy(body)
+                .trim()
+                .chars()
+                .take(300)
+                .collect()
+        })
+        .replace(['\n', '\r'], " ")
 }
 
 /// Percent-encode a query value or path segment.
@@ -64,7 +79,12 @@ impl Engine {
         }
     }
 
-    fn unavailable(&self, e: impl std::fmt::Display) -> Error {
+    /// A new connection to the engine's socket.
+    pub(crate) fn connect(&self) -> Result<UnixStream> {
+        UnixStream::connect(&self.socket).map_err(|e| self.unavailable(e))
+    }
+
+    pub(crate) fn unavailable(&self, e: impl std::fmt::Display) -> Error {
         Error::Unavailable(format!(
             "docker engine at {} is not reachable ({e}); start dockerd on this node, or requeue the job",
             self.socket.display()
@@ -78,12 +98,12 @@ impl Engine {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Response> {
-        let mut s = UnixStream::connect(&self.socket).map_err(|e| self.unavailable(e))?;
+        let mut s = self.connect()?;
         s.set_read_timeout(Some(timeout)).ok();
         s.set_write_timeout(Some(timeout)).ok();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: berth/{}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {API}{path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: berth/{}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             env!("CARGO_PKG_VERSION"),
             body.len()
         );
@@ -154,17 +174,12 @@ impl Engine {
             Duration::from_secs(3600),
         )?;
         if r.status != 200 {
-            return Err(Error::Unavailable(format!(
-                "pull of {reference} failed: {}",
-                r.message()
-            )));
+            return Err(pull_error(reference, r.status, &r.message()));
         }
         for line in r.body.split(|b| *b == b'\n') {
             if let Ok(v) = serde_json::from_slice::<Value>(line) {
                 if let Some(e) = v.get("error").and_then(Value::as_str) {
-                    return Err(Error::Unavailable(format!(
-                        "pull of {reference} failed: {e}"
-                    )));
+                    return Err(pull_error(reference, 200, e));
                 }
             }
         }
@@ -373,12 +388,12 @@ impl Engine {
         len: u64,
     ) -> Result<std::result::Result<Vec<String>, String>> {
         use std::io::{Seek, SeekFrom};
-        let mut s = UnixStream::connect(&self.socket).map_err(|e| self.unavailable(e))?;
+        let mut s = self.connect()?;
         let t = Some(Duration::from_secs(3600));
         s.set_read_timeout(t).ok();
         s.set_write_timeout(t).ok();
         let head = format!(
-            "POST /images/load?quiet=1 HTTP/1.1\r\nHost: docker\r\nUser-Agent: berth/{}\r\nConnection: close\r\nContent-Type: application/x-tar\r\nContent-Length: {len}\r\n\r\n",
+            "POST {API}/images/load?quiet=1 HTTP/1.1\r\nHost: docker\r\nUser-Agent: berth/{}\r\nConnection: close\r\nContent-Type: application/x-tar\r\nContent-Length: {len}\r\n\r\n",
             env!("CARGO_PKG_VERSION"),
         );
         s.write_all(head.as_bytes())
@@ -506,11 +521,39 @@ impl Engine {
     }
 }
 
-/// Parse an HTTP/1.1 reply read to EOF (Connection: close), decoding a
-/// chunked body.
-fn parse_response(raw: &[u8], head: bool) -> Option<Response> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head_text = std::str::from_utf8(&raw[..end]).ok()?;
+/// A failed pull: an image the registry says does not exist, or that the
+/// node may not pull, is the user's error (a denial: requeueing cannot
+/// help); anything else (registry or engine unreachable) is "unavailable".
+fn pull_error(reference: &str, status: u16, msg: &str) -> Error {
+    let m = msg.to_ascii_lowercase();
+    let missing = status == 404
+        || [
+            "manifest unknown",
+            "not found",
+            "pull access denied",
+            "unauthorized",
+            "repository does not exist",
+            "name unknown",
+        ]
+        .iter()
+        .any(|k| m.contains(k));
+    if missing {
+        Error::Denied(crate::error::Denial::new(
+            "images.missing",
+            reference,
+            format!("image {reference} does not exist in its registry, or this node may not pull it ({msg})"),
+            "check the image name and tag (docker.io/library/NAME:TAG), or ask for access to the repository",
+        ))
+    } else {
+        Error::Unavailable(format!(
+            "pull of {reference} failed: {msg}; the registry may be unreachable: requeue the job"
+        ))
+    }
+}
+
+/// An HTTP reply's status and headers (the text before the blank line).
+pub(crate) fn parse_head(head: &[u8]) -> Option<(u16, Vec<(String, String)>)> {
+    let head_text = std::str::from_utf8(head).ok()?;
     let mut lines = head_text.split("\r\n");
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let headers: Vec<(String, String)> = lines
@@ -519,6 +562,30 @@ fn parse_response(raw: &[u8], head: bool) -> Option<Response> {
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         })
         .collect();
+    Some((status, headers))
+}
+
+/// Decode a chunked body (RFC 9112 §7.1); `None` if it is cut short.
+pub(crate) fn dechunk(mut p: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let le = p.windows(2).position(|w| w == b"\r\n")?;
+        let size_txt = std::str::from_utf8(&p[..le]).ok()?;
+        let size = usize::from_str_radix(size_txt.split(';').next()?.trim(), 16).ok()?;
+        p = &p[le + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(p.get(..size)?);
+        p = p.get(size + 2..)?;
+    }
+}
+
+/// Parse an HTTP/1.1 reply read to EOF (Connection: close), decoding a
+/// chunked body.
+fn parse_response(raw: &[u8], head: bool) -> Option<Response> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let (status, headers) = parse_head(&raw[..end])?;
     let rest = &raw[end + 4..];
     let chunked = headers.iter().any(|(k, v)| {
         k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
@@ -526,20 +593,7 @@ fn parse_response(raw: &[u8], head: bool) -> Option<Response> {
     let body = if head {
         Vec::new()
     } else if chunked {
-        let mut out = Vec::new();
-        let mut p = rest;
-        loop {
-            let le = p.windows(2).position(|w| w == b"\r\n")?;
-            let size_txt = std::str::from_utf8(&p[..le]).ok()?;
-            let size = usize::from_str_radix(size_txt.split(';').next()?.trim(), 16).ok()?;
-            p = &p[le + 2..];
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(p.get(..size)?);
-            p = p.get(size + 2..)?;
-        }
-        out
+        dechunk(rest)?
     } else {
         rest.to_vec()
     };

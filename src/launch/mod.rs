@@ -1,15 +1,17 @@
 //! The launcher performs a [`LaunchPlan`] and nothing else:
 //!
 //! 1. create the root-owned per-job directory (tmp/ owned by the user,
-//!    passwd, group, env, an empty DOCKER_CONFIG);
-//! 2. fork a reaper in its own session that cleans up if berth is killed
-//!    (even with SIGKILL): kills docker, kills and removes the container,
+//!    passwd, group, hosts);
+//! 2. (root `berth run`) fork a reaper in its own session that cleans up if
+//!    berth is killed, even with SIGKILL: kills and removes the container,
 //!    removes the per-job directory;
-//! 3. exec docker by absolute path with a cleared environment, in its own
-//!    process group so signals sent to the job reach berth only;
-//! 4. forward SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 to the container through
-//!    the engine (escalating to SIGKILL after `stop_timeout` for SIGTERM);
-//! 5. wait, clean up, and return the container's exit code.
+//! 3. pin the volumes (opened as the user, bound where docker binds them);
+//! 4. run the container through the Engine API ([`supervise::run`], the one
+//!    launcher of every path), forwarding signals;
+//! 5. clean up, and return the container's exit code.
+
+pub mod streams;
+pub mod supervise;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -19,10 +21,9 @@ use nix::sys::signal::{SigSet, Signal};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use supervise::{Event, Outcome, Stdio};
 
 pub const FORWARDED: [Signal; 5] = [
     Signal::SIGTERM,
@@ -65,12 +66,9 @@ pub fn prepare(plan: &LaunchPlan) -> Result<()> {
     if let Some(g) = &plan.group {
         write("group", 0o644, g)?;
     }
-    let env: String = plan.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    write("env", 0o600, &env)?;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(plan.job_dir.join(".docker"))
-        .map_err(|e| io("DOCKER_CONFIG", e))?;
+    if let Some(h) = &plan.hosts {
+        write("hosts", 0o644, h)?;
+    }
     if plan.tmp.kind == TmpKind::Host {
         let tmp = plan.job_dir.join("tmp");
         std::fs::DirBuilder::new()
@@ -321,9 +319,11 @@ pub fn remove_job_dir(dir: &Path) {
 /// be creating it: look again until `patience` runs out; once it has been
 /// seen and removed, stop.
 fn destroy(engine: &Engine, name: &str, patience: Duration) {
-    let deadline = Instant::now() + patience;
+    let deadline = std::time::Instant::now() + patience;
     let mut seen = false;
     loop {
+        // A paused (suspended) container is thawed so the kill lands.
+        let _ = engine.unpause(name);
         let _ = engine.kill(name, "KILL");
         match engine.remove(name) {
             Ok(true) => seen = true,
@@ -334,7 +334,7 @@ fn destroy(engine: &Engine, name: &str, patience: Duration) {
                 return;
             }
         }
-        if Instant::now() >= deadline {
+        if std::time::Instant::now() >= deadline {
             return;
         }
         std::thread::sleep(Duration::from_millis(if seen { 20 } else { 100 }));
@@ -402,46 +402,8 @@ fn reaper_main(plan: &LaunchPlan, r: OwnedFd) {
         return;
     }
     // berth died before it cleaned up.
-    for line in text.lines() {
-        if let Some(pid) = line.strip_prefix('P').and_then(|p| p.parse::<i32>().ok()) {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
     let engine = Engine::new(&plan.socket);
-    abandon(plan, &engine, None);
-}
-
-/// Forward job-control signals to the container until the process exits.
-fn spawn_forwarder(name: String, socket: std::path::PathBuf, stop_timeout: u32, set: SigSet) {
-    std::thread::spawn(move || {
-        let engine = Engine::new(&socket);
-        let mut kill_at: Option<Instant> = None;
-        loop {
-            let sig = wait_signal(&set, Duration::from_millis(250));
-            if let Some(at) = kill_at {
-                if Instant::now() >= at {
-                    let _ = engine.kill(&name, "KILL");
-                    kill_at = None;
-                }
-            }
-            let Some(sig) = sig else { continue };
-            forward_signal(&engine, &name, sig);
-            if matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) && kill_at.is_none()
-            {
-                kill_at = Some(Instant::now() + Duration::from_secs(stop_timeout.into()));
-            }
-        }
-    });
-}
-
-/// Send a signal to the job's container; it may still be being created,
-/// so retry briefly.
-pub fn forward_signal(engine: &Engine, name: &str, sig: Signal) {
-    log::info!("forwarding {sig} to container {name}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !engine.kill(name, sig.as_str()).unwrap_or(false) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    abandon(plan, &engine);
 }
 
 pub fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
@@ -458,59 +420,11 @@ pub fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
     }
 }
 
-/// The docker command of a plan: absolute path, cleared environment, its
-/// own process group, no blocked signals.
-pub fn docker_command(plan: &LaunchPlan) -> Command {
-    let mut cmd = Command::new(&plan.argv[0]);
-    cmd.args(&plan.argv[1..])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("DOCKER_HOST", format!("unix://{}", plan.socket.display()))
-        .env("DOCKER_CONFIG", plan.job_dir.join(".docker"))
-        .env("HOME", plan.job_dir.join(".docker"));
-    // SAFETY: setpgid, signal(SIG_DFL) and sigprocmask are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
-            nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGXFSZ,
-                nix::sys::signal::SigHandler::SigDfl,
-            )?;
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&SigSet::empty()),
-                None,
-            )?;
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// After docker returned: make sure the container is gone (docker run --rm
-/// removes it before returning; this catches a CLI that died) and remove
-/// the per-job directory.
-pub fn finish(plan: &LaunchPlan, engine: &Engine) {
-    let _ = engine.remove(&plan.name);
-    cleanup(plan);
-}
-
-/// The job was abandoned (its client died, berth is stopping): kill
-/// docker's process group, kill and remove the container, remove the
-/// per-job directory.
-pub fn abandon(plan: &LaunchPlan, engine: &Engine, docker_pid: Option<u32>) {
-    if let Some(pid) = docker_pid {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-    }
+/// The job was abandoned (its client died, berth is stopping): kill and
+/// remove the container, remove the per-job directory.
+pub fn abandon(plan: &LaunchPlan, engine: &Engine) {
     destroy(engine, &plan.name, Duration::from_secs(3));
     cleanup(plan);
-}
-
-/// The job's exit code from docker's status (128+N for a signal).
-pub fn exit_code(status: std::process::ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// Check that this process may prepare jobs.
@@ -525,7 +439,8 @@ pub fn require_root() -> Result<()> {
     }
 }
 
-/// Perform the plan in this process; return the job's exit code.
+/// Perform the plan in this process (root `berth run`); return the job's
+/// exit code.
 pub fn run(plan: &LaunchPlan) -> Result<i32> {
     require_root()?;
     let engine = Engine::new(&plan.socket);
@@ -536,36 +451,50 @@ pub fn run(plan: &LaunchPlan) -> Result<i32> {
         reaper.tell("D\n");
         return Err(e);
     }
-
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(s);
     }
     let _ = set.thread_block();
-
-    let mut child = match docker_command(plan).spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            reaper.tell("D\n");
-            cleanup(plan);
-            return Err(Error::Config(format!(
-                "cannot run {}: {e}; fix docker.path in the policy",
-                plan.argv[0]
-            )));
-        }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sig_tx = tx.clone();
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            if let Some(sig) = wait_signal(&set, Duration::from_secs(3600)) {
+                if sig_tx.send(Event::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        });
+    let result = match spawned {
+        Err(e) => Err(Error::Unavailable(format!(
+            "cannot start the thread that forwards signals to the job ({e}); the process limit (ulimit -u) is too low"
+        ))),
+        Ok(_) => own_stdio().and_then(|stdio| {
+            supervise::run(plan, &engine, stdio, tx, &rx, &mut || {})
+        }),
     };
-    reaper.tell(&format!("P{}\n", child.id()));
-    spawn_forwarder(
-        plan.name.clone(),
-        plan.socket.clone(),
-        plan.stop_timeout,
-        set,
-    );
-
-    let status = child
-        .wait()
-        .map_err(|e| Error::internal("waiting for docker", e));
-    finish(plan, &engine);
+    cleanup(plan);
     reaper.tell("D\n");
-    Ok(exit_code(status?))
+    match result? {
+        Outcome::Exited(code) => Ok(code),
+        Outcome::Abandoned => Ok(128 + Signal::SIGKILL as i32),
+    }
+}
+
+/// This process's stdin, stdout and stderr, duplicated for the job.
+fn own_stdio() -> Result<Stdio> {
+    let dup = |fd: i32| -> Result<Option<OwnedFd>> {
+        // SAFETY: 0, 1 and 2 are open (harden() reopens closed ones).
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        b.try_clone_to_owned()
+            .map(Some)
+            .map_err(|e| Error::internal("duplicating the job's descriptors", e))
+    };
+    Ok(Stdio {
+        stdin: dup(0)?,
+        stdout: dup(1)?,
+        stderr: dup(2)?,
+    })
 }

@@ -519,8 +519,13 @@ fn network_ipc_shm_ports_hosts() {
     ));
     assert!(has(
         &try_plan(&[("LSF_DOCKER_SHM_SIZE", "512m")]).unwrap(),
-        "--shm-size=512m"
+        "--shm-size=536870912"
     ));
+    let p = try_plan(&[("LSF_DOCKER_SHM_SIZE", "512m")]).unwrap();
+    assert_eq!(
+        p.spec.create_body(&p.env)["HostConfig"]["ShmSize"],
+        536870912u64
+    );
     assert_eq!(
         denied(&[("LSF_DOCKER_SHM_SIZE", "2g")]).rule,
         "docker.max_shm_size"
