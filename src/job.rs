@@ -334,6 +334,8 @@ fn explain(policy_path: &Path, args: &RunArgs, json: bool) -> Result<i32> {
         let mut v = serde_json::to_value(&plan).map_err(|e| Error::internal("plan to JSON", e))?;
         v["decision"] = "allow".into();
         v["image_facts_checked"] = reachable.into();
+        // What the launcher will send (variables by name only).
+        v["create_body"] = plan.spec.shown_body();
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         print!("{}", describe(&plan, reachable));

@@ -229,10 +229,11 @@ fn an_unprivileged_user_runs_as_herself_through_the_broker() {
     assert_eq!(numbers(l[2]), groups);
     assert_eq!(l[3], ALICE_DIR);
     assert!(out.stderr.contains("to-stderr"), "{out:?}");
-    // One docker run, as 2001, by the daemon (root), with the spy's record.
-    let runs = b.bed.spy_runs(&job.id);
+    // One container created, as 2001, by the daemon (root), as the
+    // engine received it.
+    let runs = b.bed.creates(&job.id);
     assert_eq!(runs.len(), 1, "{runs:?}");
-    assert!(runs[0].has_arg("--user=2001:2001"), "{:?}", runs[0].args);
+    assert_eq!(runs[0].body["User"], "2001:2001", "{:?}", runs[0].body);
     // The audit trail names the kernel's caller.
     let launch = b.audit_event(&job.id, "launch");
     assert_eq!(launch.len(), 1, "{launch:?}");
@@ -317,7 +318,7 @@ fn a_relay_names_the_job_user_but_never_root() {
         let job = b.bed.job().env("LSFUSER", who);
         b.run_as(&relay, &job, "id -u").expect_code(77);
         b.bed.assert_no_leaks(&job.id);
-        assert!(b.bed.spy_runs(&job.id).is_empty());
+        assert!(b.bed.creates(&job.id).is_empty());
     }
 }
 
@@ -388,9 +389,9 @@ fn malformed_requests_are_refused_and_the_daemon_goes_on() {
     let idle = connect_as(&alice, &b.daemon.socket);
     // Nothing was started by any of it.
     assert!(
-        b.bed.spy_calls().iter().all(|c| !c.is_run()),
+        b.bed.engine_calls().iter().all(|c| !c.is_create()),
         "{:?}",
-        b.bed.spy_calls()
+        b.bed.engine_calls()
     );
     // The daemon still serves, even with the idle connection open.
     b.assert_daemon_alive();
@@ -563,7 +564,7 @@ fn the_broker_gives_no_way_to_the_docker_socket() {
         assert!(out.stdout.is_empty(), "{k}={v}: {out:?}");
         b.bed.assert_no_leaks(&job.id);
         assert!(
-            b.bed.spy_runs(&job.id).is_empty(),
+            b.bed.creates(&job.id).is_empty(),
             "{k}={v} reached docker run"
         );
         let denial = b.audit_event(&job.id, "denial");
@@ -585,7 +586,7 @@ fn the_broker_gives_no_way_to_the_docker_socket() {
         assert!(r.stdout.is_empty(), "cwd {cwd}: {}", r.stdout);
         b.bed.assert_no_leaks(&job);
         assert!(
-            b.bed.spy_runs(&job).is_empty(),
+            b.bed.creates(&job).is_empty(),
             "cwd {cwd} reached docker run"
         );
     }
@@ -602,24 +603,17 @@ fn the_broker_gives_no_way_to_the_docker_socket() {
     );
     out.expect_ok();
     assert_eq!(out.lines(), ["2001"]);
-    let run = &b.bed.spy_runs(&job.id)[0];
-    for bad in [
-        "--privileged",
-        "--pid=host",
-        "--network=host",
-        "--ipc=host",
-        "--userns=host",
-        "--uts=host",
-    ] {
-        assert!(!run.has_arg(bad), "{bad} in {:?}", run.args);
+    let run = b.bed.create_of(&job.id);
+    let h = run.host();
+    for k in ["Privileged", "PidMode", "UsernsMode", "UTSMode", "Devices"] {
+        assert!(h.get(k).is_none(), "{k} in {h}");
     }
+    assert_eq!(h["NetworkMode"], "none");
+    assert_eq!(h["IpcMode"], "private");
     assert!(
-        run.args
-            .iter()
-            .take_while(|a| a.starts_with("--"))
-            .all(|a| !a.contains("docker.sock")),
+        run.mounts().iter().all(|(src, _, _)| !src.contains("docker.sock")),
         "{:?}",
-        run.args
+        run.mounts()
     );
 }
 

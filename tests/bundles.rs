@@ -206,12 +206,12 @@ fn from_image_runs_by_id_and_facts_match() {
     let out = job.run("echo ran-$(id -u)");
     out.expect_ok();
     assert_eq!(out.stdout.trim(), "ran-2001");
-    let runs = bed.spy_runs(&job.id);
+    let runs = bed.creates(&job.id);
     assert_eq!(runs.len(), 1);
-    assert!(
-        runs[0].has_arg(&id),
+    assert_eq!(
+        runs[0].body["Image"], id.as_str(),
         "the job runs by image id: {:?}",
-        runs[0].args
+        runs[0].body
     );
     assert!(load_events(&bed, &id).is_empty());
     let list = bundle(&bed, &["list"]);
@@ -360,7 +360,7 @@ fn corrupt_layer_is_refused_and_nothing_stays_loaded() {
     out.expect_code(78);
     assert!(out.stderr.contains(&name), "{}", out.stderr);
     assert!(!image_present(&id), "no image is left loaded");
-    assert!(bed.spy_runs(&job.id).is_empty());
+    assert!(bed.creates(&job.id).is_empty());
     let loads = load_events(&bed, &id);
     assert_eq!(loads.len(), 1);
     assert_eq!(loads[0]["decision"], "error");
@@ -503,7 +503,7 @@ fn eight_concurrent_cold_starts_load_once() {
     assert_eq!(loads.len(), 1, "docker load ran exactly once: {loads:?}");
     assert_eq!(loads[0]["decision"], "allow");
     for j in &jobs {
-        assert_eq!(bed.spy_runs(&j.id).len(), 1);
+        assert_eq!(bed.creates(&j.id).len(), 1);
         bed.assert_no_leaks(&j.id);
     }
 }
@@ -531,8 +531,8 @@ fn a_stolen_tag_does_not_change_what_runs() {
     let _ = docker(&["rmi", &tag]);
     out.expect_ok();
     assert_eq!(out.stdout.trim(), "var=from-bundle");
-    let runs = bed.spy_runs(&job.id);
-    assert!(runs[0].has_arg(&id), "{:?}", runs[0].args);
+    let runs = bed.creates(&job.id);
+    assert_eq!(runs[0].body["Image"], id.as_str(), "{:?}", runs[0].body);
     assert_eq!(load_events(&bed, &id).len(), 1);
 }
 

@@ -174,16 +174,15 @@ fn symlink_inside_the_root_mounts_its_target() {
         out.stdout
     );
     assert_eq!(out.field("TYPE"), Some("directory"));
-    let runs = bed.spy_runs(&job.id);
+    let runs = bed.creates(&job.id);
     assert_eq!(runs.len(), 1);
     assert!(
         runs[0]
-            .args
+            .mounts()
             .iter()
-            .any(|a| a.starts_with("--mount=type=bind,src=/run/berth/mnt/")
-                && a.contains(",dst=/data")),
+            .any(|(src, dst, _)| src.starts_with("/run/berth/mnt/") && dst == "/data"),
         "docker must bind the pinned mount, not a path the user can swap: {:?}",
-        runs[0].args
+        runs[0].mounts()
     );
     // The audit record names the resolved target.
     let audit = bed.audit_for(&job.id);
@@ -531,25 +530,19 @@ fn hostile_caller_environment_does_not_reach_docker_or_the_job() {
     let out = job.run("env");
     out.expect_ok();
 
-    let runs = bed.spy_runs(&job.id);
-    assert_eq!(runs.len(), 1, "docker run calls: {runs:?}");
-    let env = &runs[0].env;
-    assert!(!env.contains_key("LD_PRELOAD"), "docker env {env:?}");
+    // DOCKER_HOST did not redirect berth: the policy's engine socket (the
+    // bed's recorder) got the create, and its body carries none of the
+    // caller's hostile values.
+    let runs = bed.creates(&job.id);
+    assert_eq!(runs.len(), 1, "creates: {runs:?}");
+    let env = runs[0].env();
     assert!(
-        env.get("DOCKER_HOST")
-            .is_some_and(|h| h.starts_with("unix://")),
-        "docker env {env:?}"
-    );
-    let path = env.get("PATH").expect("docker has a PATH");
-    assert!(
-        !path.contains("evil") && path.contains("/usr/bin"),
-        "PATH {path}"
-    );
-    assert_ne!(env.get("DOCKER_CONFIG").map(String::as_str), Some("/evil"));
-    assert!(
-        !env.values()
-            .any(|v| v.contains("evil") || v.contains("nonexistent")),
-        "docker env {env:?}"
+        !env.iter().any(|e| e.starts_with("LD_")
+            || e.starts_with("DOCKER_")
+            || e.starts_with("PATH=")
+            || e.contains("evil")
+            || e.contains("nonexistent")),
+        "create body env {env:?}"
     );
 
     let inside: Vec<&str> = out.stdout.lines().collect();
@@ -604,8 +597,8 @@ fn policy_path_is_never_taken_from_the_environment() {
         bed.audit()
     );
     assert!(
-        bed.spy_calls().is_empty(),
-        "env-named policy's docker was run"
+        bed.engine_calls().is_empty(),
+        "env-named policy's engine socket was used"
     );
     if absent {
         // No default policy: berth refuses (78) and names the file it wanted.
@@ -777,7 +770,12 @@ fn explain_json_prints_the_plan_without_running_it() {
         .iter()
         .filter_map(|a| a.as_str())
         .collect();
-    assert_eq!(argv[0], bed.spy_path().display().to_string());
+    assert_eq!(argv[0], "/usr/bin/docker");
+    // The create body that is sent is shown too, describing the same
+    // container.
+    let body = &v["create_body"];
+    assert_eq!(body["Image"], v["image"]["id"], "{body}");
+    assert_eq!(body["HostConfig"]["CapDrop"][0], "ALL", "{body}");
     assert!(
         argv.contains(&"run") && argv.contains(&"--cap-drop=ALL"),
         "{argv:?}"

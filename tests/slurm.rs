@@ -495,7 +495,7 @@ fn volumes_follow_the_policy() {
             .contains("ran")
     );
     s.bed.assert_no_leaks(&id);
-    assert!(s.bed.spy_runs(&id).is_empty());
+    assert!(s.bed.creates(&id).is_empty());
 }
 
 #[test]
@@ -533,28 +533,21 @@ fn the_container_is_locked_down_like_every_berth_job() {
     let out = read_output(&dir.path.join(format!("{name}.out")));
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
-    let runs = s.bed.spy_runs(&id);
+    let runs = s.bed.creates(&id);
     assert_eq!(runs.len(), 1, "{runs:?}");
     let r = &runs[0];
-    for a in [
-        "--user=2001:2001",
-        "--cap-drop=ALL",
-        "--security-opt=no-new-privileges",
-        "--network=none",
-        "--rm",
-        "--init",
-    ] {
-        assert!(r.has_arg(a), "{a} missing from {:?}", r.args);
-    }
-    assert!(!r.has_arg("--privileged"));
+    let h = r.host();
+    assert_eq!(r.body["User"], "2001:2001", "{:?}", r.body);
+    assert_eq!(h["CapDrop"], serde_json::json!(["ALL"]));
+    assert_eq!(h["SecurityOpt"], serde_json::json!(["no-new-privileges"]));
+    assert_eq!(h["NetworkMode"], "none");
+    assert_eq!(h["AutoRemove"], true);
+    assert_eq!(h["Init"], true);
+    assert!(h.get("Privileged").is_none_or(|p| p == false), "{h}");
     // The image is the bundle's, run by id.
     let meta = std::fs::read_to_string(s.bundle.join("bundle.toml")).unwrap();
     let want: toml::Table = toml::from_str(&meta).unwrap();
-    assert!(
-        r.has_arg(want["image_id"].as_str().unwrap()),
-        "{:?}",
-        r.args
-    );
+    assert_eq!(r.body["Image"], want["image_id"].as_str().unwrap(), "{:?}", r.body);
 }
 
 #[test]

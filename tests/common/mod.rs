@@ -5,12 +5,15 @@
 //! images berth-test/*:1). A missing engine FAILS a test, never skips it.
 //!
 //! Every test builds its own [`Bed`]: a root-owned temporary directory with
-//! a policy file, a per-job tmp base, a facts cache, an audit log and a
-//! "docker spy" (a shell script that records its argv and environment, then
-//! execs the real docker). Jobs get unique `LSB_JOBID`s ([`next_job_id`]) so
+//! a policy file, a per-job tmp base, a facts cache, an audit log and an
+//! engine recorder: a proxy on the bed's own socket, in front of dockerd,
+//! that records every Engine API request berth sends (what the engine
+//! actually got) and passes everything through unchanged. Jobs get unique `LSB_JOBID`s ([`next_job_id`]) so
 //! tests can run in parallel threads on one shared dockerd, which no test
 //! ever stops.
 #![allow(dead_code)]
+
+pub mod recorder;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -321,29 +324,13 @@ pub fn numbers(s: &str) -> Vec<u32> {
 // the test bed: policy, spy, tmp base, audit
 // ---------------------------------------------------------------------------
 
-/// One recorded invocation of the docker spy.
-#[derive(Debug, Clone, Default)]
-pub struct SpyCall {
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-}
-
-impl SpyCall {
-    pub fn is_run(&self) -> bool {
-        self.args.first().map(String::as_str) == Some("run")
-    }
-    pub fn has_arg(&self, a: &str) -> bool {
-        self.args.iter().any(|x| x == a)
-    }
-    /// Whether this call is for job `job` (its `--label=berth.job=` arg).
-    pub fn is_job(&self, job: &str) -> bool {
-        self.has_arg(&format!("--label=berth.job={job}"))
-    }
-}
+pub use recorder::EngineCall;
 
 /// A root-owned temporary directory holding one test's policy, docker spy,
 /// per-job tmp base, facts cache and audit log. Removed on drop.
 pub struct Bed {
+    // The recorder stops before the directory holding its socket goes.
+    recorder: recorder::Recorder,
     dir: tempfile::TempDir,
     pub policy: toml::Table,
 }
@@ -364,13 +351,14 @@ impl Bed {
         // Root-owned and 0755: a trusted policy directory that job users can
         // still traverse (env files placed here must be readable by them).
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let recorder = recorder::Recorder::start(&dir.path().join("engine.sock"), DOCKER_SOCK);
         let mut bed = Bed {
+            recorder,
             dir,
             policy: toml::Table::new(),
         };
         bed.policy = bed.standard_policy();
         edit(&mut bed.policy);
-        bed.write_spy();
         bed.write_policy();
         bed
     }
@@ -381,11 +369,9 @@ impl Bed {
     pub fn policy_path(&self) -> PathBuf {
         self.path().join("policy.toml")
     }
-    pub fn spy_path(&self) -> PathBuf {
-        self.path().join("docker-spy")
-    }
-    pub fn spy_dir(&self) -> PathBuf {
-        self.path().join("spy.d")
+    /// The bed's engine socket (the recorder in front of dockerd).
+    pub fn engine_sock(&self) -> PathBuf {
+        self.path().join("engine.sock")
     }
     pub fn jobs_dir(&self) -> PathBuf {
         self.path().join("jobs")
@@ -418,7 +404,7 @@ mode = "ro"
 base = "{d}/jobs"
 
 [docker]
-path = "{d}/docker-spy"
+socket = "{d}/engine.sock"
 
 [audit]
 log = "{d}/audit.log"
@@ -435,58 +421,26 @@ log = "{d}/audit.log"
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 
-    fn write_spy(&self) {
-        std::fs::create_dir(self.spy_dir()).unwrap();
-        // One NUL-separated record per call, in its own file (calls may run
-        // concurrently): "A<arg>" per argument, then "ENV", then `env -0`.
-        let script = format!(
-            r#"#!/bin/sh
-f="{spy}/call.$$"
-for a in "$@"; do printf 'A%s\0' "$a"; done >"$f"
-printf 'ENV\0' >>"$f"
-/usr/bin/env -0 >>"$f"
-exec {DOCKER} "$@"
-"#,
-            spy = self.spy_dir().display()
-        );
-        let p = self.spy_path();
-        std::fs::write(&p, script).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    /// Every Engine API request berth sent through this bed, in order.
+    pub fn engine_calls(&self) -> Vec<EngineCall> {
+        self.recorder.calls()
     }
 
-    /// Every recorded docker invocation, in no particular order.
-    pub fn spy_calls(&self) -> Vec<SpyCall> {
-        let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.spy_dir()) else {
-            return out;
-        };
-        for e in rd.flatten() {
-            let raw = std::fs::read(e.path()).unwrap_or_default();
-            let mut call = SpyCall::default();
-            let mut in_env = false;
-            for tok in raw.split(|b| *b == 0).filter(|t| !t.is_empty()) {
-                let tok = String::from_utf8_lossy(tok).into_owned();
-                if in_env {
-                    if let Some((k, v)) = tok.split_once('=') {
-                        call.env.insert(k.to_string(), v.to_string());
-                    }
-                } else if tok == "ENV" {
-                    in_env = true;
-                } else if let Some(a) = tok.strip_prefix('A') {
-                    call.args.push(a.to_string());
-                }
-            }
-            out.push(call);
-        }
-        out
-    }
-
-    /// The `docker run` calls made for job `job`.
-    pub fn spy_runs(&self, job: &str) -> Vec<SpyCall> {
-        self.spy_calls()
+    /// The container creates berth sent for job `job` (its `berth.job`
+    /// label): one per launch.
+    pub fn creates(&self, job: &str) -> Vec<EngineCall> {
+        self.engine_calls()
             .into_iter()
-            .filter(|c| c.is_run() && c.is_job(job))
+            .filter(|c| c.is_create() && c.is_job(job))
             .collect()
+    }
+
+    /// The one create of job `job`.
+    #[track_caller]
+    pub fn create_of(&self, job: &str) -> EngineCall {
+        let mut c = self.creates(job);
+        assert_eq!(c.len(), 1, "job {job}: creates {c:?}");
+        c.remove(0)
     }
 
     /// The audit log's records (JSON lines).
@@ -563,16 +517,16 @@ exec {DOCKER} "$@"
         );
     }
 
-    /// Assert that job `job` never reached docker: no `docker run` through
-    /// the spy, no container, no per-job directory.
+    /// Assert that job `job` never reached docker: no container create
+    /// sent to the engine, no container, no per-job directory.
     #[track_caller]
     pub fn assert_not_started(&self, job: &str) {
         let runs: Vec<_> = self
-            .spy_calls()
+            .engine_calls()
             .into_iter()
-            .filter(|c| c.is_run())
+            .filter(|c| c.is_create() && !c.is_probe())
             .collect();
-        assert!(runs.is_empty(), "docker run was called: {runs:?}");
+        assert!(runs.is_empty(), "a container was created: {runs:?}");
         self.assert_no_leaks(job);
     }
 
