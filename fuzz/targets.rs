@@ -241,14 +241,14 @@ fn check_body(p: &Policy, lp: &LaunchPlan, f: &ImageFacts) {
     assert!(!net.starts_with("container:"), "{net}");
     assert!(p.docker.networks.iter().any(|n| n == net), "{net}");
     assert_ne!(h["IpcMode"], "host");
-    for c in h["CapAdd"].as_array().expect("caps") {
+    for c in h["CapAdd"].as_array().into_iter().flatten() {
         let c = c.as_str().expect("cap");
         assert!(
             p.docker.cap_add.iter().any(|x| x.eq_ignore_ascii_case(c)),
             "{c}"
         );
     }
-    for g in h["GroupAdd"].as_array().expect("groups") {
+    for g in h["GroupAdd"].as_array().into_iter().flatten() {
         let g: u32 = g.as_str().expect("gid").parse().expect("numeric gid");
         assert!(g != 0 && g >= p.identity.min_gid, "group {g}");
     }

@@ -79,7 +79,9 @@ impl ContainerSpec {
         host.insert("AutoRemove".into(), true.into());
         host.insert("Init".into(), true.into());
         host.insert("CapDrop".into(), json!(["ALL"]));
-        host.insert("CapAdd".into(), json!(self.cap_add));
+        if !self.cap_add.is_empty() {
+            host.insert("CapAdd".into(), json!(self.cap_add));
+        }
         host.insert("SecurityOpt".into(), json!(["no-new-privileges"]));
         host.insert("PidsLimit".into(), self.pids_limit.into());
         host.insert("NetworkMode".into(), self.network.clone().into());
@@ -87,14 +89,16 @@ impl ContainerSpec {
         if let Some(s) = self.shm_size {
             host.insert("ShmSize".into(), s.into());
         }
-        host.insert(
-            "GroupAdd".into(),
-            json!(self
-                .group_add
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()),
-        );
+        if !self.group_add.is_empty() {
+            host.insert(
+                "GroupAdd".into(),
+                json!(self
+                    .group_add
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()),
+            );
+        }
         host.insert("LogConfig".into(), json!({"Type": "none", "Config": {}}));
         host.insert(
             "Mounts".into(),
@@ -327,6 +331,8 @@ mod tests {
         assert_eq!(b["Env"], json!(["A=x\u{0}y"]));
         assert_eq!(b["HostConfig"]["CapDrop"], json!(["ALL"]));
         assert_eq!(b["HostConfig"]["GroupAdd"], json!(["2001", "3000"]));
+        // What docker run leaves out when empty, the body leaves out too.
+        assert!(b["HostConfig"].get("CapAdd").is_none());
         assert_eq!(b["HostConfig"]["Mounts"][0]["ReadOnly"], true);
         assert_eq!(b["NetworkDisabled"], true);
         assert_eq!(b["Entrypoint"], json!(["/bin/sh"]));

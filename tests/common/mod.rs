@@ -421,6 +421,11 @@ log = "{d}/audit.log"
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 
+    /// The bed's engine recorder (to inject engine faults).
+    pub fn recorder(&self) -> &recorder::Recorder {
+        &self.recorder
+    }
+
     /// Every Engine API request berth sent through this bed, in order.
     pub fn engine_calls(&self) -> Vec<EngineCall> {
         self.recorder.calls()

@@ -70,10 +70,23 @@ impl EngineCall {
     }
 }
 
+/// Faults a test can make the "engine" show.
+#[derive(Default)]
+struct Faults {
+    /// Answer container creates with this status and message, as an
+    /// engine that refuses would.
+    refuse_create: Option<(u16, String)>,
+    /// Live connections by number (to cut them all at once: the engine
+    /// "goes away"); each proxy removes its own when it ends.
+    live: Vec<(u64, UnixStream)>,
+    next: u64,
+}
+
 pub struct Recorder {
     path: PathBuf,
     calls: Arc<Mutex<Vec<EngineCall>>>,
     stop: Arc<AtomicBool>,
+    faults: Arc<Mutex<Faults>>,
 }
 
 impl Recorder {
@@ -82,21 +95,42 @@ impl Recorder {
             .unwrap_or_else(|e| panic!("recorder socket {}: {e}", path.display()));
         let calls = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, st, up) = (calls.clone(), stop.clone(), upstream.to_string());
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let (c, st, up, f) = (
+            calls.clone(),
+            stop.clone(),
+            upstream.to_string(),
+            faults.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(client) = conn else { continue };
-                let (c, up) = (c.clone(), up.clone());
-                std::thread::spawn(move || proxy(client, &up, &c));
+                let (c, up, f) = (c.clone(), up.clone(), f.clone());
+                std::thread::spawn(move || proxy(client, &up, &c, &f));
             }
         });
         Recorder {
             path: path.to_path_buf(),
             calls,
             stop,
+            faults,
+        }
+    }
+
+    /// From now on, answer every job's container create (not the /bin/sh
+    /// probes) with `status` and the engine-style error `message`.
+    pub fn refuse_creates(&self, status: u16, message: &str) {
+        self.faults.lock().unwrap().refuse_create = Some((status, message.to_string()));
+    }
+
+    /// Cut every open connection (attach streams, waits) as an engine that
+    /// stops would; later connections are served again.
+    pub fn cut(&self) {
+        for (_, s) in self.faults.lock().unwrap().live.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }
 
@@ -114,7 +148,12 @@ impl Drop for Recorder {
 
 /// Read the request head and its Content-Length body from the client,
 /// record it, send it upstream, then splice both directions.
-fn proxy(mut client: UnixStream, upstream: &str, calls: &Mutex<Vec<EngineCall>>) {
+fn proxy(
+    mut client: UnixStream,
+    upstream: &str,
+    calls: &Mutex<Vec<EngineCall>>,
+    faults: &Mutex<Faults>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     let head_end = loop {
@@ -153,13 +192,40 @@ fn proxy(mut client: UnixStream, upstream: &str, calls: &Mutex<Vec<EngineCall>>)
         None => raw_path.to_string(),
     };
     let body = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or_default();
-    calls.lock().unwrap().push(EngineCall { method, path, body });
+    let call = EngineCall { method, path, body };
+    let refuse = faults.lock().unwrap().refuse_create.clone();
+    if let (true, Some((status, msg))) = (call.is_create() && !call.is_probe(), refuse) {
+        calls.lock().unwrap().push(call);
+        let body = serde_json::json!({ "message": msg }).to_string();
+        let _ = write!(
+            client,
+            "HTTP/1.1 {status} Refused\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
+    calls.lock().unwrap().push(call);
     let Ok(mut engine) = UnixStream::connect(upstream) else {
         return;
     };
     if engine.write_all(&buf).is_err() {
         return;
     }
+    let me = {
+        let mut f = faults.lock().unwrap();
+        f.next += 1;
+        let me = f.next;
+        if let (Ok(a), Ok(b)) = (client.try_clone(), engine.try_clone()) {
+            f.live.push((me, a));
+            f.live.push((me, b));
+        }
+        me
+    };
+    splice(client, engine);
+    faults.lock().unwrap().live.retain(|(n, _)| *n != me);
+}
+
+fn splice(mut client: UnixStream, mut engine: UnixStream) {
     let (Ok(mut c2), Ok(mut e2)) = (client.try_clone(), engine.try_clone()) else {
         return;
     };
