@@ -611,7 +611,9 @@ fn the_broker_gives_no_way_to_the_docker_socket() {
     assert_eq!(h["NetworkMode"], "none");
     assert_eq!(h["IpcMode"], "private");
     assert!(
-        run.mounts().iter().all(|(src, _, _)| !src.contains("docker.sock")),
+        run.mounts()
+            .iter()
+            .all(|(src, _, _)| !src.contains("docker.sock")),
         "{:?}",
         run.mounts()
     );

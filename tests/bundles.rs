@@ -209,7 +209,8 @@ fn from_image_runs_by_id_and_facts_match() {
     let runs = bed.creates(&job.id);
     assert_eq!(runs.len(), 1);
     assert_eq!(
-        runs[0].body["Image"], id.as_str(),
+        runs[0].body["Image"],
+        id.as_str(),
         "the job runs by image id: {:?}",
         runs[0].body
     );

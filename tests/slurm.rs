@@ -547,7 +547,12 @@ fn the_container_is_locked_down_like_every_berth_job() {
     // The image is the bundle's, run by id.
     let meta = std::fs::read_to_string(s.bundle.join("bundle.toml")).unwrap();
     let want: toml::Table = toml::from_str(&meta).unwrap();
-    assert_eq!(r.body["Image"], want["image_id"].as_str().unwrap(), "{:?}", r.body);
+    assert_eq!(
+        r.body["Image"],
+        want["image_id"].as_str().unwrap(),
+        "{:?}",
+        r.body
+    );
 }
 
 #[test]
