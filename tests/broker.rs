@@ -754,3 +754,38 @@ fn a_restarted_broker_cleans_what_a_killed_one_left() {
         victim
     );
 }
+
+#[test]
+fn a_restarted_broker_kills_the_containers_a_killed_one_left_running() {
+    let mut b = broker();
+    let other = broker();
+    let alice = alice();
+    let job = b.bed.job();
+    let mut child = b.spawn_as(&alice, &job, "sleep 120");
+    let id = wait_running(&job.id, Duration::from_secs(30));
+    // A job of another broker on the same engine must not be touched.
+    let theirs = other.bed.job();
+    let mut their_child = other.spawn_as(&alice, &theirs, "sleep 120");
+    let their_id = wait_running(&theirs.id, Duration::from_secs(30));
+    let dir = b.bed.wait_job_dir(&job.id, Duration::from_secs(10));
+    // The broker crashes; its client goes with it. The container would
+    // run on, orphaned, with nobody to stop it.
+    b.daemon.signal(Signal::SIGKILL);
+    assert!(b.daemon.wait_exit(Duration::from_secs(10)).is_some());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(inspect(&id)["State"]["Running"], true);
+    let socket = b.daemon.socket.clone();
+    b.daemon = Daemon::start(&b.bed, &socket);
+    b.bed
+        .assert_cleaned_within(&job.id, Duration::from_secs(15));
+    assert!(!dir.exists(), "the orphan's per-job directory is left");
+    assert!(b.pins(&job.id).is_empty(), "{:?}", b.pins(&job.id));
+    // The other broker's job still runs.
+    assert_eq!(inspect(&their_id)["State"]["Running"], true);
+    let _ = their_child.kill();
+    let _ = their_child.wait();
+    other
+        .bed
+        .assert_cleaned_within(&theirs.id, Duration::from_secs(15));
+}

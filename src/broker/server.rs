@@ -86,15 +86,49 @@ impl Drop for Pending {
     }
 }
 
+/// The label of containers run for a broker client; its value is the
+/// broker's socket (one broker per socket, so one per node).
+pub const BROKER_LABEL: &str = "berth.broker";
+
+/// Containers labelled as this broker's: at its start-up, every one is an
+/// orphan of a broker that died.
+fn orphans(engine: &Engine, socket: &Path) -> Vec<String> {
+    match engine.list_containers(&[format!("{BROKER_LABEL}={}", socket.display())]) {
+        Ok(list) => list
+            .iter()
+            .filter_map(|c| c["Names"][0].as_str())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .filter(|n| n.starts_with("berth-"))
+            .collect(),
+        Err(e) => {
+            log::warn!("cannot list containers left by a previous broker: {e}");
+            Vec::new()
+        }
+    }
+}
+
 pub fn serve(policy_path: &Path) -> Result<i32> {
     crate::sys::harden()?;
     launch::require_root()?;
     let policy = Policy::load(policy_path)?;
     let socket = policy.broker.socket.clone();
     let audit = Audit::open(&policy.audit.log)?;
+    // Never sweep under a live broker: its jobs are not leftovers.
+    if UnixStream::connect(&socket).is_ok() {
+        return Err(Error::Config(format!(
+            "another broker is listening on {}",
+            socket.display()
+        )));
+    }
     // Jobs a previous broker (or a rebooted node) left behind: cleaned
-    // before the socket accepts anyone.
-    for p in launch::sweep(&policy, &Engine::new(&policy.docker.socket), STALE_AFTER) {
+    // before the socket accepts anyone. Containers of a broker that died
+    // have no client any more: killed and removed, with their files.
+    let engine = Engine::new(&policy.docker.socket);
+    for name in orphans(&engine, &socket) {
+        log::warn!("removing container {name}: its broker died and its client is gone");
+        launch::abandon_by_name(&policy, &engine, &name);
+    }
+    for p in launch::sweep(&policy, &engine, STALE_AFTER) {
         log::warn!(
             "removed {}, left by a job whose container is gone",
             p.display()
@@ -374,7 +408,15 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         (p, _) => p,
     };
     let plan = match plan {
-        Ok(p) => p,
+        Ok(mut p) => {
+            // Its container lives only as long as this broker: one a
+            // crashed broker left is found by this label and removed.
+            p.spec.labels.insert(
+                BROKER_LABEL.to_string(),
+                policy.broker.socket.display().to_string(),
+            );
+            p
+        }
         Err(e) => {
             send(
                 &stream,

@@ -306,6 +306,25 @@ pub fn sweep(
     cleaned
 }
 
+/// Abandon a job known only by its container name (a crashed broker's):
+/// kill and remove the container, then detach its pins and remove its
+/// per-job directory, as [`cleanup`] would.
+pub fn abandon_by_name(policy: &crate::policy::Policy, engine: &Engine, name: &str) {
+    if !name.starts_with("berth-") || name.contains('/') {
+        return;
+    }
+    destroy(engine, name, Duration::from_secs(3));
+    let pins = crate::plan::pins_dir(policy, name);
+    if let Ok(subs) = std::fs::read_dir(&pins) {
+        for sub in subs.flatten() {
+            crate::sys::unbind(&sub.path());
+            let _ = std::fs::remove_dir(sub.path());
+        }
+        let _ = std::fs::remove_dir(&pins);
+    }
+    remove_job_dir(&policy.tmp.base.join(name));
+}
+
 /// Remove the per-job directory without following symlinks planted in it.
 pub fn remove_job_dir(dir: &Path) {
     match std::fs::remove_dir_all(dir) {
