@@ -24,7 +24,7 @@ impl HostFs for Fs {
 
 fn main() {
     let policy = Policy::parse(
-        "[images]\nallow=['docker.io/library/*']\n[[volumes]]\nroot='/storage1/fs1'\nmode='rw'\n",
+        "[cgroup]\nrequire_job=false\n[images]\nallow=['docker.io/library/*']\n[[volumes]]\nroot='/storage1/fs1'\nmode='rw'\n",
         "bench",
     )
     .unwrap();

@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("broker_frame", broker_frame),
     ("job_file", job_file),
     ("policy_toml", policy_toml),
+    ("cgroup_path", cgroup_path),
 ];
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -45,6 +46,8 @@ fn text(data: &[u8]) -> Option<&str> {
 /// The policy the planner targets run under: two roots (one read-only),
 /// the default reserved destinations, env deny list and networks.
 pub const POLICY: &str = r#"
+[cgroup]
+require_job = false
 [identity]
 relays = ["lsfadmin"]
 [images]
@@ -171,6 +174,7 @@ pub fn plan_env(env: &BTreeMap<String, String>, command: Vec<String>) {
         tmp_files: Vec::new(),
         slurm_id: None,
         hostname: Some("node1".into()),
+        ..Default::default()
     };
     let p = policy();
     let id = alice();
@@ -582,4 +586,37 @@ pub fn policy_toml(data: &[u8]) {
         }
         assert!(p.identity.min_uid > 0 && p.identity.min_gid > 0);
     }
+}
+
+/// `/proc/<pid>/cgroup` text: a job is only ever recognised with a plain
+/// decimal id, a path free of `.`/`..`, and (Slurm v1) the caller's uid;
+/// the container's parent stays inside the job's cgroup.
+pub fn cgroup_path(data: &[u8]) {
+    let Some(s) = text(data) else { return };
+    let uid = 2001;
+    let Some(j) = berth::cgroup::layout::find_job(s, uid) else {
+        return;
+    };
+    assert!(
+        !j.job_id.is_empty() && j.job_id.bytes().all(|b| b.is_ascii_digit()),
+        "{j:?}"
+    );
+    assert!(j.path.starts_with('/'), "{j:?}");
+    assert!(!j.path.split('/').any(|c| c == "." || c == ".."), "{j:?}");
+    if j.scheduler == berth::cgroup::layout::Scheduler::Slurm
+        && j.version == berth::cgroup::layout::Version::V1
+    {
+        assert!(j.path.contains(&format!("/uid_{uid}/")), "{j:?}");
+    }
+    let parent = berth::cgroup::layout::parent_for(&j, "berth-1-0-ab");
+    let job_dir = j
+        .path
+        .split('/')
+        .position(|c| c.starts_with("job_") || c.starts_with("job."))
+        .map(|i| j.path.split('/').take(i + 1).collect::<Vec<_>>().join("/"))
+        .expect("a job component");
+    assert!(
+        parent.starts_with(&format!("{job_dir}/")) || parent == job_dir,
+        "{parent} outside {job_dir}"
+    );
 }

@@ -117,6 +117,9 @@ pub struct Caller {
     /// The decision is for a launch (not `explain`): volume access is then
     /// checked when the launcher pins each volume.
     pub launching: bool,
+    /// The process whose cgroup says which job this is: the broker's
+    /// peer, or this process.
+    pub peer: crate::cgroup::probe::Peer,
 }
 
 impl Caller {
@@ -130,6 +133,7 @@ impl Caller {
             tmp_files: Vec::new(),
             slurm_id: None,
             launching: false,
+            peer: crate::cgroup::probe::this_process(crate::sys::real_uid()),
         })
     }
 }
@@ -193,6 +197,8 @@ fn decide_inner(
         tmp_files,
         slurm_id: caller.slurm_id.clone(),
         hostname: Some(crate::sys::hostname()),
+        job_cgroup: locate_job(policy, caller, &id)?,
+        env_slurm_job_id: caller.env.get("SLURM_JOB_ID").cloned(),
     };
     // An image policy refuses is never asked about (nor pulled).
     plan::check_image(policy, &req)?;
@@ -210,6 +216,8 @@ fn decide_inner(
     };
     let p = plan::plan(policy, &id, &req, facts.as_ref(), &fs, &ctx)?;
     record.container = Some(p.name.clone());
+    record.job = Some(p.job.id.clone());
+    record.cgroup = p.placement.as_ref().map(|pl| pl.parent.clone());
     record.mounts = p
         .mounts
         .iter()
@@ -223,6 +231,20 @@ fn decide_inner(
         })
         .collect();
     Ok(p)
+}
+
+/// The job the caller is in, from the kernel (SPEC §11); not looked up
+/// when the policy neither places containers nor requires a job.
+fn locate_job(
+    policy: &Policy,
+    caller: &Caller,
+    id: &Identity,
+) -> Result<Option<crate::cgroup::layout::Found>> {
+    use crate::policy::PlacementRule;
+    if policy.cgroup.placement == PlacementRule::None && !policy.cgroup.require_job {
+        return Ok(None);
+    }
+    crate::cgroup::probe::locate(&caller.peer, id.uid)
 }
 
 fn image_facts(engine: &Engine, policy: &Policy, req: &Request, nonce: &str) -> Result<ImageFacts> {
@@ -371,6 +393,19 @@ pub fn describe(p: &LaunchPlan, facts_checked: bool) -> String {
     );
     s += &format!("container  {}\n", p.name);
     s += &format!("workdir    {}\n", p.workdir.display());
+    match &p.placement {
+        Some(pl) => {
+            s += &format!(
+                "cgroup     {} (cpus {}, memory {})\n",
+                pl.parent,
+                pl.cpus.as_deref().unwrap_or("all"),
+                pl.memory
+                    .map(crate::size::human)
+                    .unwrap_or_else(|| "unlimited".into())
+            )
+        }
+        None => s += "cgroup     none: the container is not placed in a job's allocation\n",
+    }
     for m in &p.mounts {
         s += &format!(
             "mount      {} -> {} ({}, {:?})\n",

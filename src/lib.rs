@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod broker;
 pub mod bundle;
+pub mod cgroup;
 pub mod cli;
 pub mod doctor;
 pub mod engine;

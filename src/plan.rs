@@ -40,6 +40,13 @@ pub struct Context {
     pub slurm_id: Option<String>,
     /// The execution node's hostname (the container's, by default).
     pub hostname: Option<String>,
+    /// The job the caller is in, as the kernel says (SPEC §11), with the
+    /// caller's allowed CPUs and the job's memory limit; `None`: in none,
+    /// or not looked up (`placement = "none"` without `require_job`).
+    pub job_cgroup: Option<crate::cgroup::layout::Found>,
+    /// `SLURM_JOB_ID` as the job's environment has it (checked against the
+    /// cgroup, never trusted).
+    pub env_slurm_job_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -123,6 +130,8 @@ pub struct LaunchPlan {
     pub slurm_id: Option<String>,
     /// `/etc/hosts` for a container without docker's network sandbox.
     pub hosts: Option<String>,
+    /// Where the container lives in the job's allocation (SPEC §11).
+    pub placement: Option<crate::cgroup::Placement>,
     /// The container, as the engine is asked to create it.
     pub spec: ContainerSpec,
     /// The equivalent docker command line, argv[0] the docker binary
@@ -163,6 +172,8 @@ pub fn plan(
     host: &dyn HostFs,
     ctx: &Context,
 ) -> Result<LaunchPlan> {
+    let job = job_of(policy, req, ctx)?;
+    let req = &Request { job, ..req.clone() };
     let image = plan_image(policy, req, facts)?;
     let name = container_name(req, &ctx.nonce)?;
     let job_dir = normalize_abs(&policy.tmp.base)
@@ -426,6 +437,17 @@ pub fn plan(
             staged: None,
         });
     }
+    let placement = match (&ctx.job_cgroup, policy.cgroup.placement) {
+        (Some((job, cpus, memory)), crate::policy::PlacementRule::Job) => {
+            Some(crate::cgroup::Placement {
+                job: job.clone(),
+                parent: crate::cgroup::layout::parent_for(job, &name),
+                cpus: cpus.clone().filter(|c| valid_cpu_list(c)),
+                memory: *memory,
+            })
+        }
+        _ => None,
+    };
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("berth.job".to_string(), req.job.id.clone());
     labels.insert("berth.index".to_string(), req.job.index.to_string());
@@ -487,9 +509,9 @@ pub fn plan(
             .collect(),
         entrypoint,
         cmd: tail,
-        cgroup_parent: None,
-        cpuset_cpus: None,
-        memory: None,
+        cgroup_parent: placement.as_ref().map(|p| p.parent.clone()),
+        cpuset_cpus: placement.as_ref().and_then(|p| p.cpus.clone()),
+        memory: placement.as_ref().and_then(|p| p.memory),
         env_names: env.iter().map(|(k, _)| k.clone()).collect(),
     };
     let argv = spec.argv(&policy.docker.path.display().to_string());
@@ -521,6 +543,7 @@ pub fn plan(
         tmp_files: ctx.tmp_files.clone(),
         slurm_id,
         hosts,
+        placement,
         spec,
         argv,
         socket: policy.docker.socket.clone(),
@@ -1091,6 +1114,66 @@ pub fn group_file(id: &Identity) -> String {
         ));
     }
     s
+}
+
+/// The job id for names, labels and audit: the one the kernel's cgroup
+/// says when the caller is in a job (an id in the environment that
+/// disagrees is a forgery), else the environment's. A caller in no job is
+/// denied when the site requires one.
+fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::request::JobId> {
+    let Some((job, _, _)) = &ctx.job_cgroup else {
+        if policy.cgroup.require_job {
+            return deny(
+                "cgroup.job",
+                &req.job.id,
+                "berth runs containers only inside a scheduler job, and this process is in none",
+                "submit the work as a job (bsub -a 'docker(IMAGE)' …, or sbatch/srun --container …)",
+            );
+        }
+        return Ok(req.job.clone());
+    };
+    let forged = |what: &str, v: &str| {
+        deny(
+            "cgroup.job",
+            v,
+            format!(
+                "{what}={v} names another job than the one this process is in ({} job {})",
+                match job.scheduler {
+                    crate::cgroup::layout::Scheduler::Slurm => "Slurm",
+                    crate::cgroup::layout::Scheduler::Lsf => "LSF",
+                },
+                job.job_id
+            ),
+            format!("unset {what}, or run berth from the job it names"),
+        )
+    };
+    if req.job.id != "local" && req.job.id != job.job_id {
+        return forged("LSB_JOBID", &req.job.id);
+    }
+    if let Some(v) = &ctx.env_slurm_job_id {
+        if *v != job.job_id && job.scheduler == crate::cgroup::layout::Scheduler::Slurm {
+            return forged("SLURM_JOB_ID", v);
+        }
+    }
+    let index = match job.index {
+        Some(i) if req.job.index != 0 && req.job.index != i => {
+            return forged("LSB_JOBINDEX", &req.job.index.to_string())
+        }
+        Some(i) => i,
+        None => req.job.index,
+    };
+    Ok(crate::request::JobId {
+        id: job.job_id.clone(),
+        index,
+    })
+}
+
+/// A cpuset list as the kernel writes it (`0-3,8`).
+fn valid_cpu_list(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 4096
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
 }
 
 /// A hostname docker accepts (RFC 1123 labels); anything else falls back

@@ -24,6 +24,7 @@ pub struct Policy {
     pub bundles: BundlePolicy,
     pub broker: BrokerPolicy,
     pub audit: AuditPolicy,
+    pub cgroup: CgroupPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -295,6 +296,33 @@ impl Default for BundlePolicy {
             owner: "root".into(),
             only: false,
             lock_dir: PathBuf::from("/run/berth/locks"),
+        }
+    }
+}
+
+/// Where containers live (SPEC §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementRule {
+    /// Inside the caller's job cgroup, with its CPUs and memory limit.
+    Job,
+    /// Where docker puts them (dockerd's cgroup): no allocation applies.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupPolicy {
+    pub placement: PlacementRule,
+    /// Deny a caller that is not inside a recognised scheduler job.
+    pub require_job: bool,
+}
+
+impl Default for CgroupPolicy {
+    fn default() -> Self {
+        CgroupPolicy {
+            placement: PlacementRule::Job,
+            require_job: true,
         }
     }
 }

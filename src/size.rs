@@ -18,8 +18,26 @@ pub fn parse(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
+/// A size for people: the largest binary unit that divides it exactly
+/// (`64M`, `1536K`), else bytes.
+pub fn human(n: u64) -> String {
+    for (u, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{}{u}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn human() {
+        assert_eq!(super::human(64 << 20), "64M");
+        assert_eq!(super::human(1536 << 10), "1536K");
+        assert_eq!(super::human(1000), "1000");
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(super::parse("4g"), Some(4 << 30));

@@ -435,6 +435,23 @@ pub fn has_file_capabilities(path: &Path) -> std::io::Result<bool> {
     }
 }
 
+/// CLOCK_BOOTTIME in clock ticks (the unit of a process's start time in
+/// `/proc/<pid>/stat`).
+pub fn boottime_ticks() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec for the call to fill.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if r != 0 {
+        return u64::MAX;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ts.tv_sec as u64 * hz + ts.tv_nsec as u64 * hz / 1_000_000_000
+}
+
 /// The node's short host name.
 pub fn hostname() -> String {
     nix::unistd::gethostname()

@@ -222,4 +222,5 @@ fuzz_tests!(
     broker_frame,
     job_file,
     policy_toml,
+    cgroup_path,
 );

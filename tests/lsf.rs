@@ -206,6 +206,8 @@ impl Bed {
         let d = dir.display();
         let policy = format!(
             r#"
+[cgroup]
+require_job = false
 [identity]
 relays = ["berth-relay"]
 [images]

@@ -312,6 +312,9 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
                 return;
             }
         };
+    // Before anything else: a process that started after this moment
+    // cannot be the one that connected (SPEC §11's same-process check).
+    let accepted_ticks = crate::sys::boottime_ticks();
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let hello = proto::recv_hello(&stream);
     drop(pending);
@@ -388,6 +391,11 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         tmp_files: hello.tmp_files,
         slurm_id: hello.slurm_id,
         launching: true,
+        peer: crate::cgroup::probe::Peer {
+            pid: creds.pid(),
+            uid: creds.uid(),
+            accepted_ticks,
+        },
     };
     let policy = state
         .policy

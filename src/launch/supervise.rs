@@ -66,14 +66,43 @@ pub fn run(
     started: &mut dyn FnMut(),
 ) -> Result<Outcome> {
     let body = plan.spec.create_body(&plan.env);
-    let id = engine.create(&plan.name, &body)?;
+    // The cgroup directories the engine will make inside the job: berth
+    // removes them after the container (the scheduler cannot remove its
+    // own while they exist).
+    let made = plan
+        .placement
+        .as_ref()
+        .map(|p| crate::cgroup::probe::missing_dirs(p.job.version, &p.parent))
+        .unwrap_or_default();
+    let id = match engine.create(&plan.name, &body) {
+        Ok(id) => id,
+        Err(e) => {
+            crate::cgroup::probe::remove_dirs(&made);
+            return Err(placement_error(e));
+        }
+    };
     // From here the container exists: every way out removes it.
     let result = run_created(plan, engine, &id, stdio, tx, events, started);
     match &result {
         Ok(Outcome::Exited(_)) => {}
         _ => destroy(engine, &id),
     }
+    crate::cgroup::probe::remove_dirs(&made);
     result
+}
+
+/// An engine that cannot place containers in a job cgroup (its systemd
+/// cgroup driver takes only `*.slice` parents) is the node's setup, not
+/// the job's: say how to fix it.
+fn placement_error(e: Error) -> Error {
+    match &e {
+        Error::Internal(m) if m.contains("systemd cgroup") || m.contains(".slice") => {
+            Error::Config(format!(
+                "dockerd uses the systemd cgroup driver, which cannot place a container inside the job's cgroup ({m}); set \"exec-opts\": [\"native.cgroupdriver=cgroupfs\"] in /etc/docker/daemon.json and restart dockerd, or set [cgroup] placement = \"none\""
+            ))
+        }
+        _ => e,
+    }
 }
 
 fn run_created(

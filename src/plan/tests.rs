@@ -79,6 +79,8 @@ impl HostFs for FakeFs {
 }
 
 const POLICY: &str = r#"
+[cgroup]
+require_job = false
 [identity]
 relays = ["lsfadmin"]
 [images]
@@ -739,4 +741,99 @@ proptest! {
             }
         }
     }
+}
+
+/// A plan for a caller the kernel puts in `cgroup` (a memory-controller
+/// path), with `env` on top of the standard request.
+fn plan_in_cgroup(policy: &str, cgroup: Option<&str>, env: &[(&str, &str)]) -> Result<LaunchPlan> {
+    let policy = Policy::parse(policy, "test").unwrap();
+    let mut e: BTreeMap<String, String> = BTreeMap::from([
+        ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
+        ("LS_SUBCWD".into(), "/storage1/fs1/alice/proj".into()),
+    ]);
+    for (k, v) in env {
+        e.insert(k.to_string(), v.to_string());
+    }
+    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
+    let req = from_env(&e, None, vec!["x".into()]).unwrap();
+    let c = Context {
+        nonce: "cafe".into(),
+        job_cgroup: cgroup.map(|p| {
+            let job = crate::cgroup::layout::find_job(&format!("4:memory:{p}\n"), 2001)
+                .expect("a job cgroup");
+            (job, Some("0-1".to_string()), Some(64 << 20))
+        }),
+        env_slurm_job_id: e.get("SLURM_JOB_ID").cloned(),
+        ..Default::default()
+    };
+    plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c)
+}
+
+const TASK: &str = "/slurm_vm/uid_2001/job_17/step_0/task_0";
+
+#[test]
+fn a_job_cgroup_places_the_container_and_names_the_job() {
+    let p = plan_in_cgroup(POLICY, Some(TASK), &[]).unwrap();
+    assert_eq!(p.job.id, "17");
+    assert_eq!(p.name, "berth-17-0-cafe");
+    let pl = p.placement.as_ref().unwrap();
+    assert_eq!(pl.parent, TASK);
+    let h = &p.spec.create_body(&p.env)["HostConfig"];
+    assert_eq!(h["CgroupParent"], TASK);
+    assert_eq!(h["CpusetCpus"], "0-1");
+    assert_eq!(h["Memory"], 64u64 << 20);
+    assert_eq!(h["MemorySwap"], 64u64 << 20);
+    assert!(has(
+        &p,
+        "--cgroup-parent=/slurm_vm/uid_2001/job_17/step_0/task_0"
+    ));
+    // The environment's id, when it is the same job, is fine.
+    let p = plan_in_cgroup(
+        POLICY,
+        Some(TASK),
+        &[("LSB_JOBID", "17"), ("SLURM_JOB_ID", "17")],
+    );
+    assert_eq!(p.unwrap().job.id, "17");
+    // placement = none: the job is still checked, nothing is placed.
+    let none = format!("{POLICY}\n[cgroup]\nplacement = \"none\"\nrequire_job = false\n")
+        .replace("[cgroup]\nrequire_job = false\n[identity]", "[identity]");
+    let p = plan_in_cgroup(&none, Some(TASK), &[]).unwrap();
+    assert!(p.placement.is_none() && p.spec.cgroup_parent.is_none());
+    assert_eq!(p.job.id, "17");
+}
+
+#[test]
+fn a_forged_job_id_is_denied() {
+    for env in [
+        [("LSB_JOBID", "18"), ("X", "")],
+        [("SLURM_JOB_ID", "18"), ("X", "")],
+    ] {
+        let d = match plan_in_cgroup(POLICY, Some(TASK), &env) {
+            Err(Error::Denied(d)) => d,
+            other => panic!("{env:?}: {other:?}"),
+        };
+        assert_eq!(d.rule, "cgroup.job");
+        assert!(d.message.contains("job 17"), "{}", d.message);
+    }
+    let lsf = "/lsf/c1/job.5.3.1700000000";
+    assert_eq!(plan_in_cgroup(POLICY, Some(lsf), &[]).unwrap().job.index, 3);
+    assert!(matches!(
+        plan_in_cgroup(POLICY, Some(lsf), &[("LSB_JOBINDEX", "4")]),
+        Err(Error::Denied(d)) if d.rule == "cgroup.job"
+    ));
+}
+
+#[test]
+fn require_job_denies_a_caller_in_no_job() {
+    let strict = POLICY.replace("[cgroup]\nrequire_job = false\n", "");
+    let d = match plan_in_cgroup(&strict, None, &[]) {
+        Err(Error::Denied(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(d.rule, "cgroup.job");
+    assert!(d.hint.contains("submit"), "{}", d.hint);
+    assert!(plan_in_cgroup(&strict, Some(TASK), &[]).is_ok());
+    // Without require_job, a caller in no job runs unplaced.
+    let p = plan_in_cgroup(POLICY, None, &[]).unwrap();
+    assert!(p.placement.is_none());
 }

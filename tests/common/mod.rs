@@ -385,6 +385,11 @@ impl Bed {
         let d = self.path().display().to_string();
         let text = format!(
             r#"
+[cgroup]
+# Tests run jobs outside a scheduler too: a caller in no job runs
+# unplaced (those in a Slurm or LSF job are placed in it).
+require_job = false
+
 [identity]
 relays = ["berth-relay"]
 

@@ -1,0 +1,317 @@
+//! Where a job is, from its cgroup (SPEC §11): a strict parser of
+//! `/proc/<pid>/cgroup` for the layouts Slurm and LSF document, and the
+//! placement a container gets inside that job. Pure: the kernel's text in,
+//! a decision out; the files are read by [`super::probe`].
+//!
+//! Strict means: every component of the path is accounted for, ids are
+//! bounded decimal numbers, nothing is `.` or `..`, and a Slurm v1 path's
+//! `uid_<uid>` must be the job user's. Anything else is "not a job".
+
+use serde::Serialize;
+
+/// Which scheduler's layout a cgroup path follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    Slurm,
+    Lsf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The job a process belongs to, as its cgroup says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobCgroup {
+    pub scheduler: Scheduler,
+    pub version: Version,
+    /// The scheduler's job id (Slurm `job_<id>`; LSF `job.<id>.…`).
+    pub job_id: String,
+    /// LSF's array index (0 for a plain job); Slurm: none.
+    pub index: Option<u32>,
+    /// Slurm's step (`0`, `batch`, `extern`, `interactive`).
+    pub step: Option<String>,
+    /// The process's cgroup path in the hierarchy placement uses (v1: the
+    /// memory controller's, which Slurm and LSF both constrain; v2: the
+    /// unified one).
+    pub path: String,
+}
+
+/// A job found from the kernel, with the caller's allowed CPUs and the
+/// job's memory limit (the facts placement is decided from).
+pub type Found = (JobCgroup, Option<String>, Option<u64>);
+
+/// Where the container goes, and the limits it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    pub job: JobCgroup,
+    /// The absolute cgroup parent given to the engine.
+    pub parent: String,
+    /// The caller's allowed CPUs (`0-3,8`), for the container's cpuset.
+    pub cpus: Option<String>,
+    /// The job's memory limit in bytes (`None`: unlimited).
+    pub memory: Option<u64>,
+}
+
+/// Longest job id accepted (Slurm's are 32-bit, LSF's below 10^10).
+const MAX_ID_DIGITS: usize = 10;
+
+fn number(s: &str) -> Option<&str> {
+    (!s.is_empty()
+        && s.len() <= MAX_ID_DIGITS
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0')))
+    .then_some(s)
+}
+
+fn slurm_step(s: &str) -> Option<&str> {
+    match s {
+        "batch" | "extern" | "interactive" => Some(s),
+        _ => number(s),
+    }
+}
+
+/// A component of a path that is not a job's: plain names only.
+fn plain(c: &str) -> bool {
+    !c.is_empty()
+        && c != "."
+        && c != ".."
+        && c.len() <= 255
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-@:".contains(&b))
+}
+
+/// The lines of `/proc/<pid>/cgroup`: (hierarchy id, controllers, path).
+pub fn parse_proc_cgroup(text: &str) -> Option<Vec<(u32, Vec<String>, String)>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        let mut it = line.splitn(3, ':');
+        let id: u32 = it.next()?.parse().ok()?;
+        let ctrls = it.next()?;
+        let path = it.next()?;
+        if !path.starts_with('/') || path.contains('\0') {
+            return None;
+        }
+        let ctrls = if ctrls.is_empty() {
+            Vec::new()
+        } else {
+            ctrls.split(',').map(str::to_string).collect()
+        };
+        out.push((id, ctrls, path.to_string()));
+    }
+    Some(out)
+}
+
+/// Slurm v1: `/slurm[_<node>]/uid_<uid>/job_<id>/step_<step>[/task_<n>]`.
+fn slurm_v1(path: &str, uid: u32) -> Option<JobCgroup> {
+    let c: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    if !(c.len() == 4 || c.len() == 5) {
+        return None;
+    }
+    let root_ok = c[0] == "slurm" || c[0].strip_prefix("slurm_").is_some_and(plain);
+    let uid_ok = c[1].strip_prefix("uid_").and_then(number) == Some(&uid.to_string());
+    let job = c[2].strip_prefix("job_").and_then(number)?;
+    let step = c[3].strip_prefix("step_").and_then(slurm_step)?;
+    if c.len() == 5 {
+        c[4].strip_prefix("task_").and_then(number)?;
+    }
+    (root_ok && uid_ok).then(|| JobCgroup {
+        scheduler: Scheduler::Slurm,
+        version: Version::V1,
+        job_id: job.to_string(),
+        index: None,
+        step: Some(step.to_string()),
+        path: path.to_string(),
+    })
+}
+
+/// Slurm v2: `…/slurmstepd.scope/job_<id>/step_<step>/user/task_<n>`.
+fn slurm_v2(path: &str) -> Option<JobCgroup> {
+    let c: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    let at = c.iter().position(|x| *x == "slurmstepd.scope")?;
+    let (head, tail) = c.split_at(at + 1);
+    if !head.iter().all(|x| plain(x)) || tail.len() != 4 {
+        return None;
+    }
+    let job = tail[0].strip_prefix("job_").and_then(number)?;
+    let step = tail[1].strip_prefix("step_").and_then(slurm_step)?;
+    if tail[2] != "user" {
+        return None;
+    }
+    tail[3].strip_prefix("task_").and_then(number)?;
+    Some(JobCgroup {
+        scheduler: Scheduler::Slurm,
+        version: Version::V2,
+        job_id: job.to_string(),
+        index: None,
+        step: Some(step.to_string()),
+        path: path.to_string(),
+    })
+}
+
+/// `job.<id>.<index>.<time>` of LSF.
+fn lsf_job(c: &str) -> Option<(String, u32)> {
+    let rest = c.strip_prefix("job.")?;
+    let p: Vec<&str> = rest.split('.').collect();
+    if p.len() != 3 {
+        return None;
+    }
+    let id = number(p[0])?;
+    let index: u32 = number(p[1])?.parse().ok()?;
+    number(p[2])?;
+    Some((id.to_string(), index))
+}
+
+/// LSF v1: `/lsf/<cluster>/job.<id>.<index>.<time>`; v2 (unified):
+/// `…/lsf/<cluster>/job.<id>.<index>.<time>/leaf`.
+fn lsf(path: &str, v2: bool) -> Option<JobCgroup> {
+    let c: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    let at = c.iter().position(|x| *x == "lsf")?;
+    let (head, tail) = c.split_at(at + 1);
+    let want = if v2 { 3 } else { 2 };
+    if tail.len() != want || !plain(tail[0]) || (!v2 && at != 0) {
+        return None;
+    }
+    if !head.iter().all(|x| plain(x)) || (v2 && tail[2] != "leaf") {
+        return None;
+    }
+    let (id, index) = lsf_job(tail[1])?;
+    Some(JobCgroup {
+        scheduler: Scheduler::Lsf,
+        version: if v2 { Version::V2 } else { Version::V1 },
+        job_id: id,
+        index: Some(index),
+        step: None,
+        path: path.to_string(),
+    })
+}
+
+/// The job of a process of user `uid`, from its `/proc/<pid>/cgroup`
+/// text; `None` when it is in no recognised job (or in another user's).
+pub fn find_job(text: &str, uid: u32) -> Option<JobCgroup> {
+    let lines = parse_proc_cgroup(text)?;
+    let v1_memory = lines
+        .iter()
+        .find(|(_, c, _)| c.iter().any(|x| x == "memory"))
+        .map(|(_, _, p)| p.as_str());
+    if let Some(p) = v1_memory {
+        return slurm_v1(p, uid).or_else(|| lsf(p, false));
+    }
+    // Pure v2: the one line `0::/path`.
+    let unified = lines
+        .iter()
+        .find(|(id, c, _)| *id == 0 && c.is_empty())
+        .map(|(_, _, p)| p.as_str())?;
+    slurm_v2(unified).or_else(|| lsf(unified, true))
+}
+
+/// The cgroup parent of a container of `job`: v1, the caller's own cgroup
+/// (so the scheduler's per-task accounting counts the container); v2, a
+/// sibling of the task's leaf (no processes may live in an inner node).
+pub fn parent_for(job: &JobCgroup, container: &str) -> String {
+    match job.version {
+        Version::V1 => job.path.clone(),
+        Version::V2 => {
+            let dir = job.path.rsplit_once('/').map_or("", |(d, _)| d);
+            format!("{dir}/{container}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SLURM_V1: &str = "12:pids:/slurm_vm/uid_2001/job_17/step_0/task_0
+11:freezer:/slurm_vm/uid_2001/job_17/step_0
+4:memory:/slurm_vm/uid_2001/job_17/step_0/task_0
+3:cpuset:/slurm_vm/uid_2001/job_17/step_0
+0::/
+";
+
+    #[test]
+    fn slurm_v1_is_found_for_its_own_user_only() {
+        let j = find_job(SLURM_V1, 2001).unwrap();
+        assert_eq!(j.scheduler, Scheduler::Slurm);
+        assert_eq!(j.version, Version::V1);
+        assert_eq!(j.job_id, "17");
+        assert_eq!(j.step.as_deref(), Some("0"));
+        assert_eq!(j.path, "/slurm_vm/uid_2001/job_17/step_0/task_0");
+        assert_eq!(parent_for(&j, "berth-x"), j.path);
+        // Another user's job is not this caller's.
+        assert!(find_job(SLURM_V1, 2002).is_none());
+        // The batch step, and no task level.
+        let b = find_job("4:memory:/slurm/uid_2001/job_5/step_batch\n", 2001).unwrap();
+        assert_eq!(b.step.as_deref(), Some("batch"));
+    }
+
+    #[test]
+    fn hostile_paths_are_not_jobs() {
+        for p in [
+            "/slurm_vm/uid_2001/job_17/step_0/task_0/x",
+            "/slurm_vm/uid_2001/job_17/step_0/../task_0",
+            "/slurm_vm/uid_2001/job_17/..",
+            "/slurm_vm/uid_2001/job_017/step_0",
+            "/slurm_vm/uid_2001/job_12345678901/step_0",
+            "/slurm_vm/uid_2001/job_-1/step_0",
+            "/slurm_vm/uid_2001/job_1/step_evil",
+            "/slurm_../uid_2001/job_1/step_0",
+            "/x/slurm/uid_2001/job_1/step_0",
+            "/slurm/uid_02001/job_1/step_0",
+            "/slurm/uid_2001/job_1",
+            "/user.slice/job_1",
+            "/lsf/c1/job.1.0",
+            "/lsf/c1/job.1.0.5/x",
+            "/lsf/../job.1.0.5",
+            "/a/lsf/c1/job.1.0.5",
+        ] {
+            let text = format!("4:memory:{p}\n");
+            assert!(find_job(&text, 2001).is_none(), "{p}");
+        }
+        assert!(parse_proc_cgroup("x:memory:/a").is_none());
+        assert!(parse_proc_cgroup("4:memory:relative").is_none());
+    }
+
+    #[test]
+    fn lsf_v1_and_both_v2_layouts() {
+        let l = find_job("4:memory:/lsf/cluster1/job.123.4.1700000000\n", 2001).unwrap();
+        assert_eq!(
+            (l.scheduler, l.job_id.as_str(), l.index),
+            (Scheduler::Lsf, "123", Some(4))
+        );
+        let s = find_job(
+            "0::/system.slice/slurmstepd.scope/job_9/step_0/user/task_0\n",
+            2001,
+        )
+        .unwrap();
+        assert_eq!((s.version, s.job_id.as_str()), (Version::V2, "9"));
+        assert_eq!(
+            parent_for(&s, "berth-9-0-ab"),
+            "/system.slice/slurmstepd.scope/job_9/step_0/user/berth-9-0-ab"
+        );
+        let l2 = find_job("0::/lsf/c1/job.5.0.17/leaf\n", 2001).unwrap();
+        assert_eq!((l2.version, l2.job_id.as_str()), (Version::V2, "5"));
+        assert!(find_job("0::/user.slice/user-2001.slice/session-1.scope\n", 2001).is_none());
+        assert!(find_job(
+            "0::/system.slice/slurmstepd.scope/job_9/step_0/user/task_0/more\n",
+            2001
+        )
+        .is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_only_accepts_digits(s in "\\PC{0,200}", uid in 0u32..5000) {
+            if let Some(j) = find_job(&s, uid) {
+                proptest::prop_assert!(j.job_id.bytes().all(|b| b.is_ascii_digit()));
+                proptest::prop_assert!(!j.path.split('/').any(|c| c == ".."));
+            }
+        }
+    }
+}

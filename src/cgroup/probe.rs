@@ -1,0 +1,192 @@
+//! The kernel's side of placement (SPEC §11): which cgroup a process is in
+//! (re-checked to be the same process), the CPUs it may use, the job's
+//! memory limit, and the cgroup directories the engine will create under a
+//! job (so that berth removes them when the job ends: Slurm 22.05 cannot
+//! remove a step whose cgroup still has children).
+
+use super::layout::{self, JobCgroup, Version};
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// A process as the broker saw it connect.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    /// CLOCK_BOOTTIME in clock ticks when the connection was accepted: a
+    /// process that started later cannot be the one that connected (the
+    /// pid was reused).
+    pub accepted_ticks: u64,
+}
+
+/// (start time in ticks since boot, real uid) of `pid`.
+fn identity_of(pid: i32) -> Option<(u64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime), counted after the ")" that ends the name.
+    let after = stat.rsplit_once(')')?.1;
+    let start: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((start, uid))
+}
+
+/// What the kernel says about `peer`: its cgroup text and allowed CPUs,
+/// read between two identity checks. `Err` if the process is not the one
+/// that connected (it exited, or its pid now names another process).
+pub fn read_peer(peer: &Peer) -> Result<(String, Option<String>)> {
+    let gone = || {
+        Error::Denied(crate::error::Denial::new(
+            "cgroup.job",
+            peer.pid.to_string(),
+            format!(
+                "the process that connected (pid {}) is gone or is not the one that connected, so its job cannot be known",
+                peer.pid
+            ),
+            "keep berth running until the job ends (do not detach it from its job)",
+        ))
+    };
+    let before = identity_of(peer.pid).ok_or_else(gone)?;
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", peer.pid));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", peer.pid));
+    let after = identity_of(peer.pid).ok_or_else(gone)?;
+    if before != after || before.1 != peer.uid || before.0 > peer.accepted_ticks.saturating_add(1) {
+        return Err(gone());
+    }
+    let cgroup = cgroup.map_err(|_| gone())?;
+    let cpus = status.ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_string())
+    });
+    Ok((cgroup, cpus))
+}
+
+/// This process, for root-run berth (LSF's starter): its own cgroup.
+pub fn this_process(uid: u32) -> Peer {
+    Peer {
+        pid: std::process::id() as i32,
+        uid,
+        accepted_ticks: u64::MAX,
+    }
+}
+
+/// The job's memory limit: the smallest limit on the path from the job's
+/// level down to the process's cgroup. `None` when unlimited.
+pub fn memory_limit(job: &JobCgroup) -> Option<u64> {
+    let (base, file) = match job.version {
+        Version::V1 => (format!("{ROOT}/memory"), "memory.limit_in_bytes"),
+        Version::V2 => (ROOT.to_string(), "memory.max"),
+    };
+    let mut best: Option<u64> = None;
+    let mut dir = PathBuf::from(&base);
+    for c in job.path.trim_start_matches('/').split('/') {
+        dir.push(c);
+        let Ok(v) = std::fs::read_to_string(dir.join(file)) else {
+            continue;
+        };
+        // v1 "unlimited" is a huge page-rounded number; v2 says "max".
+        let Ok(n) = v.trim().parse::<u64>() else {
+            continue;
+        };
+        if n < (1u64 << 62) {
+            best = Some(best.map_or(n, |b: u64| b.min(n)));
+        }
+    }
+    best
+}
+
+/// The hierarchies a container's cgroup is made in: each v1 controller
+/// mount under /sys/fs/cgroup, or the unified one.
+fn hierarchies(version: Version) -> Vec<PathBuf> {
+    if version == Version::V2 {
+        return vec![PathBuf::from(ROOT)];
+    }
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for l in mounts.lines() {
+        let Some((left, right)) = l.split_once(" - ") else {
+            continue;
+        };
+        if !right.starts_with("cgroup ") {
+            continue;
+        }
+        if let Some(mp) = left.split_whitespace().nth(4) {
+            if mp.starts_with(ROOT) {
+                out.push(PathBuf::from(mp));
+            }
+        }
+    }
+    out
+}
+
+/// The directories that do not exist yet on the way to `parent` in every
+/// hierarchy (the engine will create them), deepest first.
+pub fn missing_dirs(version: Version, parent: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for h in hierarchies(version) {
+        let mut dir = h.clone();
+        let mut chain = Vec::new();
+        for c in parent.trim_start_matches('/').split('/') {
+            dir.push(c);
+            if !dir.exists() {
+                chain.push(dir.clone());
+            }
+        }
+        chain.reverse();
+        out.extend(chain);
+    }
+    out
+}
+
+/// Remove the directories [`missing_dirs`] listed (empty cgroups only:
+/// rmdir never removes one holding processes or children). The engine
+/// removes the container's own cgroup as it removes the container, which
+/// may take a moment.
+pub fn remove_dirs(dirs: &[PathBuf]) {
+    for d in dirs {
+        for attempt in 0..20 {
+            match std::fs::remove_dir(d) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 19 => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    // Another job of the same user shares it: theirs to remove.
+                    log::debug!("cgroup {} left: {e}", d.display());
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Find the job of `peer` and the limits its container gets. `Ok(None)`:
+/// the caller is in no recognised job.
+/// `job_uid` is the job user's (a relay's peer runs as itself).
+pub fn locate(peer: &Peer, job_uid: u32) -> Result<Option<layout::Found>> {
+    let (text, cpus) = read_peer(peer)?;
+    let Some(job) = layout::find_job(&text, job_uid) else {
+        return Ok(None);
+    };
+    let memory = memory_limit(&job);
+    Ok(Some((job, cpus, memory)))
+}
+
+/// Whether `p` is under the cgroup root (for doctor's report).
+pub fn is_v1_hybrid() -> bool {
+    Path::new(ROOT)
+        .join("memory")
+        .join("memory.limit_in_bytes")
+        .exists()
+}
