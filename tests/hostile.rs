@@ -1110,6 +1110,186 @@ fn rlimit_fsize_0(ctx: &Ctx) -> R {
     root_under_rlimit(ctx, libc::RLIMIT_FSIZE, 0)
 }
 
+/// Start `c` (berth as root) with what a hostile parent leaves it: 20
+/// inherited descriptors without close-on-exec (30..50, /etc/hostname)
+/// and a soft RLIMIT_FSIZE of 0 (the hard limit unlimited, so lifting it
+/// needs no CAP_SYS_RESOURCE).
+fn spawn_with_hostile_inheritance(mut c: Command) -> Result<std::process::Child, String> {
+    // SAFETY: open/dup2/close/setrlimit only.
+    unsafe {
+        c.pre_exec(|| {
+            let fd = libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for n in 30..50 {
+                libc::dup2(fd, n);
+            }
+            libc::close(fd);
+            let r = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))
+}
+
+/// What `harden()` does, seen from outside on the running berth `pid`:
+/// no_new_privs set, the capability bounding set cut to berth's seven, no
+/// inherited descriptor left, the file-size limit lifted.
+fn is_hardened(pid: u32) -> R {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut bad = Vec::new();
+    if field("NoNewPrivs:") != "1" {
+        bad.push(format!(
+            "no_new_privs is {:?}, want 1",
+            field("NoNewPrivs:")
+        ));
+    }
+    // CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, SETGID, SETUID, SYS_ADMIN.
+    let kept: u64 = [0, 1, 2, 3, 6, 7, 21].iter().map(|b| 1u64 << b).sum();
+    let bnd = u64::from_str_radix(&field("CapBnd:"), 16).map_err(|e| e.to_string())?;
+    if bnd & !kept != 0 {
+        bad.push(format!(
+            "the bounding set holds {} capabilities ({bnd:#x}), want at most berth's 7",
+            bnd.count_ones()
+        ));
+    }
+    let inherited = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == Path::new("/etc/hostname")))
+        .count();
+    if inherited != 0 {
+        bad.push(format!("{inherited} inherited descriptors still open"));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    // "Max file size   SOFT   HARD   bytes"
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max file size"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("");
+    if soft != "unlimited" {
+        bad.push(format!("the soft file-size limit is still {soft:?}"));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+/// `berth slurm SUB ID`, run as root by slurmstepd, with hostile
+/// inheritance (issue 17, item 7): checked while it waits for the engine
+/// (the bed's docker.socket is a listener this case holds), it is hardened.
+fn slurm_entry_hardened(ctx: &Ctx, sub: &str) -> R {
+    let bed = ctx.bed_at(|p, dir| {
+        set(
+            p,
+            "docker.socket",
+            dir.join("engine.sock").display().to_string(),
+        );
+    });
+    let l = std::os::unix::net::UnixListener::bind(bed.path().join("engine.sock"))
+        .map_err(|e| format!("bind: {e}"))?;
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let job = ctx.job(&bed);
+    let id = format!("node1.{ALICE}.{}.0.0", job.id);
+    let child = spawn_with_hostile_inheritance(job.command(&["slurm", sub], &[&id]))?;
+    let pid = child.id();
+    let mut conn = None;
+    wait_until(Duration::from_secs(20), || {
+        conn = l.accept().ok();
+        conn.is_some()
+    });
+    let r = match &conn {
+        None => Err(format!("berth slurm {sub} never reached the engine")),
+        Some(_) => is_hardened(pid),
+    };
+    // The engine hangs up: berth gives up on it and exits.
+    drop(conn);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| broker::finish(child, T60)))
+        .map_err(|_| format!("berth slurm {sub} did not exit"))?;
+    r.map_err(|e| {
+        format!(
+            "berth slurm {sub} as root: {e}\n--- stderr:\n{}",
+            out.stderr
+        )
+    })
+}
+
+fn slurm_query_hardened(ctx: &Ctx) -> R {
+    slurm_entry_hardened(ctx, "query")
+}
+
+fn slurm_kill_hardened(ctx: &Ctx) -> R {
+    slurm_entry_hardened(ctx, "kill")
+}
+
+fn slurm_delete_hardened(ctx: &Ctx) -> R {
+    slurm_entry_hardened(ctx, "delete")
+}
+
+/// `berth policy check FILE` as root with hostile inheritance: checked
+/// while it waits to read FILE (a FIFO this case writes the policy to),
+/// it is hardened.
+fn policy_check_hardened(ctx: &Ctx) -> R {
+    let bed = ctx.bed(|_| {});
+    let fifo = bed.path().join("policy.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("mkfifo: {e}"))?;
+    let job = ctx.job(&bed);
+    let mut c = job.command(&["policy", "check"], &[]);
+    c.arg(&fifo);
+    let child = spawn_with_hostile_inheritance(c)?;
+    let pid = child.id();
+    // Opening the FIFO's write end succeeds once berth has it open to read.
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut w = None;
+    wait_until(Duration::from_secs(20), || {
+        w = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .ok();
+        w.is_some()
+    });
+    let r = match &w {
+        None => Err("berth policy check never opened the policy".into()),
+        Some(_) => is_hardened(pid),
+    };
+    if let Some(mut w) = w {
+        use std::io::Write;
+        let _ = w.write_all(b"[images]\nallow = [\"docker.io/berth-test/*\"]\n");
+    }
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| broker::finish(child, T60)))
+        .map_err(|_| "berth policy check did not exit".to_string())?;
+    r.map_err(|e| {
+        format!(
+            "berth policy check as root: {e}\n--- stderr:\n{}",
+            out.stderr
+        )
+    })
+}
+
 type Limits = &'static [(libc::__rlimit_resource_t, libc::rlim_t)];
 
 /// Berth as alice (through the broker) under hostile limits: hers are
@@ -2263,6 +2443,26 @@ const SPECIAL: &[Special] = &[
         name: "rlimit-fsize-0-root",
         cat: Cat::Process,
         run: rlimit_fsize_0,
+    },
+    Special {
+        name: "slurm-query-hardened-root",
+        cat: Cat::Process,
+        run: slurm_query_hardened,
+    },
+    Special {
+        name: "slurm-kill-hardened-root",
+        cat: Cat::Process,
+        run: slurm_kill_hardened,
+    },
+    Special {
+        name: "slurm-delete-hardened-root",
+        cat: Cat::Process,
+        run: slurm_delete_hardened,
+    },
+    Special {
+        name: "policy-check-hardened-root",
+        cat: Cat::Process,
+        run: policy_check_hardened,
     },
     Special {
         name: "rlimit-nproc-0-user",
