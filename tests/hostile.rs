@@ -252,9 +252,15 @@ const CONTAIN: &[Contain] = &[
         cat: Cat::Volumes,
         env: &[(V, "/storage1/fs1/alice/link-in:/data")],
         policy: no_policy_change,
-        script: "echo MOUNT=$(grep -c ' /data ' /proc/self/mountinfo)",
+        script: "echo ID=$(stat -c '%d:%i' /data); echo TYPE=$(stat -c %F /data)",
         code: 0,
-        check: |o| field_is(o, "MOUNT", "1"),
+        // /data is the link's target itself (device and inode), not the
+        // link, its directory or an empty mount point.
+        check: |o| {
+            let t = std::fs::metadata("/storage1/fs1/alice/ro").map_err(|e| e.to_string())?;
+            field_is(o, "ID", &format!("{}:{}", t.dev(), t.ino()))?;
+            field_is(o, "TYPE", "directory")
+        },
     },
     Contain {
         name: "image-user-root-still-runs-as-the-user",
