@@ -1572,9 +1572,12 @@ fn swap_loop(
     });
     let bed = ctx.bed(|_| {});
     let spec = spec_of(&real);
-    let mut results = (0, 0);
+    let mut tally = SwapTally::default();
     let mut err = None;
-    for _ in 0..jobs {
+    // At least `jobs` jobs, and on until the race window was hit (a job
+    // the planner let through found the path swapped when it was pinned)
+    // and a job mounted the real directory, up to `MAX_SWAP_JOBS`.
+    while tally.jobs() < jobs || (!tally.window_hit() && tally.jobs() < MAX_SWAP_JOBS) {
         let job = ctx.job(&bed).volumes(&spec);
         let out = match run_cmd(
             job.command(&["run"], &["cat /data/marker 2>/dev/null || echo NO-MARKER; test -e /data/passwd && echo ETC-LEAKED; test -e /data/openssl.cnf && echo ETC-LEAKED; true"]),
@@ -1588,9 +1591,13 @@ fn swap_loop(
         };
         match out.code {
             Some(0) if out.stdout.contains("real-dir") && !out.stdout.contains("ETC-LEAKED") => {
-                results.0 += 1
+                tally.mounted += 1
             }
-            Some(77) => results.1 += 1,
+            // Refused by the planner: it saw the link out of the root.
+            Some(77) if out.stderr.contains("[rule volumes.source]") => tally.planner += 1,
+            // Refused when pinned: planned on the real directory, swapped
+            // before the launcher opened it as the user.
+            Some(77) if out.stderr.contains("[rule volumes.changed]") => tally.pinning += 1,
             _ => {
                 err = Some(format!(
                     "a job saw something else: exit {:?}\n{}\n{}",
@@ -1606,16 +1613,47 @@ fn swap_loop(
     if let Some(e) = err {
         return Err(e);
     }
+    let flips = flips.load(Ordering::Relaxed);
     eprintln!(
-        "hostile: {tag}: {} jobs mounted the real directory, {} refused, {} flips",
-        results.0,
-        results.1,
-        flips.load(Ordering::Relaxed)
+        "hostile: {tag}: {} jobs mounted the real directory, {} refused by the planner, {} when pinned, {flips} flips",
+        tally.mounted, tally.planner, tally.pinning,
     );
-    if flips.load(Ordering::Relaxed) < 100 {
+    if flips < 100 {
         return Err("the swap thread barely ran".into());
     }
+    if !tally.window_hit() {
+        return Err(format!(
+            "the race window was not shown in {} jobs: {} mounted, {} refused by the planner, {} when pinned (want at least one mounted and one refused when pinned)",
+            tally.jobs(),
+            tally.mounted,
+            tally.planner,
+            tally.pinning
+        ));
+    }
     host_intact()
+}
+
+/// Most jobs a swap case runs while waiting for the race window.
+const MAX_SWAP_JOBS: usize = 200;
+
+/// How the jobs of a swap case came out.
+#[derive(Default)]
+struct SwapTally {
+    mounted: usize,
+    planner: usize,
+    pinning: usize,
+}
+
+impl SwapTally {
+    fn jobs(&self) -> usize {
+        self.mounted + self.planner + self.pinning
+    }
+
+    /// Both sides of the check-then-pin window were seen: a swap between
+    /// them was caught, and a job that saw no swap ran.
+    fn window_hit(&self) -> bool {
+        self.pinning > 0 && self.mounted > 0
+    }
 }
 
 fn swap_final_component(ctx: &Ctx) -> R {
