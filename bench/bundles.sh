@@ -15,7 +15,8 @@
 #  (c) 8 concurrent cold starts versus one cold start (loads alone, and
 #      whole berth run jobs);
 #  (d) `docker pull` of the same image from a local registry (Debian's
-#      docker-registry on 127.0.0.1) versus the bundle load.
+#      docker-registry, installed if missing, run by this script on
+#      127.0.0.1:5055 and stopped after) versus the bundle load.
 # Everything it creates is removed at the end (images by id, the registry
 # it started by pid, the temporary directory).
 set -euo pipefail
@@ -30,6 +31,68 @@ export DOCKER_HOST=unix:///var/run/docker.sock
 [[ -x $BERTH ]] || { echo "build first: cargo build --release" >&2; exit 1; }
 $DOCKER info >/dev/null
 
+# Debian's docker-registry (and curl, to see it answer), for (d); installed
+# here, before the long steps, so a failed install costs nothing. The
+# package would also start (and under systemd enable) a registry of its own
+# on :5000: that one is kept stopped, (d) runs its own on
+# 127.0.0.1:$REG_PORT.
+need_registry() {
+  local pkgs=()
+  [[ -x /usr/bin/docker-registry ]] || pkgs+=(docker-registry)
+  command -v curl >/dev/null || pkgs+=(curl)
+  [[ ${#pkgs[@]} == 0 ]] && return 0
+  echo "installing ${pkgs[*]}..." >&2
+  local rc=/usr/sbin/policy-rc.d made= ok=1
+  if [[ ! -e $rc ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$rc"; chmod 755 "$rc"; made=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2 \
+    || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2; } \
+    || ok=
+  if [[ -n $made ]]; then rm -f "$rc"; fi
+  [[ -n $ok && -x /usr/bin/docker-registry ]] || { echo "cannot install ${pkgs[*]}" >&2; exit 1; }
+  if [[ -d /run/systemd/system ]]; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
+}
+
+# Start a registry storing under $1 on 127.0.0.1:$REG_PORT (REG_PID); fail
+# with its log if it does not answer within 10 s.
+start_registry() {
+  [[ -d $1 ]] || { echo "start_registry: no directory $1" >&2; exit 1; }
+  mkdir -p "$1/registry"
+  cat >"$1/registry.yml" <<EOF
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $1/registry
+http:
+  addr: 127.0.0.1:$REG_PORT
+log:
+  level: error
+EOF
+  /usr/bin/docker-registry serve "$1/registry.yml" >"$1/registry.log" 2>&1 &
+  REG_PID=$!
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$REG_PORT/v2/" >/dev/null 2>&1 && return 0
+    kill -0 "$REG_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "the registry did not come up on 127.0.0.1:$REG_PORT:" >&2
+  cat "$1/registry.log" >&2
+  exit 1
+}
+
+stop_registry() {
+  if [[ -n $REG_PID ]]; then
+    kill "$REG_PID" 2>/dev/null
+    wait "$REG_PID" 2>/dev/null || true
+    REG_PID=
+  fi
+}
+
+need_registry
+
 W=$(mktemp -d /tmp/berth-bench-bundles.XXXXXX)
 chmod 755 "$W"
 mkdir -p "$W/cache" "$W/jobs"
@@ -38,7 +101,7 @@ chmod 711 "$W/jobs"
 REG_PID=
 cleanup() {
   set +e
-  [[ -n $REG_PID ]] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+  stop_registry
   for t in bench-bundles/big:1 bench-bundles/small:1 127.0.0.1:$REG_PORT/bench-bundles/big:1; do
     $DOCKER rmi "$t" >/dev/null 2>&1
   done
@@ -178,20 +241,7 @@ C_JOB1=$(median <"$W/c_job1"); C_JOB8=$(median <"$W/c_job8")
 
 # ---------------------------------------------------------------- (d)
 echo "(d) local registry..." >&2
-mkdir -p "$W/registry"
-cat >"$W/registry.yml" <<EOF
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $W/registry
-http:
-  addr: 127.0.0.1:$REG_PORT
-log:
-  level: error
-EOF
-/usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$REG_PORT/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+start_registry "$W"
 REF=127.0.0.1:$REG_PORT/bench-bundles/big:1
 drop "$BIG_ID"
 "${B[@]}" bundle load big >/dev/null
@@ -206,6 +256,7 @@ for ((r = 0; r < RUNS; r++)); do
   t=$(now); "${B[@]}" bundle load big >/dev/null; since "$t" >>"$W/d_berth"
 done
 D_PULL=$(median <"$W/d_pull"); D_BERTH=$(median <"$W/d_berth")
+stop_registry
 
 # ---------------------------------------------------------------- report
 ratio() { echo "$1 / $2" | bc -l | xargs printf '%.2f'; }

@@ -3,7 +3,7 @@
 //! launch → audit.
 
 use crate::audit::{Audit, Record};
-use crate::cli::{Cli, Command, PolicyCommand, RunArgs, Scheduler, SlurmCommand};
+use crate::cli::{Cli, Command, LsfCommand, PolicyCommand, RunArgs, Scheduler, SlurmCommand};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::facts::ImageFacts;
@@ -15,8 +15,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub fn main(cli: Cli) -> i32 {
+    // Every command, first: root runs more than `berth run` (slurmstepd
+    // runs `slurm query|kill|delete`, an admin `policy check`).
+    let hardened = crate::sys::harden();
     crate::logger::init(log::LevelFilter::Warn);
-    let result = match cli.command {
+    let esub = matches!(cli.command, Command::Lsf(LsfCommand::Esub(_)));
+    let result = hardened.and_then(|()| match cli.command {
         Command::Run(a) => run(&cli.policy, &a),
         Command::Explain(a) => explain(&cli.policy, &a.run, a.json),
         Command::Doctor { json } => crate::doctor::main(&cli.policy, json),
@@ -45,9 +49,12 @@ pub fn main(cli: Cli) -> i32 {
         }
         Command::Lsf(c) => crate::lsf::main(&cli.policy, &c),
         Command::Bundle(c) => crate::bundle::main(&cli.policy, &c),
-    };
+    });
     match result {
         Ok(code) => code,
+        // The esub reports its own errors, a failed harden too: LSF wants
+        // LSB_SUB_ABORT_VALUE.
+        Err(e) if esub => crate::lsf::esub::reject(&e),
         Err(e) => {
             eprintln!("berth: {e}");
             e.exit_code()
@@ -290,7 +297,6 @@ pub(crate) fn read_env_files(id: &Identity, req: &Request) -> Result<Vec<(String
 }
 
 fn run(policy_path: &Path, args: &RunArgs) -> Result<i32> {
-    crate::sys::harden()?;
     let policy = Policy::load(policy_path)?;
     if !crate::sys::is_root() {
         // Unprivileged callers (the job user, a relay) go through the broker.
@@ -336,7 +342,6 @@ pub fn unaudited(policy: &Policy, e: std::io::Error) -> Error {
 }
 
 fn explain(policy_path: &Path, args: &RunArgs, json: bool) -> Result<i32> {
-    crate::sys::harden()?;
     let policy = Policy::load(policy_path)?;
     let caller = Caller::from_process(args)?;
     let engine = Engine::new(&policy.docker.socket);

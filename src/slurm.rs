@@ -231,7 +231,6 @@ pub fn run(
     env_file: Option<&Path>,
     args: &[String],
 ) -> Result<i32> {
-    crate::sys::harden()?;
     let policy = Policy::load(policy_path)?;
     let job =
         match env_file {

@@ -253,9 +253,15 @@ const CONTAIN: &[Contain] = &[
         cat: Cat::Volumes,
         env: &[(V, "/storage1/fs1/alice/link-in:/data")],
         policy: no_policy_change,
-        script: "echo MOUNT=$(grep -c ' /data ' /proc/self/mountinfo)",
+        script: "echo ID=$(stat -c '%d:%i' /data); echo TYPE=$(stat -c %F /data)",
         code: 0,
-        check: |o| field_is(o, "MOUNT", "1"),
+        // /data is the link's target itself (device and inode), not the
+        // link, its directory or an empty mount point.
+        check: |o| {
+            let t = std::fs::metadata("/storage1/fs1/alice/ro").map_err(|e| e.to_string())?;
+            field_is(o, "ID", &format!("{}:{}", t.dev(), t.ino()))?;
+            field_is(o, "TYPE", "directory")
+        },
     },
     Contain {
         name: "image-user-root-still-runs-as-the-user",
@@ -1321,6 +1327,186 @@ fn rlimit_fsize_0(ctx: &Ctx) -> R {
     root_under_rlimit(ctx, libc::RLIMIT_FSIZE, 0)
 }
 
+/// Start `c` (berth as root) with what a hostile parent leaves it: 20
+/// inherited descriptors without close-on-exec (30..50, /etc/hostname)
+/// and a soft RLIMIT_FSIZE of 0 (the hard limit unlimited, so lifting it
+/// needs no CAP_SYS_RESOURCE).
+fn spawn_with_hostile_inheritance(mut c: Command) -> Result<std::process::Child, String> {
+    // SAFETY: open/dup2/close/setrlimit only.
+    unsafe {
+        c.pre_exec(|| {
+            let fd = libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for n in 30..50 {
+                libc::dup2(fd, n);
+            }
+            libc::close(fd);
+            let r = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))
+}
+
+/// What `harden()` does, seen from outside on the running berth `pid`:
+/// no_new_privs set, the capability bounding set cut to berth's seven, no
+/// inherited descriptor left, the file-size limit lifted.
+fn is_hardened(pid: u32) -> R {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut bad = Vec::new();
+    if field("NoNewPrivs:") != "1" {
+        bad.push(format!(
+            "no_new_privs is {:?}, want 1",
+            field("NoNewPrivs:")
+        ));
+    }
+    // CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, SETGID, SETUID, SYS_ADMIN.
+    let kept: u64 = [0, 1, 2, 3, 6, 7, 21].iter().map(|b| 1u64 << b).sum();
+    let bnd = u64::from_str_radix(&field("CapBnd:"), 16).map_err(|e| e.to_string())?;
+    if bnd & !kept != 0 {
+        bad.push(format!(
+            "the bounding set holds {} capabilities ({bnd:#x}), want at most berth's 7",
+            bnd.count_ones()
+        ));
+    }
+    let inherited = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == Path::new("/etc/hostname")))
+        .count();
+    if inherited != 0 {
+        bad.push(format!("{inherited} inherited descriptors still open"));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    // "Max file size   SOFT   HARD   bytes"
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max file size"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("");
+    if soft != "unlimited" {
+        bad.push(format!("the soft file-size limit is still {soft:?}"));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+/// `berth slurm SUB ID`, run as root by slurmstepd, with hostile
+/// inheritance (issue 17, item 7): checked while it waits for the engine
+/// (the bed's docker.socket is a listener this case holds), it is hardened.
+fn slurm_entry_hardened(ctx: &Ctx, sub: &str) -> R {
+    let bed = ctx.bed_at(|p, dir| {
+        set(
+            p,
+            "docker.socket",
+            dir.join("engine.sock").display().to_string(),
+        );
+    });
+    let l = std::os::unix::net::UnixListener::bind(bed.path().join("engine.sock"))
+        .map_err(|e| format!("bind: {e}"))?;
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let job = ctx.job(&bed);
+    let id = format!("node1.{ALICE}.{}.0.0", job.id);
+    let child = spawn_with_hostile_inheritance(job.command(&["slurm", sub], &[&id]))?;
+    let pid = child.id();
+    let mut conn = None;
+    wait_until(Duration::from_secs(20), || {
+        conn = l.accept().ok();
+        conn.is_some()
+    });
+    let r = match &conn {
+        None => Err(format!("berth slurm {sub} never reached the engine")),
+        Some(_) => is_hardened(pid),
+    };
+    // The engine hangs up: berth gives up on it and exits.
+    drop(conn);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| broker::finish(child, T60)))
+        .map_err(|_| format!("berth slurm {sub} did not exit"))?;
+    r.map_err(|e| {
+        format!(
+            "berth slurm {sub} as root: {e}\n--- stderr:\n{}",
+            out.stderr
+        )
+    })
+}
+
+fn slurm_query_hardened(ctx: &Ctx) -> R {
+    slurm_entry_hardened(ctx, "query")
+}
+
+fn slurm_kill_hardened(ctx: &Ctx) -> R {
+    slurm_entry_hardened(ctx, "kill")
+}
+
+fn slurm_delete_hardened(ctx: &Ctx) -> R {
+    slurm_entry_hardened(ctx, "delete")
+}
+
+/// `berth policy check FILE` as root with hostile inheritance: checked
+/// while it waits to read FILE (a FIFO this case writes the policy to),
+/// it is hardened.
+fn policy_check_hardened(ctx: &Ctx) -> R {
+    let bed = ctx.bed(|_| {});
+    let fifo = bed.path().join("policy.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("mkfifo: {e}"))?;
+    let job = ctx.job(&bed);
+    let mut c = job.command(&["policy", "check"], &[]);
+    c.arg(&fifo);
+    let child = spawn_with_hostile_inheritance(c)?;
+    let pid = child.id();
+    // Opening the FIFO's write end succeeds once berth has it open to read.
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut w = None;
+    wait_until(Duration::from_secs(20), || {
+        w = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .ok();
+        w.is_some()
+    });
+    let r = match &w {
+        None => Err("berth policy check never opened the policy".into()),
+        Some(_) => is_hardened(pid),
+    };
+    if let Some(mut w) = w {
+        use std::io::Write;
+        let _ = w.write_all(b"[images]\nallow = [\"docker.io/berth-test/*\"]\n");
+    }
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| broker::finish(child, T60)))
+        .map_err(|_| "berth policy check did not exit".to_string())?;
+    r.map_err(|e| {
+        format!(
+            "berth policy check as root: {e}\n--- stderr:\n{}",
+            out.stderr
+        )
+    })
+}
+
 type Limits = &'static [(libc::__rlimit_resource_t, libc::rlim_t)];
 
 /// Berth as alice (through the broker) under hostile limits: hers are
@@ -1636,9 +1822,12 @@ fn swap_loop(
     });
     let bed = ctx.bed(|_| {});
     let spec = spec_of(&real);
-    let mut results = (0, 0);
+    let mut tally = SwapTally::default();
     let mut err = None;
-    for _ in 0..jobs {
+    // At least `jobs` jobs, and on until the race window was hit (a job
+    // the planner let through found the path swapped when it was pinned)
+    // and a job mounted the real directory, up to `MAX_SWAP_JOBS`.
+    while tally.jobs() < jobs || (!tally.window_hit() && tally.jobs() < MAX_SWAP_JOBS) {
         let job = ctx.job(&bed).volumes(&spec);
         let out = match run_cmd(
             job.command(&["run"], &["cat /data/marker 2>/dev/null || echo NO-MARKER; test -e /data/passwd && echo ETC-LEAKED; test -e /data/openssl.cnf && echo ETC-LEAKED; true"]),
@@ -1652,9 +1841,13 @@ fn swap_loop(
         };
         match out.code {
             Some(0) if out.stdout.contains("real-dir") && !out.stdout.contains("ETC-LEAKED") => {
-                results.0 += 1
+                tally.mounted += 1
             }
-            Some(77) => results.1 += 1,
+            // Refused by the planner: it saw the link out of the root.
+            Some(77) if out.stderr.contains("[rule volumes.source]") => tally.planner += 1,
+            // Refused when pinned: planned on the real directory, swapped
+            // before the launcher opened it as the user.
+            Some(77) if out.stderr.contains("[rule volumes.changed]") => tally.pinning += 1,
             _ => {
                 err = Some(format!(
                     "a job saw something else: exit {:?}\n{}\n{}",
@@ -1670,16 +1863,47 @@ fn swap_loop(
     if let Some(e) = err {
         return Err(e);
     }
+    let flips = flips.load(Ordering::Relaxed);
     eprintln!(
-        "hostile: {tag}: {} jobs mounted the real directory, {} refused, {} flips",
-        results.0,
-        results.1,
-        flips.load(Ordering::Relaxed)
+        "hostile: {tag}: {} jobs mounted the real directory, {} refused by the planner, {} when pinned, {flips} flips",
+        tally.mounted, tally.planner, tally.pinning,
     );
-    if flips.load(Ordering::Relaxed) < 100 {
+    if flips < 100 {
         return Err("the swap thread barely ran".into());
     }
+    if !tally.window_hit() {
+        return Err(format!(
+            "the race window was not shown in {} jobs: {} mounted, {} refused by the planner, {} when pinned (want at least one mounted and one refused when pinned)",
+            tally.jobs(),
+            tally.mounted,
+            tally.planner,
+            tally.pinning
+        ));
+    }
     host_intact()
+}
+
+/// Most jobs a swap case runs while waiting for the race window.
+const MAX_SWAP_JOBS: usize = 200;
+
+/// How the jobs of a swap case came out.
+#[derive(Default)]
+struct SwapTally {
+    mounted: usize,
+    planner: usize,
+    pinning: usize,
+}
+
+impl SwapTally {
+    fn jobs(&self) -> usize {
+        self.mounted + self.planner + self.pinning
+    }
+
+    /// Both sides of the check-then-pin window were seen: a swap between
+    /// them was caught, and a job that saw no swap ran.
+    fn window_hit(&self) -> bool {
+        self.pinning > 0 && self.mounted > 0
+    }
 }
 
 fn swap_final_component(ctx: &Ctx) -> R {
@@ -2644,6 +2868,26 @@ const SPECIAL: &[Special] = &[
         name: "rlimit-fsize-0-root",
         cat: Cat::Process,
         run: rlimit_fsize_0,
+    },
+    Special {
+        name: "slurm-query-hardened-root",
+        cat: Cat::Process,
+        run: slurm_query_hardened,
+    },
+    Special {
+        name: "slurm-kill-hardened-root",
+        cat: Cat::Process,
+        run: slurm_kill_hardened,
+    },
+    Special {
+        name: "slurm-delete-hardened-root",
+        cat: Cat::Process,
+        run: slurm_delete_hardened,
+    },
+    Special {
+        name: "policy-check-hardened-root",
+        cat: Cat::Process,
+        run: policy_check_hardened,
     },
     Special {
         name: "rlimit-nproc-0-user",

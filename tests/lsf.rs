@@ -339,6 +339,23 @@ log = "{d}/audit.log"
         cwd: &str,
         abort: Option<i32>,
     ) -> (Out, Option<String>, Option<String>) {
+        let script = self.script("esub.docker");
+        let mut v = vec![script.to_str().unwrap()];
+        v.extend_from_slice(argv);
+        self.esub_command(user, &v, parm, env, cwd, abort)
+    }
+
+    /// As [`Bed::esub`], with `command` run instead of esub.docker (a
+    /// site's own esub line).
+    fn esub_command(
+        &self,
+        user: &str,
+        command: &[&str],
+        parm: &str,
+        env: &[(&str, &str)],
+        cwd: &str,
+        abort: Option<i32>,
+    ) -> (Out, Option<String>, Option<String>) {
         // bsub makes a private directory for the esub's files.
         let sub = self.dir.join(format!("esub-{}", job_id()));
         std::fs::create_dir(&sub).unwrap();
@@ -367,10 +384,7 @@ log = "{d}/audit.log"
             e.push(("LSB_SUB_ABORT_VALUE".into(), a.to_string()));
         }
         e.extend(pairs(env));
-        let script = self.script("esub.docker");
-        let mut v = vec![script.to_str().unwrap()];
-        v.extend_from_slice(argv);
-        let out = output(command_as(Some(user), &v, &e, cwd).spawn().unwrap());
+        let out = output(command_as(Some(user), command, &e, cwd).spawn().unwrap());
         let read = |p: &Path| std::fs::read_to_string(p).ok();
         let r = (out, read(&envfile), read(&modfile));
         let _ = std::fs::remove_dir_all(&sub);
@@ -723,6 +737,82 @@ fn esub_rejects_at_submission_and_writes_nothing() {
         None,
     );
     out.expect(64);
+}
+
+/// LSF accepts a job whose esub exits with anything but
+/// LSB_SUB_ABORT_VALUE, so a command line berth cannot parse (a site's
+/// esub line with an unknown option, a missing value, an older berth)
+/// must reject the submission like any other failure (issue 17, item 11).
+#[test]
+fn esub_usage_errors_reject_the_job() {
+    let bed = Bed::new(true);
+    let policy = bed.policy();
+    let p = policy.to_str().unwrap();
+    let b = berth();
+    let parm = parm_file(IMAGE, "true");
+    #[rustfmt::skip]
+    let cases: &[(&str, Vec<&str>)] = &[
+        ("unknown option", vec![b, "--policy", p, "lsf", "esub", "--bogus", IMAGE]),
+        ("unknown option after --app", vec![b, "--policy", p, "lsf", "esub", "--app", "docker", "-x", "--", IMAGE]),
+        ("missing value", vec![b, "--policy", p, "lsf", "esub", "--app"]),
+        ("empty --app=", vec![b, "--policy", p, "lsf", "esub", "--app=", IMAGE]),
+        ("global option after the subcommand", vec![b, "lsf", "esub", "--policy", p, "--nope", IMAGE]),
+        ("missing --policy value", vec![b, "lsf", "esub", IMAGE, "--policy"]),
+        // LSF runs the esub to check a submission; help is no check.
+        ("help", vec![b, "--policy", p, "lsf", "esub", "--help"]),
+        ("version", vec![b, "--policy", p, "lsf", "esub", "-V"]),
+    ];
+    for (what, command) in cases {
+        let (out, envfile, modfile) =
+            bed.esub_command(ALICE, command, &parm, &[], ALICE_DIR, Some(ABORT));
+        assert_eq!(out.code, Some(ABORT), "{what}: {out:?}");
+        assert!(
+            out.stderr.starts_with("berth: job rejected: ") && out.stderr.lines().count() == 1,
+            "{what}: one `berth: job rejected:` line: {}",
+            out.stderr
+        );
+        assert_eq!((envfile, modfile), (None, None), "{what}: nothing written");
+    }
+
+    // Without LSB_SUB_ABORT_VALUE (not LSF): 64, an unknown option (SPEC §3);
+    // help is help.
+    let (out, envfile, _) = bed.esub_command(
+        ALICE,
+        &[b, "--policy", p, "lsf", "esub", "--bogus", IMAGE],
+        &parm,
+        &[],
+        ALICE_DIR,
+        None,
+    );
+    out.expect(64);
+    assert_eq!(envfile, None);
+    let (out, _, _) = bed.esub_command(
+        ALICE,
+        &[b, "lsf", "esub", "--help"],
+        &parm,
+        &[],
+        ALICE_DIR,
+        None,
+    );
+    out.expect(0);
+    assert!(out.stdout.contains("Usage:"), "{}", out.stdout);
+
+    // The same line with the site's esub.docker still works.
+    let (out, envfile, _) = bed.esub_command(
+        ALICE,
+        &[
+            b, "--policy", p, "lsf", "esub", "--app", "docker", "--", IMAGE,
+        ],
+        &parm,
+        &[],
+        ALICE_DIR,
+        Some(ABORT),
+    );
+    out.expect(0);
+    assert_eq!(
+        envfile.as_deref(),
+        Some("LSB_CONTAINER_IMAGE=\"berth-test/busybox:1\"\n")
+    );
 }
 
 #[test]

@@ -432,9 +432,11 @@ mod tests {
 
     #[test]
     fn publish_replace_list_remove() {
-        if !crate::sys::is_root() {
-            return; // ownership checks need root-owned files
-        }
+        // Never a silent pass: the ownership checks need root-owned files.
+        assert!(
+            crate::sys::is_root(),
+            "this test must run as root (tests/run.sh and CI do)"
+        );
         let r = root();
         let c = Cache::at(r.path(), 0).unwrap();
         put(&c, "one");

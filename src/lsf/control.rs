@@ -75,7 +75,6 @@ pub fn parse_action(s: &str) -> Result<Action> {
 }
 
 pub fn run(policy_path: &Path, args: &ControlArgs) -> Result<i32> {
-    crate::sys::harden()?;
     let action = parse_action(&args.action)?;
     let policy = Policy::load(policy_path)?;
     let env = crate::job::environment()?;

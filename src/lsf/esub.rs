@@ -339,20 +339,78 @@ pub fn decide(
 
 /// The esub entry point; returns the process exit code.
 pub fn run(policy_path: &Path, args: &EsubArgs) -> i32 {
-    let abort = std::env::var("LSB_SUB_ABORT_VALUE")
-        .ok()
-        .and_then(|v| v.trim().parse::<i32>().ok());
     match run_inner(policy_path, args) {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("berth: job rejected: {e}");
-            abort.unwrap_or_else(|| e.exit_code())
-        }
+        Err(e) => reject(&e),
     }
 }
 
+/// Reject the submission: one line on stderr, and the exit code that makes
+/// LSF refuse the job (`LSB_SUB_ABORT_VALUE`; LSF accepts a job whose esub
+/// exits with anything else), or berth's own code when LSF did not set it.
+/// Every failure of the esub ends here.
+pub fn reject(e: &Error) -> i32 {
+    eprintln!("berth: job rejected: {e}");
+    std::env::var("LSB_SUB_ABORT_VALUE")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .unwrap_or_else(|| e.exit_code())
+}
+
+/// Whether a command line runs `berth lsf esub`, judged without clap, so
+/// that a line clap refuses is still known to be the esub's. Options
+/// before the subcommand words are skipped (`--policy` with its value).
+pub fn is_esub_command_line(args: &[std::ffi::OsString]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let mut words: Vec<&[u8]> = Vec::new();
+    let mut it = args.iter().skip(1).map(|a| a.as_bytes());
+    while let Some(a) = it.next() {
+        match a {
+            b"--" => break,
+            b"--policy" => {
+                it.next();
+            }
+            _ if a.starts_with(b"-") => {}
+            _ => {
+                words.push(a);
+                if words.len() == 2 {
+                    break;
+                }
+            }
+        }
+    }
+    words == [b"lsf".as_slice(), b"esub".as_slice()]
+}
+
+/// A `berth lsf esub` command line clap refuses (an unknown option, a
+/// missing value): the submission is rejected like any other failure, not
+/// left to clap's exit 2, which LSF would take as "accept". `--help` and
+/// `--version` print and exit 0 only when LSF is not the caller: run by
+/// LSF, they would accept a job nothing checked. Returns the exit code.
+pub fn usage_error(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    let by_lsf = std::env::var_os("LSB_SUB_ABORT_VALUE").is_some();
+    if informational && !by_lsf {
+        let _ = e.print();
+        return e.exit_code();
+    }
+    let what = if informational {
+        "asks for help or the version, which checks no submission".to_string()
+    } else {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or_default();
+        format!(
+            "does not parse ({})",
+            first.strip_prefix("error: ").unwrap_or(first)
+        )
+    };
+    reject(&Error::Malformed(format!(
+        "the esub command line {what}; fix esub.docker (it runs berth --policy FILE lsf esub [--app NAME] -- \"$@\")"
+    )))
+}
+
 fn run_inner(policy_path: &Path, args: &EsubArgs) -> Result<()> {
-    crate::sys::harden()?;
     if let Some(app) = &args.app {
         let ok = !app.is_empty()
             && app.len() <= 64
@@ -579,6 +637,35 @@ mod tests {
                 "registry.example.edu:5000/lab/img:1.0@sha256:00".into()
             ])
         );
+    }
+
+    #[test]
+    fn esub_command_lines() {
+        let line = |s: &str| {
+            let args: Vec<std::ffi::OsString> = s.split(' ').map(Into::into).collect();
+            is_esub_command_line(&args)
+        };
+        for yes in [
+            "berth lsf esub",
+            "berth lsf esub --bogus",
+            "berth --policy /p lsf esub -- x",
+            "berth --policy=/p lsf esub",
+            "berth lsf --policy /p esub --app",
+            "berth -x lsf esub",
+        ] {
+            assert!(line(yes), "{yes}");
+        }
+        for no in [
+            "berth",
+            "berth lsf",
+            "berth lsf control esub",
+            "berth run lsf esub",
+            "berth --policy lsf esub",
+            "berth -- lsf esub",
+            "berth lsf esubx",
+        ] {
+            assert!(!line(no), "{no}");
+        }
     }
 
     #[test]

@@ -699,45 +699,136 @@ fn array_elements_have_distinct_names_and_dirs() {
     assert!(has(&a, "--label=berth.index=1"));
 }
 
+/// A refusal is a denial (77) or a malformed request (64), never an
+/// internal error or anything else.
+fn refused_cleanly(e: &Error) -> bool {
+    matches!(e, Error::Denied(_) | Error::Malformed(_))
+}
+
+/// Sources the fake site accepts (a directory under a root, the user can
+/// read it, links staying inside): (source, where it resolves, the root's
+/// mode).
+const GOOD_SOURCES: &[(&str, &str, Mode)] = &[
+    ("/storage1/fs1/alice", "/storage1/fs1/alice", Mode::Rw),
+    (
+        "/storage1/fs1/alice/proj",
+        "/storage1/fs1/alice/proj",
+        Mode::Rw,
+    ),
+    (
+        "/storage1/fs1/alice/in",
+        "/storage1/fs1/alice/proj",
+        Mode::Rw,
+    ),
+    ("/storage1/fs1/lab", "/storage1/fs1/lab", Mode::Rw),
+    ("/scratch1/fs1/alice", "/scratch1/fs1/alice", Mode::Ro),
+    ("/linked/alice", "/gpfs/real/alice", Mode::Rw),
+];
+
+/// Destination components: reserved ones, ones under which only some paths
+/// are reserved (`/var`), and free ones.
+const DST_SEGMENTS: &[&str] = &[
+    "data", "etc", "proc", "usr", "bin", "tmp", "opt", "x", "dev", "run", "var", "lib", "sys",
+    "boot", "scratch", "home",
+];
+
 proptest! {
     /// Whatever path a job names, a planned mount's source is under an
-    /// allowed root, after resolution, and has no character docker parses.
+    /// allowed root, after resolution, and has no character docker parses;
+    /// anything else is refused cleanly.
     #[test]
     fn mounts_stay_under_roots(segs in proptest::collection::vec("(alice|lab|open|out|in|toscratch|\\.\\.|\\.|proj|file\\.txt|x:y|a,b|)", 0..6), root in "(/storage1/fs1|/scratch1/fs1|/storage1x/fs1|/etc|/linked|)") {
         let src = format!("{root}/{}", segs.join("/"));
-        if let Ok(p) = try_plan(&[("LSF_DOCKER_VOLUMES", &format!("{src}:/data"))]) {
-            let m = p.mounts.iter().find(|m| m.dst == Path::new("/data")).unwrap();
-            let ok = ["/storage1/fs1", "/scratch1/fs1", "/gpfs/real"].iter().any(|r| m.src.starts_with(r));
-            prop_assert!(ok, "{} -> {}", src, m.src.display());
-            prop_assert!(unsafe_char(&m.src).is_none());
-            prop_assert!(!m.src.components().any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir)));
-            if m.src.starts_with("/scratch1/fs1") { prop_assert_eq!(m.mode, Mode::Ro); }
+        match try_plan(&[("LSF_DOCKER_VOLUMES", &format!("{src}:/data"))]) {
+            Ok(p) => {
+                let m = p.mounts.iter().find(|m| m.dst == Path::new("/data")).unwrap();
+                let ok = ["/storage1/fs1", "/scratch1/fs1", "/gpfs/real"].iter().any(|r| m.src.starts_with(r));
+                prop_assert!(ok, "{} -> {}", src, m.src.display());
+                prop_assert!(unsafe_char(&m.src).is_none());
+                prop_assert!(!m.src.components().any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir)));
+                if m.src.starts_with("/scratch1/fs1") { prop_assert_eq!(m.mode, Mode::Ro); }
+            }
+            Err(e) => prop_assert!(refused_cleanly(&e), "{}: {:?}", src, e),
         }
     }
 
-    /// No destination a job names lands on a reserved path.
+    /// The accept side of `mounts_stay_under_roots`: a good source, with any
+    /// mode its root allows, at a free destination, is always planned, from
+    /// where it resolves, at most as writable as its root and the request.
+    #[test]
+    fn good_volumes_are_always_planned(
+        (src, real, root_mode) in proptest::sample::select(GOOD_SOURCES),
+        mode in "(|:ro|:rw)",
+        dst in "/(data|in|out|d[a-z]{1,6})(/[a-z]{1,4}){0,2}",
+    ) {
+        prop_assume!(!(root_mode == Mode::Ro && mode == ":rw"));
+        let spec = format!("{src}:{dst}{mode}");
+        let p = match try_plan(&[("LSF_DOCKER_VOLUMES", &spec)]) {
+            Ok(p) => p,
+            Err(e) => return Err(TestCaseError::fail(format!("{spec} refused: {e}"))),
+        };
+        let m = p.mounts.iter().find(|m| m.dst == Path::new(&dst)).unwrap();
+        prop_assert_eq!(&m.src, Path::new(real));
+        let want = if mode == ":ro" || root_mode == Mode::Ro { Mode::Ro } else { Mode::Rw };
+        prop_assert_eq!(m.mode, want, "{}", spec);
+    }
+
+    /// No destination a job names lands on a reserved path; anything else
+    /// is refused cleanly.
     #[test]
     fn destinations_never_reserved(dst in "(/[a-z.]{0,5}){1,4}") {
-        if let Ok(p) = try_plan(&[("LSF_DOCKER_VOLUMES", &format!("/storage1/fs1/alice:{dst}"))]) {
-            for m in p.mounts.iter().filter(|m| m.kind == MountKind::Volume) {
-                for r in crate::policy::DEFAULT_RESERVED {
-                    let r = Path::new(r);
-                    prop_assert!(if r == Path::new("/") { m.dst != r } else { !m.dst.starts_with(r) }, "{}", m.dst.display());
+        match try_plan(&[("LSF_DOCKER_VOLUMES", &format!("/storage1/fs1/alice:{dst}"))]) {
+            Ok(p) => {
+                for m in p.mounts.iter().filter(|m| m.kind == MountKind::Volume) {
+                    for r in crate::policy::DEFAULT_RESERVED {
+                        let r = Path::new(r);
+                        prop_assert!(if r == Path::new("/") { m.dst != r } else { !m.dst.starts_with(r) }, "{}", m.dst.display());
+                    }
                 }
             }
+            Err(e) => prop_assert!(refused_cleanly(&e), "{}: {:?}", dst, e),
         }
     }
 
-    /// Any environment: what is passed has valid names, no newlines, and
+    /// Exactly the destinations under a reserved path are refused (by
+    /// mounts.reserved); every other one is planned where it was asked.
+    #[test]
+    fn destinations_refused_exactly_when_reserved(segs in proptest::collection::vec(proptest::sample::select(DST_SEGMENTS), 1..4)) {
+        let dst = format!("/{}", segs.join("/"));
+        let reserved = crate::policy::DEFAULT_RESERVED
+            .iter()
+            .any(|r| *r != "/" && Path::new(&dst).starts_with(r));
+        match try_plan(&[("LSF_DOCKER_VOLUMES", &format!("/storage1/fs1/alice:{dst}"))]) {
+            Ok(p) => {
+                prop_assert!(!reserved, "{} is reserved but was planned", dst);
+                prop_assert!(p.mounts.iter().any(|m| m.kind == MountKind::Volume && m.dst == Path::new(&dst)));
+            }
+            Err(Error::Denied(d)) => {
+                prop_assert!(reserved, "{} is free but was refused: {}", dst, d);
+                prop_assert_eq!(d.rule, "mounts.reserved");
+            }
+            Err(e) => return Err(TestCaseError::fail(format!("{dst}: {e:?}"))),
+        }
+    }
+
+    /// Any environment: the job is planned (no variable here is the
+    /// request's), and what is passed has valid names, no newlines, and
     /// nothing matching the deny list; argv never carries values.
     #[test]
     fn env_filter_holds(vars in proptest::collection::vec(("[A-Za-z_%=-][A-Za-z0-9_%-]{0,8}", "[ -~\n]{0,10}"), 0..8)) {
         let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).filter(|(k, _)| !k.starts_with("LS")).collect();
-        if let Ok(p) = try_plan(&pairs) {
+        let p = match try_plan(&pairs) {
+            Ok(p) => p,
+            Err(e) => return Err(TestCaseError::fail(format!("{pairs:?} refused: {e}"))),
+        };
+        for (k, v) in &p.env {
+            prop_assert!(crate::envfilter::valid_name(k));
+            prop_assert!(!v.contains('\n'));
+            prop_assert!(!k.starts_with("LD_") && !k.starts_with("DOCKER_") && !k.starts_with("NVIDIA_"));
+        }
+        for a in &p.argv {
             for (k, v) in &p.env {
-                prop_assert!(crate::envfilter::valid_name(k));
-                prop_assert!(!v.contains('\n'));
-                prop_assert!(!k.starts_with("LD_") && !k.starts_with("DOCKER_") && !k.starts_with("NVIDIA_"));
+                prop_assert!(v.len() < 3 || !a.contains(&format!("{k}={v}")), "argv carries {}={}: {}", k, v, a);
             }
         }
     }
