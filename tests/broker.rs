@@ -202,7 +202,7 @@ fn raw_job(b: &Broker, user: &TestUser, h: &Hello) -> RawResult {
 /// daemon's answer.
 fn raw_bytes(b: &Broker, user: &TestUser, bytes: &[u8]) -> Vec<DaemonMsg> {
     let stream = connect_as(user, &b.daemon.socket);
-    let _ = (&stream).write_all(bytes);
+    let _ = (&*stream).write_all(bytes);
     read_msgs(&stream)
 }
 
@@ -367,7 +367,7 @@ fn malformed_requests_are_refused_and_the_daemon_goes_on() {
         b"\x00\x00\x01\x00{\"version\":1".to_vec(),
     ] {
         let stream = connect_as(&alice, &b.daemon.socket);
-        let _ = (&stream).write_all(&bytes);
+        let _ = (&*stream).write_all(&bytes);
         // A truncated frame waits for more: say no more.
         let _ = stream.shutdown(std::net::Shutdown::Write);
         let msgs = read_msgs(&stream);
@@ -788,4 +788,33 @@ fn a_restarted_broker_kills_the_containers_a_killed_one_left_running() {
     other
         .bed
         .assert_cleaned_within(&theirs.id, Duration::from_secs(15));
+}
+
+#[test]
+fn a_peer_that_exits_right_after_connecting_gets_no_container() {
+    // The job is found from the peer's pid; a peer that is gone (its pid
+    // may already name another process, in another job) cannot be placed:
+    // refused, whatever the request says, and nothing is started.
+    let b = broker();
+    let alice = alice();
+    let job = next_job_id();
+    let conn = connect_as(&alice, &b.daemon.socket);
+    let stream = conn.try_clone().unwrap();
+    drop(conn); // the connecting process exits; this end stays open
+    std::thread::sleep(Duration::from_millis(100));
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fd = null.as_raw_fd();
+    proto::send_hello(
+        &stream,
+        &hello("env", job_env(&job), "echo RAN"),
+        [fd, fd, fd],
+    )
+    .expect("send hello");
+    let msgs = read_msgs(&stream);
+    assert!(
+        matches!(&msgs[..], [DaemonMsg::Error { code: 77, message }] if message.contains("cgroup.job")),
+        "{msgs:?}"
+    );
+    assert!(b.bed.creates(&job).is_empty());
+    b.bed.assert_no_leaks(&job);
 }

@@ -1422,10 +1422,10 @@ fn slurm_entry_hardened(ctx: &Ctx, sub: &str) -> R {
         set(
             p,
             "docker.socket",
-            dir.join("engine.sock").display().to_string(),
+            dir.join("held-engine.sock").display().to_string(),
         );
     });
-    let l = std::os::unix::net::UnixListener::bind(bed.path().join("engine.sock"))
+    let l = std::os::unix::net::UnixListener::bind(bed.path().join("held-engine.sock"))
         .map_err(|e| format!("bind: {e}"))?;
     l.set_nonblocking(true).map_err(|e| e.to_string())?;
     let job = ctx.job(&bed);
@@ -2365,7 +2365,7 @@ fn other_users_job_cannot_be_controlled(ctx: &Ctx) -> R {
         let fd = null.as_raw_fd();
         proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
         stream.set_read_timeout(Some(T60)).ok();
-        let mut r = &stream;
+        let mut r = &*stream;
         answers.push(
             proto::read_frame::<DaemonMsg>(&mut r, proto::MAX_FRAME)
                 .ok()
@@ -2520,7 +2520,7 @@ fn raw_hello(
     let fd = null.as_raw_fd();
     proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(T60)).ok();
-    let mut r = &stream;
+    let mut r = &*stream;
     Ok(proto::read_frame::<DaemonMsg>(&mut r, proto::MAX_FRAME)
         .ok()
         .flatten())

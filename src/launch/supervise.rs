@@ -124,6 +124,8 @@ fn run_created(
             Event::Abandon => return Ok(Outcome::Abandoned),
             Event::Signal(s) if is_termination(s) => {
                 log::info!("{s} before the container started: not starting it");
+                // Never started, so never auto-removed: remove it here.
+                destroy(engine, id);
                 return Ok(Outcome::Exited(128 + s as i32));
             }
             other => early.push(other),

@@ -253,13 +253,34 @@ pub fn finish(mut child: Child, timeout: Duration) -> Out {
     }
 }
 
+/// A connection made by a process of the user's that stays alive while
+/// the connection is used: the broker finds the job from its peer's pid
+/// and refuses a peer that is gone (SPEC §11).
+pub struct UserStream {
+    stream: UnixStream,
+    holder: std::process::Child,
+}
+
+impl std::ops::Deref for UserStream {
+    type Target = UnixStream;
+    fn deref(&self) -> &UnixStream {
+        &self.stream
+    }
+}
+
+impl Drop for UserStream {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
 /// A connection to the broker whose peer credentials are `user`'s: a child
-/// process running as the user connects the test's own socket and exits,
-/// so the kernel records the user as the peer (SO_PEERCRED is taken at
-/// connect) while this process holds the connection and can say anything
-/// on it.
+/// process running as the user connects the test's own socket (SO_PEERCRED
+/// is taken at connect) and lives on, holding nothing, until the
+/// connection is dropped, while this process can say anything on it.
 #[track_caller]
-pub fn connect_as(user: &TestUser, socket: &Path) -> UnixStream {
+pub fn connect_as(user: &TestUser, socket: &Path) -> UserStream {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr};
     let fd: OwnedFd = nix::sys::socket::socket(
         AddressFamily::Unix,
@@ -270,23 +291,39 @@ pub fn connect_as(user: &TestUser, socket: &Path) -> UnixStream {
     .expect("socket");
     let addr = UnixAddr::new(socket).expect("socket address");
     let raw = fd.as_raw_fd();
-    let mut cmd = Command::new("/bin/true");
-    cmd.env_clear().stdin(Stdio::null()).current_dir("/");
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let ready = ready_w.as_raw_fd();
+    let mut cmd = Command::new("/bin/sleep");
+    cmd.arg("3600")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/");
     user.apply(&mut cmd);
-    // SAFETY: connect(2) on a descriptor the child inherited, with an
-    // address built before the fork; runs after the uid change above.
+    // SAFETY: connect(2) and write(2) on descriptors the child inherited,
+    // with an address built before the fork; runs after the uid change.
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::socket::connect(raw, &addr)?;
+            let r = nix::sys::socket::connect(raw, &addr)
+                .map(|_| b"1")
+                .unwrap_or(b"0");
+            let _ = libc::write(ready, r.as_ptr().cast(), 1);
             Ok(())
         });
     }
-    let st = cmd.status().expect("spawn the connecting child");
+    let holder = cmd.spawn().expect("spawn the connecting child");
+    drop(ready_w);
+    let mut b = [0u8; 1];
+    let n = nix::unistd::read(ready_r.as_raw_fd(), &mut b).unwrap_or(0);
     assert!(
-        st.success(),
-        "connecting to {} as {} failed: {st}",
+        n == 1 && b[0] == b'1',
+        "connecting to {} as {} failed",
         socket.display(),
         user.name
     );
-    UnixStream::from(fd)
+    UserStream {
+        stream: UnixStream::from(fd),
+        holder,
+    }
 }

@@ -512,6 +512,7 @@ smoke_test() {
 readonly SLURM_PACKAGES=(slurmctld slurmd slurm-client munge)
 readonly SLURM_DIR=/var/lib/berth-testbed/slurm
 readonly SLURM_CONF=/etc/slurm/slurm.conf
+readonly CGROUP_CONF=/etc/slurm/cgroup.conf
 readonly SLURM_MARK='# managed by berth tests/setup/testbed.sh'
 readonly SLURMCTLD=/usr/sbin/slurmctld SLURMD=/usr/sbin/slurmd MUNGED=/usr/sbin/munged
 readonly MUNGE_KEY=/etc/munge/munge.key
@@ -582,12 +583,14 @@ ClusterName=berthtest
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=slurm
 AuthType=auth/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup,task/affinity
+JobAcctGatherType=jobacct_gather/cgroup
+JobAcctGatherFrequency=task=1
 AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=100
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
@@ -602,6 +605,20 @@ SlurmctldPidFile=$SLURM_DIR/run/slurmctld.pid
 SlurmdPidFile=$SLURM_DIR/run/slurmd.pid
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:16
+CONF
+}
+
+# Real enforcement (SPEC §11): cgroup v1 (this machine is a v1 hybrid and
+# Slurm refuses mixed mode, so it is named), cores, memory and devices
+# constrained, as a production node would have them.
+cgroup_conf_text() {
+  cat <<CONF
+$SLURM_MARK: cgroup enforcement for berth's integration tests.
+CgroupPlugin=cgroup/v1
+CgroupAutomount=no
+ConstrainCores=yes
+ConstrainRAMSpace=yes
+ConstrainDevices=yes
 CONF
 }
 
@@ -627,15 +644,20 @@ ensure_slurm() {
       rm -f "$oci"
     fi
   fi
-  local want changed=0
-  want=$(slurm_conf_text)
-  if [[ ! -f $SLURM_CONF || $(<"$SLURM_CONF") != "$want" ]]; then
-    log "writing $SLURM_CONF"
-    printf '%s\n' "$want" >"$SLURM_CONF.tmp"
-    chmod 0644 "$SLURM_CONF.tmp"
-    mv -f "$SLURM_CONF.tmp" "$SLURM_CONF"
-    changed=1
+  if [[ -e $CGROUP_CONF ]] && ! grep -qF "$SLURM_MARK" "$CGROUP_CONF"; then
+    die "$CGROUP_CONF exists and was not written by this script; move it away"
   fi
+  local want changed=0 f
+  for f in "$SLURM_CONF" "$CGROUP_CONF"; do
+    if [[ $f == "$SLURM_CONF" ]]; then want=$(slurm_conf_text); else want=$(cgroup_conf_text); fi
+    if [[ ! -f $f || $(<"$f") != "$want" ]]; then
+      log "writing $f"
+      printf '%s\n' "$want" >"$f.tmp"
+      chmod 0644 "$f.tmp"
+      mv -f "$f.tmp" "$f"
+      changed=1
+    fi
+  done
 
   local ctld d
   ctld=$(read_pid "$SLURMCTLD_PIDFILE")
