@@ -2069,11 +2069,113 @@ fn unpinned_still_checks_access(ctx: &Ctx) -> R {
     not_started(&bed)
 }
 
+/// One request to a credential helper (`berth __as-user`, see
+/// src/sys/as_user.rs) on `chan`: the reply's status and payload.
+fn as_user_request(
+    chan: &mut std::os::unix::net::UnixStream,
+    op: u8,
+    limit: u64,
+    path: &str,
+) -> (u8, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut req = vec![op];
+    req.extend_from_slice(&limit.to_ne_bytes());
+    req.extend_from_slice(&(path.len() as u32).to_ne_bytes());
+    req.extend_from_slice(path.as_bytes());
+    chan.write_all(&req).unwrap();
+    let mut head = [0u8; 6];
+    chan.read_exact(&mut head).unwrap();
+    let mut payload = vec![0u8; u32::from_ne_bytes([head[2], head[3], head[4], head[5]]) as usize];
+    chan.read_exact(&mut payload).unwrap();
+    (head[0], payload)
+}
+
+fn as_user_helper_grants_nothing(ctx: &Ctx) -> R {
+    // The helper root berth execs to act as a user is berth itself with a
+    // hidden first argument. Run by a user it cannot become anyone (it
+    // fails to switch); run by root it never becomes root, and it answers
+    // as the user it became, never as root.
+    let b = brokered(ctx, |_| {});
+    let code = |mut c: Command| -> Result<Option<i32>, String> {
+        c.env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c.status().map(|s| s.code()).map_err(|e| e.to_string())
+    };
+    for args in [
+        ["2002", "2002", "2002"],
+        ["2001", "2001", "2001"],
+        ["0", "0", ""],
+    ] {
+        let mut c = Command::new(&b.bin);
+        c.arg("__as-user").args(args);
+        alice().apply(&mut c);
+        if !matches!(code(c)?, Some(2 | 99)) {
+            return Err(format!("alice ran the helper as {args:?}: not refused"));
+        }
+    }
+    for args in [
+        ["0", "0", ""],
+        ["2001", "0", ""],
+        ["2001", "2001", "2001,0"],
+        ["2001", "2001", "x"],
+    ] {
+        let mut c = Command::new(&b.bin);
+        c.arg("__as-user").args(args);
+        if code(c)? != Some(2) {
+            return Err(format!("root ran the helper as {args:?}: not refused"));
+        }
+    }
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut child = Command::new(&b.bin)
+        .args(["__as-user", "2001", "2001", "2001"])
+        .env_clear()
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let shadow = as_user_request(&mut ours, 4, 1 << 20, "/etc/shadow");
+    let hello = as_user_request(&mut ours, 4, 1 << 20, "/storage1/fs1/alice/hello.txt");
+    let bobs = as_user_request(&mut ours, 1, 0, "/storage1/fs1/bob-private/open");
+    drop(ours);
+    let st = wait_child(&mut child, T60).ok_or("the helper did not exit at EOF")?;
+    if shadow.0 != 2 || hello.0 != 0 || !hello.1.starts_with(b"hello from storage1") {
+        return Err(format!(
+            "root's helper for alice read /etc/shadow ({}) or not her file ({})",
+            shadow.0, hello.0
+        ));
+    }
+    if bobs.0 != 1 || bobs.1 != libc::EACCES.to_ne_bytes() {
+        return Err(format!(
+            "root's helper for alice resolved into bob's 0700 directory: {bobs:?}"
+        ));
+    }
+    if st.code() != Some(0) {
+        return Err(format!("the helper exited {st:?}"));
+    }
+    let help = Command::new(&b.bin)
+        .arg("--help")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    if help.contains("as-user") {
+        return Err(format!("berth --help shows the helper:\n{help}"));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // the table of special cases
 // ---------------------------------------------------------------------------
 
 const SPECIAL: &[Special] = &[
+    Special {
+        name: "credential-helper-grants-nothing",
+        cat: Cat::Process,
+        run: as_user_helper_grants_nothing,
+    },
     Special {
         name: "unpinned-volumes-still-checked",
         cat: Cat::Pinning,
