@@ -11,6 +11,8 @@ use crate::identity::{self, Identity, Nss};
 use crate::plan::{self, Context, HostFs, LaunchPlan};
 use crate::policy::{self, Policy, Severity};
 use crate::request::{self, ImageSpec, Request};
+use crate::sys::UserView;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -62,26 +64,92 @@ pub fn main(cli: Cli) -> i32 {
     }
 }
 
-/// The node's filesystem, for the planner.
+/// The node's filesystem for the planner, as the job user sees it: every
+/// path is resolved, inspected and checked with the user's own
+/// credentials (by a helper running as the user when berth is root, see
+/// `sys::as_user`), never as root, so that a denial cannot tell what lies
+/// in a directory the user cannot search.
 #[derive(Default)]
 pub struct RealFs {
+    /// Whose view; `None`: the calling process's own (berth not root).
+    user: Option<(u32, u32, Vec<u32>)>,
     /// The launcher will open every volume as the user when it pins it
-    /// (the same check, made race-free): don't fork to check it twice.
-    pub access_checked_by_pin: bool,
+    /// (the same check, made race-free): don't check access twice.
+    access_checked_by_pin: bool,
+    view: RefCell<Option<UserView>>,
+    /// Why the user's view could not answer (the planner only sees an
+    /// I/O error): see [`RealFs::failure`].
+    failure: RefCell<Option<Error>>,
+}
+
+impl RealFs {
+    /// The filesystem as `id` sees it.
+    pub fn as_user(id: &Identity, access_checked_by_pin: bool) -> RealFs {
+        RealFs {
+            user: Some((id.uid, id.gid, id.groups.iter().map(|g| g.gid).collect())),
+            access_checked_by_pin,
+            ..RealFs::default()
+        }
+    }
+
+    /// An internal failure behind an answer the planner got: it outranks
+    /// whatever the planner made of that answer.
+    pub fn failure(&self) -> Result<()> {
+        match self.failure.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn ask<T>(&self, f: impl FnOnce(&mut UserView) -> Result<T>) -> Result<T> {
+        let mut view = self.view.borrow_mut();
+        if view.is_none() {
+            *view = Some(match &self.user {
+                Some((uid, gid, groups)) => UserView::new(*uid, *gid, groups)?,
+                None if !crate::sys::is_root() => UserView::new(crate::sys::real_uid(), 0, &[])?,
+                None => {
+                    return Err(Error::Internal(
+                        "root berth must name the user whose view of the filesystem it plans with"
+                            .into(),
+                    ))
+                }
+            });
+        }
+        f(view.as_mut().expect("set above"))
+    }
+
+    /// An answer of the user's view, an internal failure kept aside.
+    fn io<T>(
+        &self,
+        f: impl FnOnce(&mut UserView) -> Result<std::io::Result<T>>,
+    ) -> std::io::Result<T> {
+        self.ask(f).unwrap_or_else(|e| {
+            let shown = std::io::Error::other(e.to_string());
+            self.failure.borrow_mut().get_or_insert(e);
+            Err(shown)
+        })
+    }
 }
 
 impl HostFs for RealFs {
     fn canonicalize(&self, p: &Path) -> std::io::Result<PathBuf> {
-        std::fs::canonicalize(p)
+        self.io(|v| v.resolve(p))
     }
     fn is_dir(&self, p: &Path) -> std::io::Result<bool> {
-        std::fs::metadata(p).map(|m| m.is_dir())
+        self.io(|v| v.is_dir(p))
     }
     fn user_can_access(&self, id: &Identity, paths: &[PathBuf]) -> Result<Vec<bool>> {
         if self.access_checked_by_pin {
             return Ok(vec![true; paths.len()]);
         }
-        crate::sys::user_can_access(id, paths)
+        let same = match &self.user {
+            Some((uid, gid, _)) => *uid == id.uid && *gid == id.gid,
+            None => !crate::sys::is_root() && crate::sys::real_uid() == id.uid,
+        };
+        if !same {
+            return crate::sys::user_can_access(id, paths);
+        }
+        self.ask(|v| paths.iter().map(|p| v.can_access(p)).collect())
     }
 }
 
@@ -218,10 +286,10 @@ fn decide_inner(
     if let Some(f) = &facts {
         record.image_id = Some(f.id.clone());
     }
-    let fs = RealFs {
-        access_checked_by_pin: caller.launching && policy.mounts.pin,
-    };
-    let p = plan::plan(policy, &id, &req, facts.as_ref(), &fs, &ctx)?;
+    let fs = RealFs::as_user(&id, caller.launching && policy.mounts.pin);
+    let p = plan::plan(policy, &id, &req, facts.as_ref(), &fs, &ctx);
+    fs.failure()?;
+    let p = p?;
     record.container = Some(p.name.clone());
     record.job = Some(p.job.id.clone());
     record.cgroup = p.placement.as_ref().map(|pl| pl.parent.clone());

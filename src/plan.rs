@@ -16,7 +16,11 @@ pub use spec::ContainerSpec;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// The host's filesystem, as the planner needs to see it.
+/// The host's filesystem, as the planner needs to see it: as the job user
+/// sees it. The node's implementation resolves and inspects every path
+/// with the user's own credentials, so a path behind a directory the user
+/// cannot search fails with `PermissionDenied` whatever is there (missing,
+/// a file, a directory, a link), and the planner says the same for all.
 pub trait HostFs {
     /// Resolve every symlink (realpath).
     fn canonicalize(&self, p: &Path) -> io::Result<PathBuf>;
@@ -196,7 +200,7 @@ pub fn plan(
                 "write SRC:/absolute/destination[:ro] with paths free of ':'",
             );
         }
-        let (src, root_mode) = resolve_source(policy, host, &v.raw, &v.src, "volume")?;
+        let (src, root_mode) = resolve_source(policy, host, id, &v.raw, &v.src, "volume")?;
         let dst = check_destination(policy, &v.raw, &v.dst)?;
         let mode = match (v.mode, root_mode) {
             (Some(Mode::Rw), Mode::Ro) => {
@@ -235,7 +239,7 @@ pub fn plan(
         });
     }
 
-    let workdir = plan_workdir(policy, req, host, &mut mounts)?;
+    let workdir = plan_workdir(policy, req, host, id, &mut mounts)?;
     check_nested(&mounts, host)?;
 
     // Every host source must be reachable by the user with their own
@@ -746,6 +750,7 @@ fn container_name(req: &Request, nonce: &str) -> Result<String> {
 fn resolve_source(
     policy: &Policy,
     host: &dyn HostFs,
+    id: &Identity,
     raw: &str,
     src: &Path,
     what: &'static str,
@@ -790,14 +795,36 @@ fn resolve_source(
             "mount a directory under one of them",
         );
     };
-    let real = host.canonicalize(&norm).map_err(|e| {
-        Error::Denied(Denial::new(
-            rule,
-            raw,
-            format!("{what} {shown} cannot be resolved: {e}"),
-            "check that the directory exists on this node",
-        ))
-    })?;
+    // The user cannot reach it: one answer, whatever is there (nothing, a
+    // file, a directory, a link to /etc), so that a denial never tells what
+    // another user keeps in a directory closed to this one.
+    let unreachable = || {
+        deny(
+            "volumes.access",
+            &shown,
+            format!(
+                "user {} cannot reach {shown} with their own permissions",
+                id.name
+            ),
+            if what == "volume" {
+                "mount a directory you can read; ask its owner for access"
+            } else {
+                "submit from (or set LSF_DOCKER_WORKDIR to) a directory you can read"
+            },
+        )
+    };
+    let real = match host.canonicalize(&norm) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return unreachable(),
+        Err(e) => {
+            return deny(
+                rule,
+                raw,
+                format!("{what} {shown} cannot be resolved: {e}"),
+                "check that the directory exists on this node",
+            )
+        }
+    };
     // The root itself may be a symlink (a GPFS mount point link): compare
     // resolved against resolved.
     let real_root = host
@@ -828,6 +855,7 @@ fn resolve_source(
     }
     match host.is_dir(&real) {
         Ok(true) => {}
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return unreachable(),
         Ok(false) => {
             return deny(
                 rule,
@@ -931,6 +959,7 @@ fn plan_workdir(
     policy: &Policy,
     req: &Request,
     host: &dyn HostFs,
+    id: &Identity,
     mounts: &mut Vec<MountPlan>,
 ) -> Result<PathBuf> {
     let (path, from_submission) = match &req.workdir {
@@ -1001,7 +1030,7 @@ fn plan_workdir(
             "submit the job from a directory under one of them, or set LSF_DOCKER_WORKDIR",
         );
     }
-    let (src, mode) = resolve_source(policy, host, &shown, &norm, "working directory")?;
+    let (src, mode) = resolve_source(policy, host, id, &shown, &norm, "working directory")?;
     if let Some(m) = mounts.iter().find(|m| m.dst == norm) {
         if m.src == src {
             return Ok(norm);
@@ -1193,3 +1222,5 @@ fn valid_hostname(h: &str) -> bool {
 pub mod spec;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unreachable_tests;

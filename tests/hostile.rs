@@ -168,7 +168,7 @@ const DENY: &[Deny] = &[
     deny!(Volumes "host-dev", [V => "/dev:/data"], 77, "not under an allowed root"),
     deny!(Volumes "host-etc", [V => "/etc:/data"], 77, "not under an allowed root"),
     deny!(Volumes "docker-sock", [V => "/var/run/docker.sock:/var/run/docker.sock"], 77, "not under an allowed root"),
-    deny!(Volumes "other-users-0700-parent", [V => "/storage1/fs1/bob-private/open:/data"], 77, "cannot read"),
+    deny!(Volumes "other-users-0700-parent", [V => "/storage1/fs1/bob-private/open:/data"], 77, "cannot reach"),
     deny!(Volumes "other-users-0700-dir", [V => "/storage1/fs1/bob-private:/data"], 77, "cannot read"),
     deny!(Volumes "rw-under-read-only-root", [V => "/scratch1/fs1/alice:/data:rw"], 77, "read-only"),
     deny!(Volumes "very-long-path", [V => "/storage1/fs1/alice/{LONG}:/data"], 77, "cannot be resolved"),
@@ -2674,11 +2674,212 @@ fn unpinned_still_checks_access(ctx: &Ctx) -> R {
     not_started(&bed)
 }
 
+/// One request to a credential helper (`berth __as-user`, see
+/// src/sys/as_user.rs) on `chan`: the reply's status and payload.
+fn as_user_request(
+    chan: &mut std::os::unix::net::UnixStream,
+    op: u8,
+    limit: u64,
+    path: &str,
+) -> (u8, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut req = vec![op];
+    req.extend_from_slice(&limit.to_ne_bytes());
+    req.extend_from_slice(&(path.len() as u32).to_ne_bytes());
+    req.extend_from_slice(path.as_bytes());
+    chan.write_all(&req).unwrap();
+    let mut head = [0u8; 6];
+    chan.read_exact(&mut head).unwrap();
+    let mut payload = vec![0u8; u32::from_ne_bytes([head[2], head[3], head[4], head[5]]) as usize];
+    chan.read_exact(&mut payload).unwrap();
+    (head[0], payload)
+}
+
+fn as_user_helper_grants_nothing(ctx: &Ctx) -> R {
+    // The helper root berth execs to act as a user is berth itself with a
+    // hidden first argument. Run by a user it cannot become anyone (it
+    // fails to switch); run by root it never becomes root, and it answers
+    // as the user it became, never as root.
+    let b = brokered(ctx, |_| {});
+    let code = |mut c: Command| -> Result<Option<i32>, String> {
+        c.env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c.status().map(|s| s.code()).map_err(|e| e.to_string())
+    };
+    for args in [
+        ["2002", "2002", "2002"],
+        ["2001", "2001", "2001"],
+        ["0", "0", ""],
+    ] {
+        let mut c = Command::new(&b.bin);
+        c.arg("__as-user").args(args);
+        alice().apply(&mut c);
+        if !matches!(code(c)?, Some(2 | 99)) {
+            return Err(format!("alice ran the helper as {args:?}: not refused"));
+        }
+    }
+    for args in [
+        ["0", "0", ""],
+        ["2001", "0", ""],
+        ["2001", "2001", "2001,0"],
+        ["2001", "2001", "x"],
+    ] {
+        let mut c = Command::new(&b.bin);
+        c.arg("__as-user").args(args);
+        if code(c)? != Some(2) {
+            return Err(format!("root ran the helper as {args:?}: not refused"));
+        }
+    }
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut child = Command::new(&b.bin)
+        .args(["__as-user", "2001", "2001", "2001"])
+        .env_clear()
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let shadow = as_user_request(&mut ours, 4, 1 << 20, "/etc/shadow");
+    let hello = as_user_request(&mut ours, 4, 1 << 20, "/storage1/fs1/alice/hello.txt");
+    let bobs = as_user_request(&mut ours, 1, 0, "/storage1/fs1/bob-private/open");
+    drop(ours);
+    let st = wait_child(&mut child, T60).ok_or("the helper did not exit at EOF")?;
+    if shadow.0 != 2 || hello.0 != 0 || !hello.1.starts_with(b"hello from storage1") {
+        return Err(format!(
+            "root's helper for alice read /etc/shadow ({}) or not her file ({})",
+            shadow.0, hello.0
+        ));
+    }
+    if bobs.0 != 1 || bobs.1 != libc::EACCES.to_ne_bytes() {
+        return Err(format!(
+            "root's helper for alice resolved into bob's 0700 directory: {bobs:?}"
+        ));
+    }
+    if st.code() != Some(0) {
+        return Err(format!("the helper exited {st:?}"));
+    }
+    let help = Command::new(&b.bin)
+        .arg("--help")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    if help.contains("as-user") {
+        return Err(format!("berth --help shows the helper:\n{help}"));
+    }
+    Ok(())
+}
+
+/// bob's 0700 directory holding a file, a directory and a link to /etc
+/// (and not `missing`), created as root inside the fixtures; removed on drop.
+struct BobPrivate {
+    top: PathBuf,
+}
+
+impl BobPrivate {
+    fn new(fx: &Path) -> BobPrivate {
+        let top = fx.join(format!("bob-{}", next_job_id()));
+        let private = top.join("private");
+        std::fs::create_dir_all(private.join("dir")).unwrap();
+        std::fs::write(private.join("file"), "bob's\n").unwrap();
+        std::os::unix::fs::symlink("/etc", private.join("link-to-etc")).unwrap();
+        for p in [&top, &private, &private.join("dir"), &private.join("file")] {
+            std::os::unix::fs::chown(p, Some(2002), Some(2002)).unwrap();
+        }
+        std::os::unix::fs::lchown(private.join("link-to-etc"), Some(2002), Some(2002)).unwrap();
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        BobPrivate { top }
+    }
+    fn entry(&self, name: &str) -> String {
+        self.top.join("private").join(name).display().to_string()
+    }
+}
+
+impl Drop for BobPrivate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.top);
+    }
+}
+
+fn other_users_private_dir_is_no_oracle(ctx: &Ctx) -> R {
+    // Whatever bob keeps in his 0700 directory — nothing, a file, a
+    // directory, a link to /etc — alice is told the same thing, whether she
+    // names it as a volume, a submission or working directory or an env
+    // file, through every way she (or LSF's root starter for her) can ask.
+    let b = brokered(ctx, |_| {});
+    let bob = BobPrivate::new(&ctx.fx);
+    let alice = alice();
+    type Ask<'a> = &'a dyn Fn(&Job<'_>) -> Result<Out, String>;
+    let ways: [(&str, Ask); 4] = [
+        ("root explain (LSF starter)", &|j| {
+            run_cmd(j.command(&["explain"], &["true"]), T60)
+        }),
+        ("root run (LSF starter)", &|j| {
+            run_cmd(j.command(&["run"], &["echo SHOULD-NOT-RUN"]), T60)
+        }),
+        ("alice run (broker)", &|j| {
+            as_user(&b, j, &alice, "echo SHOULD-NOT-RUN")
+        }),
+        ("alice explain", &|j| {
+            run_cmd(
+                user_command(j, &alice, &b.bin, &["explain"], &["true"]),
+                T60,
+            )
+        }),
+    ];
+    let named_as = [
+        (V, "{P}:/data", "volumes.access"),
+        ("LS_SUBCWD", "{P}", "volumes.access"),
+        (W, "{P}", "volumes.access"),
+        ("LSF_DOCKER_ENV_FILE", "{P}", "env_file.access"),
+    ];
+    for (var, value, rule) in named_as {
+        for (way, ask) in &ways {
+            let mut seen: Vec<(String, String)> = Vec::new();
+            for name in ["missing", "file", "dir", "link-to-etc"] {
+                let path = bob.entry(name);
+                let job = ctx.job(&b.bed).env(var, &value.replace("{P}", &path));
+                let out = ask(&job)?;
+                expect(&out, 77, &path).map_err(|e| format!("{var}, {way}, {name}: {e}"))?;
+                let line = out
+                    .stderr
+                    .lines()
+                    .find(|l| l.starts_with("berth: denied:"))
+                    .unwrap_or_default()
+                    .replace(&path, "<PATH>");
+                seen.push((name.to_string(), line));
+            }
+            let same = seen.iter().all(|(_, l)| *l == seen[0].1);
+            if !same || !seen[0].1.ends_with(&format!("[rule {rule}]")) {
+                let all: Vec<String> = seen.iter().map(|(n, l)| format!("  {n}: {l}")).collect();
+                return Err(format!(
+                    "{var}, {way}: want one denial [rule {rule}] for all of bob's entries, got:\n{}",
+                    all.join("\n")
+                ));
+            }
+            eprintln!("hostile: {var}, {way}: {}", seen[0].1);
+        }
+    }
+    not_started(&b.bed)
+}
+
 // ---------------------------------------------------------------------------
 // the table of special cases
 // ---------------------------------------------------------------------------
 
 const SPECIAL: &[Special] = &[
+    Special {
+        name: "credential-helper-grants-nothing",
+        cat: Cat::Process,
+        run: as_user_helper_grants_nothing,
+    },
+    Special {
+        name: "volume-in-other-users-0700-dir-is-no-oracle",
+        cat: Cat::Volumes,
+        run: other_users_private_dir_is_no_oracle,
+    },
     Special {
         name: "unpinned-volumes-still-checked",
         cat: Cat::Pinning,

@@ -663,7 +663,7 @@ fn esub_rejects_at_submission_and_writes_nothing() {
         ("colon in the path", &bed, ALICE, vec![IMAGE], v("/storage1/fs1/alice/we:ird:/data"), ALICE_DIR, "true", "':'"),
         ("reserved destination", &bed, ALICE, vec![IMAGE], v("/storage1/fs1/alice:/etc"), ALICE_DIR, "true", "mounts.reserved"),
         // Resolved with alice's own credentials: bob's 0700 tree is closed.
-        ("another user's private tree", &bed, ALICE, vec![IMAGE], v(bob_vol), ALICE_DIR, "true", "Permission denied"),
+        ("another user's private tree", &bed, ALICE, vec![IMAGE], v(bob_vol), ALICE_DIR, "true", "cannot reach"),
         ("cwd outside the roots", &bed, ALICE, vec![IMAGE], vec![], "/home/berth-alice", "true", "workdir.root"),
         ("network not allowed", &bed, ALICE, vec![IMAGE], vec![("LSF_DOCKER_NETWORK", "host")], ALICE_DIR, "true", "docker.networks"),
         ("malformed ports", &bed, ALICE, vec![IMAGE], vec![("LSF_DOCKER_PORTS", "80")], ALICE_DIR, "true", "LSF_DOCKER_PORTS"),
