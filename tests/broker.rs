@@ -818,3 +818,28 @@ fn a_peer_that_exits_right_after_connecting_gets_no_container() {
     assert!(b.bed.creates(&job).is_empty());
     b.bed.assert_no_leaks(&job);
 }
+
+#[test]
+fn require_job_denies_a_login_shell_and_placement_none_runs_it_unplaced() {
+    // From a login shell (no scheduler job) through the broker.
+    let b = broker_with(|p| {
+        set(p, "cgroup.require_job", true);
+    });
+    let alice = alice();
+    let job = b.bed.job().unset("LSB_JOBID");
+    let out = b.run_as(&alice, &job, "echo RAN");
+    out.expect_denied(&["cgroup.job", "submit"]);
+    assert!(!out.stdout.contains("RAN"));
+    b.bed.assert_not_started(&job.id);
+
+    let b = broker_with(|p| {
+        set(p, "cgroup.require_job", false);
+        set(p, "cgroup.placement", "none");
+    });
+    let job = b.bed.job();
+    let out = b.run_as(&alice, &job, "grep :memory: /proc/self/cgroup");
+    out.expect_ok();
+    let c = b.bed.create_of(&job.id);
+    assert!(c.host().get("CgroupParent").is_none(), "{:?}", c.host());
+    assert!(c.host().get("Memory").is_none());
+}

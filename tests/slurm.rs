@@ -719,3 +719,265 @@ fn the_23_02_ignore_config_json_calling_convention() {
     alice.apply(&mut c);
     broker::output(c).expect_code(64);
 }
+
+// ---------------------------------------------------------------------------
+// the job's allocation (SPEC §11): Slurm runs with cgroup/v1, task/cgroup,
+// ConstrainCores/RAMSpace/Devices (tests/setup/testbed.sh)
+
+/// Slurm's v1 cgroup of a job's step, relative to a controller's mount.
+fn step_cgroup(job: &str, step: &str) -> String {
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let short = host.split('.').next().unwrap().to_string();
+    format!("/slurm_{short}/uid_{ALICE_UID}/job_{job}/step_{step}")
+}
+
+/// Every cgroup directory of job `job` left under any controller.
+fn job_cgroup_dirs(job: &str) -> Vec<String> {
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let short = host.split('.').next().unwrap().to_string();
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let p = e
+            .path()
+            .join(format!("slurm_{short}/uid_{ALICE_UID}/job_{job}"));
+        if p.exists() {
+            left.push(p.display().to_string());
+        }
+    }
+    left
+}
+
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(str::trim)
+}
+
+#[test]
+fn srun_c1_sees_one_cpu_inside_its_task_cgroup() {
+    let s = slurm();
+    let script = "echo NPROC=$(nproc); echo JOB=$SLURM_JOB_ID; \
+                  echo CPUS=$(grep Cpus_allowed_list /proc/self/status | cut -f2); \
+                  echo MEMCG=$(grep :memory: /proc/self/cgroup | cut -d: -f3); \
+                  echo LIMIT=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)";
+    let out = s.srun(
+        &[],
+        Path::new(ALICE_DIR),
+        &["-c1", "--mem=64M", "sh", "-c", script],
+        None,
+    );
+    out.expect_ok();
+    let t = &out.stdout;
+    assert_eq!(field(t, "NPROC"), Some("1"), "{t}");
+    let job = field(t, "JOB").unwrap();
+    // Inside the task's memory cgroup (v1: the caller's own), in a child.
+    let memcg = field(t, "MEMCG").unwrap();
+    let task = format!("{}/task_0/", step_cgroup(job, "0"));
+    assert!(memcg.starts_with(&task), "{memcg} not under {task}");
+    // The step's cpuset is one CPU; the container's is the same.
+    let cpus = field(t, "CPUS").unwrap();
+    assert!(!cpus.contains(['-', ',']), "{cpus}");
+    let limit: u64 = field(t, "LIMIT").unwrap().parse().unwrap();
+    assert_eq!(limit, 64 << 20, "the container's memory limit is the job's");
+    // The audit record names the placement.
+    let rec = s.bed.audit_for(job);
+    assert!(
+        rec.iter().any(|r| r["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&step_cgroup(job, "0")))),
+        "{rec:?}"
+    );
+    let out = s.srun(&[], Path::new(ALICE_DIR), &["-c2", "nproc"], None);
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "2");
+}
+
+#[test]
+fn the_container_is_placed_under_the_step_and_counted_in_its_accounting() {
+    let s = slurm();
+    let dir = AliceDir::new("acct");
+    let name = unique("acct");
+    // Busy for a while, then idle while the test looks.
+    let id = s.sbatch(
+        &[],
+        &dir.path,
+        &name,
+        "i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done; sleep 2; echo burnt; sleep 60",
+    );
+    let container = wait_running(&id, Duration::from_secs(60));
+    let c = inspect(&container);
+    let parent = c["HostConfig"]["CgroupParent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(parent, format!("{}/task_0", step_cgroup(&id, "batch")));
+    assert!(c["HostConfig"]["CpusetCpus"]
+        .as_str()
+        .is_some_and(|x| !x.is_empty()));
+    // The container's CPU time shows in the batch step's cpuacct (v1,
+    // hierarchical), which is what jobacct_gather/cgroup and sstat read.
+    let usage = |p: &str| -> u64 {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct{p}/cpuacct.usage"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || read_output(
+            &dir.path.join(format!("{name}.out"))
+        )
+        .contains("burnt")),
+        "the job did not burn its CPU"
+    );
+    let ns = usage(&parent);
+    assert!(ns > 1_000_000_000, "the step's cpuacct saw {ns} ns");
+    let sstat = Command::new("/usr/bin/sstat")
+        .args([
+            "-n",
+            "-P",
+            "-o",
+            "AveCPU,MinCPU",
+            "-j",
+            &format!("{id}.batch"),
+        ])
+        .env_clear()
+        .env("PATH", CALLER_PATH)
+        .output()
+        .unwrap();
+    eprintln!(
+        "cpuacct of {parent}: {ns} ns; sstat: {} {}",
+        String::from_utf8_lossy(&sstat.stdout).trim(),
+        String::from_utf8_lossy(&sstat.stderr).trim()
+    );
+    // sstat (jobacct_gather/cgroup) reports the step's CPU: the container's.
+    let ave = String::from_utf8_lossy(&sstat.stdout)
+        .trim()
+        .split('|')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let secs: u64 = ave
+        .split([':', '.'])
+        .take(3)
+        .filter_map(|x| x.parse::<u64>().ok())
+        .fold(0, |a, x| a * 60 + x);
+    assert!(sstat.status.success() && secs > 0, "sstat AveCPU {ave:?}");
+    let mut cancel = client(&alice(), "/usr/bin/scancel", &[], Path::new("/"));
+    cancel.arg(&id);
+    broker::output(cancel).expect_ok();
+    assert!(wait_until(Duration::from_secs(30), || containers(
+        &id, true
+    )
+    .is_empty()));
+    assert!(
+        wait_until(Duration::from_secs(30), || job_cgroup_dirs(&id).is_empty()),
+        "cgroup directories left after scancel: {:?}",
+        job_cgroup_dirs(&id)
+    );
+}
+
+#[test]
+fn a_job_over_its_memory_is_oom_killed_and_leaves_nothing() {
+    let s = slurm();
+    // busybox tail keeps a line without newlines whole: 200 MB in a 64 MB job.
+    let out = s.srun(
+        &[],
+        Path::new(ALICE_DIR),
+        &[
+            "--mem=64M",
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null && echo survived",
+        ],
+        None,
+    );
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(!out.stdout.contains("survived"), "{out:?}");
+    // The node and other jobs are fine.
+    let ok = s.srun(
+        &[],
+        Path::new(ALICE_DIR),
+        &["--mem=64M", "echo", "fine"],
+        None,
+    );
+    ok.expect_ok();
+    assert_eq!(ok.stdout.trim(), "fine");
+}
+
+#[test]
+fn a_time_limit_removes_the_container_and_its_cgroups() {
+    let s = slurm();
+    let dir = AliceDir::new("timeout");
+    let name = unique("timeout");
+    let out = broker::output({
+        let mut c = client(&alice(), "/usr/bin/sbatch", &[], &dir.path);
+        c.arg("--parsable")
+            .arg(format!("--job-name={name}"))
+            .arg(format!("--output={}/{name}.out", dir.path.display()))
+            .arg("--time=0:05")
+            .arg(s.container_arg())
+            .arg("--wrap")
+            .arg("sleep 600");
+        c
+    });
+    out.expect_ok();
+    let id = out.stdout.trim().to_string();
+    wait_running(&id, Duration::from_secs(60));
+    let (state, _) = wait_job(&id, Duration::from_secs(150));
+    assert_eq!(state, "TIMEOUT");
+    assert!(
+        wait_until(Duration::from_secs(30), || containers(&id, true).is_empty()),
+        "the container outlived the time limit"
+    );
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(30), || job_cgroup_dirs(&id).is_empty()),
+        "cgroup directories left: {:?}",
+        job_cgroup_dirs(&id)
+    );
+}
+
+#[test]
+fn a_job_id_in_the_environment_cannot_name_another_users_job() {
+    let s = slurm();
+    // bob's job runs; alice, in a job of her own, names it.
+    let bob = TestUser::get("berth-bob");
+    let bdir = Path::new("/tmp");
+    let out = broker::output({
+        let mut c = client(&bob, "/usr/bin/sbatch", &[], bdir);
+        c.args(["--parsable", "--output=/dev/null", "--wrap", "sleep 120"]);
+        c
+    });
+    out.expect_ok();
+    let bobs = out.stdout.trim().to_string();
+    let bin = s.bed.path().join("berth");
+    let policy = s.bed.policy_path();
+    let script = |lsb: &str| {
+        format!(
+            "LSB_JOBID={lsb} LSB_CONTAINER_IMAGE={IMAGE} {} --policy {} run -- 'echo RAN'; echo rc=$?",
+            bin.display(),
+            policy.display()
+        )
+    };
+    // srun without --container: berth run is the job's own command.
+    let run = |lsb: &str| {
+        let mut c = client(&alice(), "/usr/bin/srun", &[], Path::new(ALICE_DIR));
+        c.args(["sh", "-c", &script(lsb)]);
+        broker::output(c)
+    };
+    let forged = run(&bobs);
+    assert!(forged.stdout.contains("rc=77"), "{forged:?}");
+    assert!(forged.stderr.contains("cgroup.job"), "{forged:?}");
+    assert!(!forged.stdout.contains("RAN"));
+    assert!(
+        containers(&bobs, true).is_empty(),
+        "a container carries bob's job id"
+    );
+    // Its own job id is fine ($SLURM_JOB_ID as the step sees it).
+    let own = run("$SLURM_JOB_ID");
+    assert!(
+        own.stdout.contains("RAN") && own.stdout.contains("rc=0"),
+        "{own:?}"
+    );
+    let _ = Command::new("/usr/bin/scancel").arg(&bobs).status();
+}

@@ -117,7 +117,9 @@ fn hierarchies(version: Version) -> Vec<PathBuf> {
         let Some((left, right)) = l.split_once(" - ") else {
             continue;
         };
-        if !right.starts_with("cgroup ") {
+        // v1 controllers, and the hybrid's named or unified v2 mount: the
+        // engine makes the container's path in each.
+        if !right.starts_with("cgroup ") && !right.starts_with("cgroup2 ") {
             continue;
         }
         if let Some(mp) = left.split_whitespace().nth(4) {
