@@ -1275,3 +1275,194 @@ fn raw_args_run_the_images_own_command() {
     assert!(out.stderr.contains("images.raw_args"), "{}", out.stderr);
     assert!(containers_of(&id).is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// the job's allocation: LSF's documented v1 job cgroup, as LSF makes it
+// (`/sys/fs/cgroup/<ctrl>/lsf/<cluster>/job.<id>.<index>.<time>`), with a
+// memory limit, and the starter started inside it
+
+/// An emulated LSF job cgroup under the controllers LSF uses; removed on drop.
+struct LsfCgroup {
+    rel: String,
+    dirs: Vec<PathBuf>,
+}
+
+const LSF_CONTROLLERS: &[&str] = &["memory", "cpuset", "cpuacct", "freezer"];
+
+impl LsfCgroup {
+    fn new(job: &Job, memory: u64) -> LsfCgroup {
+        let rel = format!("lsf/berthtest/job.{}.{}.1795238400", job.id, job.index);
+        let mut dirs = Vec::new();
+        for c in LSF_CONTROLLERS {
+            let root = Path::new("/sys/fs/cgroup").join(c);
+            let mut d = root.clone();
+            for part in rel.split('/') {
+                d.push(part);
+                if !d.exists() {
+                    std::fs::create_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+                    dirs.push(d.clone());
+                    if *c == "cpuset" {
+                        // A v1 cpuset starts empty: LSF gives the job its CPUs.
+                        let parent = d.parent().unwrap();
+                        for f in ["cpuset.cpus", "cpuset.mems"] {
+                            let v = std::fs::read_to_string(parent.join(f)).unwrap();
+                            std::fs::write(d.join(f), v.trim()).unwrap();
+                        }
+                    }
+                }
+            }
+        }
+        let mem = Path::new("/sys/fs/cgroup/memory").join(&rel);
+        std::fs::write(mem.join("memory.limit_in_bytes"), memory.to_string()).unwrap();
+        let _ = std::fs::write(mem.join("memory.memsw.limit_in_bytes"), memory.to_string());
+        LsfCgroup { rel, dirs }
+    }
+
+    /// The cgroup.procs files a process joins to enter the job.
+    fn procs(&self) -> Vec<std::ffi::CString> {
+        LSF_CONTROLLERS
+            .iter()
+            .map(|c| {
+                std::ffi::CString::new(format!("/sys/fs/cgroup/{c}/{}/cgroup.procs", self.rel))
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// Every directory of this job's cgroup under any controller.
+    fn left(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let p = e.path().join(&self.rel);
+            if p.exists() {
+                // Only what is below the job's own directory counts.
+                if std::fs::read_dir(&p)
+                    .unwrap()
+                    .flatten()
+                    .any(|x| x.path().is_dir())
+                {
+                    v.push(p.display().to_string());
+                }
+            }
+        }
+        v
+    }
+}
+
+impl Drop for LsfCgroup {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+        for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let p = e.path().join(&self.rel);
+            let _ = std::fs::remove_dir(&p);
+        }
+    }
+}
+
+/// sbatchd's start of a starter, as root, inside the job's cgroup.
+fn start_in_cgroup(job: &Job, bed: &Bed, cg: &LsfCgroup, command: &str) -> Child {
+    let line = format!("{} \"{command}\"", bed.script("berth-starter").display());
+    let mut c = command_as(None, &["/bin/sh", "-c", &line], &job.lsf_env(), &job.cwd);
+    let procs = cg.procs();
+    // SAFETY: open/write/close of paths built before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            for p in &procs {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if ok != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    c.spawn().unwrap()
+}
+
+#[test]
+fn an_lsf_job_runs_inside_its_job_cgroup_and_is_oom_killed_there() {
+    let bed = Bed::new(false);
+    let job = Job::new(ALICE, IMAGE);
+    let cg = LsfCgroup::new(&job, 64 << 20);
+    let out = output(start_in_cgroup(
+        &job,
+        &bed,
+        &cg,
+        "grep :memory: /proc/self/cgroup; cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ));
+    out.expect(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[0].contains(&format!(":/{}/", cg.rel)),
+        "not inside the LSF job's cgroup: {}",
+        out.stdout
+    );
+    assert_eq!(lines[1].trim(), (64u64 << 20).to_string());
+    let rec = bed.audit(&job.id);
+    assert!(
+        rec.iter()
+            .any(|r| r["cgroup"].as_str() == Some(&format!("/{}", cg.rel))),
+        "{rec:?}"
+    );
+    // 200 MB in a 64 MB job: killed, and nothing is left.
+    let job2 = Job::new(ALICE, IMAGE);
+    let cg2 = LsfCgroup::new(&job2, 64 << 20);
+    let out = output(start_in_cgroup(
+        &job2,
+        &bed,
+        &cg2,
+        "dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null && echo survived",
+    ));
+    assert_ne!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("survived"));
+    assert!(containers_of(&job2.id).is_empty());
+    assert!(
+        wait_until(Duration::from_secs(10), || cg2.left().is_empty()),
+        "{:?}",
+        cg2.left()
+    );
+}
+
+#[test]
+fn control_still_works_for_a_job_in_its_cgroup() {
+    let bed = Bed::new(false);
+    let job = Job::new(ALICE, IMAGE);
+    let cg = LsfCgroup::new(&job, 256 << 20);
+    let mut child = start_in_cgroup(&job, &bed, &cg, "sleep 300");
+    let name = bed.container(&job.id, 0);
+    assert!(wait_until(Duration::from_secs(20), || inspect_name(&name)
+        ["State"]["Running"]
+        == true));
+    let c = inspect_name(&name);
+    assert_eq!(c["HostConfig"]["CgroupParent"], format!("/{}", cg.rel));
+    job.tool(&bed, None, "berth-control", &["suspend"])
+        .expect(0);
+    assert_eq!(inspect_name(&name)["State"]["Paused"], true);
+    job.tool(&bed, None, "berth-control", &["resume"]).expect(0);
+    assert_eq!(inspect_name(&name)["State"]["Paused"], false);
+    job.tool(&bed, None, "berth-control", &["terminate"])
+        .expect(0);
+    assert!(wait_child(&mut child, Duration::from_secs(30)).is_some());
+    assert!(wait_until(Duration::from_secs(10), || containers_of(
+        &job.id
+    )
+    .is_empty()));
+    assert!(
+        wait_until(Duration::from_secs(10), || cg.left().is_empty()),
+        "{:?}",
+        cg.left()
+    );
+}
+
+fn inspect_name(name: &str) -> serde_json::Value {
+    let out = docker(&["inspect", name]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    v[0].clone()
+}
