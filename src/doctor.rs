@@ -103,6 +103,7 @@ pub fn run(policy_path: &Path) -> Vec<Check> {
     let policy = check_policy(&mut r, policy_path);
     check_docker_client(&mut r, &policy);
     check_engine(&mut r, &policy);
+    check_cgroup(&mut r, &policy);
     check_tmp(&mut r, &policy);
     check_owned_dir(
         &mut r,
@@ -370,6 +371,39 @@ fn check_engine(r: &mut Report, policy: &Policy) {
             "the engine reports no docker-init: jobs run with --init and fail without it; install tini (docker.io) or docker-ce's docker-init".into(),
         ),
     }
+}
+
+/// Placement in the job's cgroup (SPEC §11) needs dockerd's cgroupfs
+/// driver: the systemd driver takes only `*.slice` parents.
+fn check_cgroup(r: &mut Report, policy: &Policy) {
+    use crate::policy::PlacementRule;
+    let driver = Engine::new(&policy.docker.socket).cgroup_driver();
+    match (policy.cgroup.placement, driver.as_deref()) {
+        (PlacementRule::None, _) => r.warn(
+            "cgroup",
+            "[cgroup] placement = \"none\": containers live in dockerd's cgroup, outside their job's allocation (its CPUs, memory and accounting); set placement = \"job\"".into(),
+        ),
+        (PlacementRule::Job, Some(d)) if d != "cgroupfs" => r.fail("cgroup", cgroup_driver_message(d)),
+        (PlacementRule::Job, Some(_)) => r.ok(
+            "cgroup",
+            format!(
+                "containers are placed in their job's cgroup (dockerd's cgroupfs driver, cgroup {}); require_job = {}",
+                if crate::cgroup::probe::is_v1_hybrid() { "v1" } else { "v2" },
+                policy.cgroup.require_job
+            ),
+        ),
+        (PlacementRule::Job, None) => r.warn(
+            "cgroup",
+            "cannot ask the engine for its cgroup driver; placement needs native.cgroupdriver=cgroupfs".into(),
+        ),
+    }
+}
+
+/// What to say about a cgroup driver that cannot place containers.
+pub fn cgroup_driver_message(driver: &str) -> String {
+    format!(
+        "dockerd uses the {driver} cgroup driver, which cannot place containers inside a job's cgroup ([cgroup] placement = \"job\"): set \"exec-opts\": [\"native.cgroupdriver=cgroupfs\"] in /etc/docker/daemon.json and restart dockerd, or set placement = \"none\" (containers then escape their job's allocation)"
+    )
 }
 
 /// The engine's socket is root on the node: nobody but root (and berth's

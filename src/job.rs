@@ -519,12 +519,26 @@ fn policy_check(path: &Path, json: bool) -> Result<i32> {
     let origin = path.display().to_string();
     let parsed: std::result::Result<Policy, _> = toml::from_str(&text);
     let mut findings: Vec<policy::Finding> = Vec::new();
-    match parsed {
+    match &parsed {
         Err(e) => findings.push(policy::Finding {
             severity: Severity::Error,
             message: e.to_string().replace('\n', " | "),
         }),
         Ok(p) => findings.extend(p.lint()),
+    }
+    // Placement needs dockerd's cgroupfs driver; said here when this node's
+    // engine answers (the file may be checked away from any node).
+    if let Ok(p) = &parsed {
+        if p.cgroup.placement == crate::policy::PlacementRule::Job {
+            if let Some(d) = Engine::new(&p.docker.socket).cgroup_driver() {
+                if d != "cgroupfs" {
+                    findings.push(policy::Finding {
+                        severity: Severity::Error,
+                        message: crate::doctor::cgroup_driver_message(&d),
+                    });
+                }
+            }
+        }
     }
     if let Err(e) = policy::check_trusted_path(path, 0) {
         findings.push(policy::Finding {

@@ -313,3 +313,66 @@ fn a_broker_socket_users_cannot_reach_fails() {
     );
     assert_eq!(v["ok"], false);
 }
+
+/// An engine that answers every request like dockerd with the systemd
+/// cgroup driver would (`/info`), and a plain `/version` otherwise.
+fn systemd_engine(sock: &Path) {
+    use std::io::{Read, Write};
+    let l = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let body = if req.contains("/info ") {
+                r#"{"CgroupDriver":"systemd","CgroupVersion":"1"}"#.to_string()
+            } else {
+                r#"{"Version":"24.0.9","ApiVersion":"1.43","Os":"linux","Arch":"amd64","KernelVersion":"6.1","Components":[{"Name":"runc","Version":"1.1.12"},{"Name":"docker-init","Version":"0.19.0"}]}"#.to_string()
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
+#[test]
+fn the_systemd_cgroup_driver_is_reported_with_the_fix() {
+    let (d, p) = site(&format!(
+        "{GOOD}\n[docker]\nsocket = \"@DIR@/engine.sock\"\n"
+    ));
+    systemd_engine(&d.path().join("engine.sock"));
+    let r = berth(Path::new(BERTH), &p, &["doctor", "--json"]);
+    let v = json(&r);
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cgroup")
+        .cloned()
+        .unwrap_or_else(|| panic!("no cgroup check: {v}"));
+    assert_eq!(c["status"], "fail", "{c}");
+    let m = c["message"].as_str().unwrap();
+    assert!(
+        m.contains("systemd") && m.contains("native.cgroupdriver=cgroupfs"),
+        "{m}"
+    );
+    assert_ne!(r.code, 0);
+    let r = berth(Path::new(BERTH), &p, &["policy", "check"]);
+    assert_eq!(r.code, 78, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("native.cgroupdriver=cgroupfs"),
+        "{}",
+        r.stdout
+    );
+    // With placement = none the same engine is fine for the policy.
+    let (d, p) = site(&format!(
+        "{GOOD}\n[docker]\nsocket = \"@DIR@/engine.sock\"\n[cgroup]\nplacement = \"none\"\nrequire_job = false\n"
+    ));
+    systemd_engine(&d.path().join("engine.sock"));
+    let r = berth(Path::new(BERTH), &p, &["policy", "check"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}

@@ -139,6 +139,19 @@ impl Engine {
         r.json()
     }
 
+    /// The engine's cgroup driver (`cgroupfs`, `systemd`) from `GET /info`.
+    pub fn cgroup_driver(&self) -> Option<String> {
+        let r = self.get("/info").ok()?;
+        if r.status != 200 {
+            return None;
+        }
+        r.json()
+            .ok()?
+            .get("CgroupDriver")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
     /// Inspect an image by reference or id; `None` when the engine has none.
     pub fn inspect_image(&self, reference: &str) -> Result<Option<Value>> {
         self.get_optional(
