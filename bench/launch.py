@@ -13,7 +13,9 @@ outside the timing), run by Debian's docker CLI. Interleaved, medians:
 2. 32 jobs at 8-way concurrency, wall time, network none;
 3. one job at a time, network bridge;
 4. berth's own CPU per job: root `berth run` (getrusage of the child), and
-   through the broker (client + the broker's /proc utime+stime).
+   through the broker (client + the broker's /proc utime+stime);
+5. placement on vs off (SPEC §11): `berth run` started inside an LSF-style
+   v1 job cgroup (memory limit, cpuset) against the same job outside any.
 """
 import argparse, concurrent.futures, json, os, pwd, resource, shutil, statistics, subprocess, tempfile, time
 
@@ -64,12 +66,41 @@ def env(net):
     return e
 
 
-def berth_run(net=None):
+def berth_run(net=None, cgroup=None):
     e = env(net)
+    if cgroup and cgroup[1]:
+        # The job id is the cgroup's: the environment must agree.
+        e["LSB_JOBID"] = cgroup[1]
+    def enter():
+        for c in CONTROLLERS:
+            with open(f"/sys/fs/cgroup/{c}/{cgroup[0]}/cgroup.procs", "w") as f:
+                f.write("0")
     t = time.perf_counter()
     subprocess.run([berth, "--policy", policy, "run", "--", "true"], env=e, cwd=cwd, check=True,
-                   stdin=subprocess.DEVNULL)
+                   stdin=subprocess.DEVNULL, preexec_fn=enter if cgroup else None)
     return time.perf_counter() - t
+
+
+CONTROLLERS = ["memory", "cpuset", "cpuacct", "freezer"]
+
+
+def make_job_cgroup(jobid):
+    rel = f"lsf/berthbench/job.{jobid}.0.1"
+    made = []
+    for c in CONTROLLERS:
+        d = f"/sys/fs/cgroup/{c}"
+        for part in rel.split("/"):
+            parent, d = d, f"{d}/{part}"
+            if not os.path.isdir(d):
+                os.mkdir(d)
+                made.append(d)
+                if c == "cpuset":
+                    for f in ("cpuset.cpus", "cpuset.mems"):
+                        with open(f"{parent}/{f}") as src, open(f"{d}/{f}", "w") as dst:
+                            dst.write(src.read().strip())
+    with open(f"/sys/fs/cgroup/memory/{rel}/memory.limit_in_bytes", "w") as f:
+        f.write(str(512 << 20))
+    return rel, made
 
 
 def prepared_docker(net=None):
@@ -153,6 +184,30 @@ for i in range(3):
         cw_d.append(concurrent_wall("docker")); cw_b.append(concurrent_wall("berth"))
 bb, bd = interleaved(lambda: berth_run("bridge"), lambda: docker_run("bridge"), args.runs)
 
+rel, made = make_job_cgroup(424242)
+# The unplaced side starts in a cgroup too (one that is no job's): moving a
+# process between v1 cgroups costs tens of ms (an RCU grace period), which
+# a scheduler pays before any job starts, with or without berth.
+other = "berthbench-nojob"
+for c in CONTROLLERS:
+    d = f"/sys/fs/cgroup/{c}/{other}"
+    if not os.path.isdir(d):
+        os.mkdir(d)
+        made.insert(0, d)
+        if c == "cpuset":
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                with open(f"/sys/fs/cgroup/cpuset/{f}") as src, open(f"{d}/{f}", "w") as dst:
+                    dst.write(src.read().strip())
+placed = lambda: berth_run(cgroup=(rel, "424242"))
+unplaced = lambda: berth_run(cgroup=(other, None))
+placed(); unplaced()
+mp, mu = interleaved(placed, unplaced, args.runs)
+for d in reversed(made):
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
+
 n = 30
 r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
 for _ in range(n):
@@ -189,5 +244,6 @@ print(f"runs per side (medians):            {args.runs}")
 print(f"network none: docker run {md*1000:.1f} ms, berth run {mb*1000:.1f} ms, ratio {mb/md:.3f}")
 print(f"32 jobs at 8-way, wall (median of 3): docker {statistics.median(cw_d):.2f} s, berth {statistics.median(cw_b):.2f} s, ratio {statistics.median(cw_b)/statistics.median(cw_d):.3f}")
 print(f"network bridge: docker run {bd*1000:.1f} ms, berth run {bb*1000:.1f} ms, ratio {bb/bd:.3f}")
+print(f"placement in the job's cgroup: placed {mp*1000:.1f} ms, unplaced {mu*1000:.1f} ms, ratio {mp/mu:.3f}")
 print(f"berth's own CPU per job: root berth run {root_cpu:.2f} ms; through the broker: client {client_cpu:.2f} ms + broker {broker_cpu:.2f} ms (wall {broker_wall:.1f} ms)")
 shutil.rmtree(work, ignore_errors=True)

@@ -2391,6 +2391,108 @@ fn other_users_job_cannot_be_controlled(ctx: &Ctx) -> R {
     expect_code(&out, 0)
 }
 
+/// Issue 17, item 1: a client floods its job's connection with signal
+/// frames, before the container exists and while it runs. The broker must
+/// do bounded work for it (no thread per frame: its thread count stays
+/// small) and keep serving another user meanwhile; the flood never
+/// reaches past what the job itself may receive.
+fn broker_signal_flood_is_bounded(ctx: &Ctx) -> R {
+    use berth::broker::proto::{self, ClientMsg, DaemonMsg, Hello, VERSION};
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let b = brokered(ctx, |_| {});
+    let socket = b.bed.path().join("sock").join("berth.sock");
+    let job = ctx.job(&b.bed);
+    let threads = |pid: u32| -> usize {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let idle = threads(b.daemon.pid());
+    let stream = broker::connect_as(&alice(), &socket);
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fd = null.as_raw_fd();
+    let h = Hello {
+        version: VERSION,
+        scheduler: "env".into(),
+        env: job.env.clone(),
+        cwd: Some(ALICE_DIR.into()),
+        // The job ignores the flood's signal and waits to be released.
+        command: vec![format!("trap '' USR1; {HOLD}")],
+        tmp_files: vec![],
+        slurm_id: None,
+    };
+    proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
+    let frame = proto::encode(&ClientMsg::Signal {
+        signal: "SIGUSR1".into(),
+    })
+    .map_err(|e| e.to_string())?;
+    let burst: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 2000)
+        .collect();
+    let writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let mut w = &writer;
+        let mut sent = 0usize;
+        while !st.load(Ordering::SeqCst) && sent < 200_000 {
+            if w.write_all(&burst).is_err() {
+                break;
+            }
+            sent += 2000;
+        }
+        sent
+    });
+    // While it floods: the broker's threads stay bounded and bob is served.
+    let mut most = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        most = most.max(threads(b.daemon.pid()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let bob_job = ctx.job(&b.bed).env("LSFUSER", "berth-bob");
+    let bob_out = as_user(&b, &bob_job, &TestUser::get("berth-bob"), "echo served")?;
+    most = most.max(threads(b.daemon.pid()));
+    stop.store(true, Ordering::SeqCst);
+    let sent = flood.join().unwrap_or(0);
+    let dir = b.bed.wait_job_dir(&job.id, T60);
+    release(&dir);
+    stream.set_read_timeout(Some(T60)).ok();
+    let mut r = &*stream;
+    let mut exit = None;
+    while let Ok(Some(m)) = proto::read_frame::<DaemonMsg>(&mut r, proto::MAX_FRAME) {
+        if let DaemonMsg::Exit { code } = m {
+            exit = Some(code);
+            break;
+        }
+    }
+    expect_code(&bob_out, 0)?;
+    if bob_out.stdout.trim() != "served" {
+        return Err(format!("bob was not served during the flood: {bob_out:?}"));
+    }
+    if most > idle + 16 {
+        return Err(format!(
+            "the broker grew from {idle} to {most} threads under a flood of {sent} signal frames"
+        ));
+    }
+    if sent < 2000 {
+        return Err(format!("the flood never got going ({sent} frames)"));
+    }
+    if exit != Some(0) {
+        return Err(format!("the flooded job ended {exit:?}, not 0"));
+    }
+    Ok(())
+}
+
 fn many_volumes_are_pinned_and_unpinned(ctx: &Ctx) -> R {
     // 1500 volumes: 1500 staging mounts made and undone, nothing left.
     let bed = ctx.bed(|_| {});
@@ -2914,6 +3016,11 @@ const SPECIAL: &[Special] = &[
         name: "1500-volumes-pinned-and-unpinned",
         cat: Cat::Resources,
         run: many_volumes_are_pinned_and_unpinned,
+    },
+    Special {
+        name: "broker-signal-flood-is-bounded",
+        cat: Cat::Resources,
+        run: broker_signal_flood_is_bounded,
     },
     Special {
         name: "other-users-job-cannot-be-controlled",

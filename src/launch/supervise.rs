@@ -44,9 +44,11 @@ pub enum Outcome {
     Abandoned,
 }
 
-/// Most signals handled per wake-up: a client flooding signal frames gets
-/// them coalesced, never one engine call (or thread) each.
-const MAX_BATCH: usize = 64;
+/// Most events handled per wake-up. Everything queued is drained and a
+/// repeated signal forwarded once, as the kernel coalesces a pending
+/// standard signal: a client flooding signal frames costs one engine call
+/// per wake-up, never one call (or thread) per frame.
+const MAX_BATCH: usize = 1 << 16;
 
 /// How long the output may trail the exit status (the engine closes the
 /// attach stream as the container's pipes close, normally before the wait
