@@ -2493,6 +2493,67 @@ fn broker_signal_flood_is_bounded(ctx: &Ctx) -> R {
     Ok(())
 }
 
+/// Issue 17, item 3: half a frame sent after the request must not freeze
+/// the broker's handling of the job: it still ends, is reported, and a
+/// job whose client then leaves is still killed.
+fn broker_partial_frame_does_not_freeze_the_job(ctx: &Ctx) -> R {
+    use berth::broker::proto::{self, DaemonMsg, Hello, VERSION};
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let b = brokered(ctx, |_| {});
+    let socket = b.bed.path().join("sock").join("berth.sock");
+    let job = ctx.job(&b.bed);
+    let stream = broker::connect_as(&alice(), &socket);
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fd = null.as_raw_fd();
+    let h = Hello {
+        version: VERSION,
+        scheduler: "env".into(),
+        env: job.env.clone(),
+        cwd: Some(ALICE_DIR.into()),
+        command: vec!["sleep 1; exit 5".into()],
+        tmp_files: vec![],
+        slurm_id: None,
+    };
+    proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
+    // Two bytes of a frame's length, and nothing more.
+    (&*stream).write_all(&[0, 0]).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(T60)).ok();
+    let t = Instant::now();
+    let mut r = &*stream;
+    let mut exit = None;
+    while let Ok(Some(m)) = proto::read_frame::<DaemonMsg>(&mut r, proto::MAX_FRAME) {
+        if let DaemonMsg::Exit { code } = m {
+            exit = Some(code);
+            break;
+        }
+    }
+    if exit != Some(5) || t.elapsed() > Duration::from_secs(30) {
+        return Err(format!(
+            "a half-sent frame froze the job: exit {exit:?} after {:?}",
+            t.elapsed()
+        ));
+    }
+    // Again, and the client goes away mid-frame: the container goes too.
+    let job2 = ctx.job(&b.bed);
+    let stream = broker::connect_as(&alice(), &socket);
+    let h = Hello {
+        env: job2.env.clone(),
+        command: vec!["sleep 300".into()],
+        ..h
+    };
+    proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
+    wait_running(&job2.id, T60);
+    (&*stream).write_all(&[0, 0]).map_err(|e| e.to_string())?;
+    drop(stream);
+    if !wait_until(Duration::from_secs(20), || {
+        containers(&job2.id, true).is_empty()
+    }) {
+        return Err("the client left mid-frame and its container ran on".into());
+    }
+    Ok(())
+}
+
 fn many_volumes_are_pinned_and_unpinned(ctx: &Ctx) -> R {
     // 1500 volumes: 1500 staging mounts made and undone, nothing left.
     let bed = ctx.bed(|_| {});
@@ -3016,6 +3077,11 @@ const SPECIAL: &[Special] = &[
         name: "1500-volumes-pinned-and-unpinned",
         cat: Cat::Resources,
         run: many_volumes_are_pinned_and_unpinned,
+    },
+    Special {
+        name: "broker-partial-frame-does-not-freeze-the-job",
+        cat: Cat::Resources,
+        run: broker_partial_frame_does_not_freeze_the_job,
     },
     Special {
         name: "broker-signal-flood-is-bounded",

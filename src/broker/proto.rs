@@ -157,7 +157,9 @@ pub fn recv_hello(s: &UnixStream) -> std::io::Result<(Hello, Vec<OwnedFd>)> {
             "client closed before its request",
         ));
     }
-    let mut r = s;
+    // The socket's read timeout is the whole request's deadline, not each
+    // read's: a client trickling a byte at a time cannot hold a slot long.
+    let mut r = Deadline::new(s);
     if got < 4 {
         r.read_exact(&mut len[got..])?;
     }
@@ -171,9 +173,71 @@ pub fn recv_hello(s: &UnixStream) -> std::io::Result<(Hello, Vec<OwnedFd>)> {
     Ok((hello, fds))
 }
 
+/// Reads from a socket until the deadline its read timeout names (taken
+/// when it is made), shortening the timeout as time passes.
+struct Deadline<'a> {
+    s: &'a UnixStream,
+    until: Option<std::time::Instant>,
+}
+
+impl<'a> Deadline<'a> {
+    fn new(s: &'a UnixStream) -> Deadline<'a> {
+        let until = s
+            .read_timeout()
+            .ok()
+            .flatten()
+            .map(|t| std::time::Instant::now() + t);
+        Deadline { s, until }
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(until) = self.until {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request took too long to arrive",
+                ));
+            }
+            self.s.set_read_timeout(Some(left))?;
+        }
+        let mut s = self.s;
+        s.read(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trickled_request_meets_one_deadline() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        let t = std::time::Instant::now();
+        let w = std::thread::spawn(move || {
+            let mut a = a;
+            // 100 bytes announced, one every 50 ms: each read is quick, the
+            // whole would take 5 s.
+            let _ = a.write_all(&100u32.to_be_bytes());
+            for _ in 0..100 {
+                if a.write_all(b" ").is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let mut len = [0u8; 4];
+        let mut r = Deadline::new(&b);
+        r.read_exact(&mut len).unwrap();
+        let e = read_body::<Hello>(&mut r, 100, MAX_HELLO).unwrap_err();
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{e}");
+        drop(b);
+        w.join().unwrap();
+    }
 
     #[test]
     fn frames_round_trip_and_are_bounded() {

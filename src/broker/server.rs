@@ -39,6 +39,15 @@ const MAX_CONNECTIONS: usize = 1024;
 /// whose requests arrive at once).
 const MAX_PENDING_PER_UID: usize = 128;
 
+/// Most connections of all users together still waiting for their request:
+/// half the job limit, so that colluding users holding idle connections
+/// can never fill the broker (the other half is for requests already sent
+/// and jobs running), and each waits at most [`HELLO_DEADLINE`].
+const MAX_PENDING_TOTAL: usize = MAX_CONNECTIONS / 2;
+
+/// How long a connection may take to send its whole request.
+const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+
 struct State {
     policy_path: PathBuf,
     policy: RwLock<Arc<Policy>>,
@@ -62,6 +71,9 @@ struct Pending {
 impl Pending {
     fn admit(state: &Arc<State>, uid: u32) -> Option<Pending> {
         let mut m = state.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if m.values().sum::<usize>() >= MAX_PENDING_TOTAL {
+            return None;
+        }
         let n = m.entry(uid).or_insert(0);
         if *n >= MAX_PENDING_PER_UID {
             return None;
@@ -175,7 +187,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
             };
         let Some(pending) = Pending::admit(&st, uid) else {
             log::warn!(
-                "uid {uid}: over {MAX_PENDING_PER_UID} connections without a request; refused"
+                "uid {uid}: too many connections without a request (at most {MAX_PENDING_PER_UID} per user, {MAX_PENDING_TOTAL} in all); refused"
             );
             let mut s = stream;
             let _ = proto::write_frame(
@@ -183,7 +195,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
                 &DaemonMsg::Error {
                     code: crate::error::exit::UNAVAILABLE,
                     message: format!(
-                        "unavailable: uid {uid} holds {MAX_PENDING_PER_UID} connections to the broker that have not sent their request; close them, or requeue the job"
+                        "unavailable: too many connections to the broker have not sent their request (uid {uid} may hold {MAX_PENDING_PER_UID}, all users {MAX_PENDING_TOTAL}); close idle ones, or requeue the job"
                     ),
                 },
             );
@@ -201,10 +213,19 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
             );
             continue;
         }
-        std::thread::spawn(move || {
-            handle(&st, stream, pending);
-            st.connections.fetch_sub(1, Ordering::SeqCst);
-        });
+        // A system out of threads refuses this job (the client sees its
+        // connection close: 69), never ends the daemon (spawn would panic).
+        let counted = st.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("job".into())
+            .spawn(move || {
+                handle(&st, stream, pending);
+                st.connections.fetch_sub(1, Ordering::SeqCst);
+            })
+        {
+            counted.connections.fetch_sub(1, Ordering::SeqCst);
+            log::error!("cannot start a thread for a connection: {e}; refused");
+        }
     }
     Ok(0)
 }
@@ -315,7 +336,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
     // Before anything else: a process that started after this moment
     // cannot be the one that connected (SPEC §11's same-process check).
     let accepted_ticks = crate::sys::boottime_ticks();
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_read_timeout(Some(HELLO_DEADLINE));
     let hello = proto::recv_hello(&stream);
     drop(pending);
     let (hello, fds) = match hello {

@@ -635,6 +635,26 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_image_is_the_users_error_an_unreachable_registry_is_not() {
+        for (status, msg) in [
+            (404, "manifest for 127.0.0.1:5055/nosuch:1 not found: manifest unknown"),
+            (200, "pull access denied for nosuch, repository does not exist or may require 'docker login'"),
+            (500, "unauthorized: authentication required"),
+        ] {
+            match pull_error("127.0.0.1:5055/nosuch:1", status, msg) {
+                Error::Denied(d) => assert_eq!(d.rule, "images.missing"),
+                e => panic!("{msg}: {e:?}"),
+            }
+        }
+        let e = pull_error(
+            "127.0.0.1:5055/a:1",
+            500,
+            "Get \"https://127.0.0.1:5055/v2/\": dial tcp 127.0.0.1:5055: connect: connection refused",
+        );
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+    }
+
+    #[test]
     fn encodes() {
         assert_eq!(encode("docker.io/library/a:1"), "docker.io/library/a:1");
         assert_eq!(encode("a b&c?"), "a%20b%26c%3F");
