@@ -14,6 +14,7 @@ use crate::request::{self, ImageSpec, Request};
 use crate::sys::UserView;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 pub fn main(cli: Cli) -> i32 {
@@ -364,24 +365,30 @@ pub(crate) fn read_env_files(id: &Identity, req: &Request) -> Result<Vec<(String
     Ok(out)
 }
 
+/// The broker request of an unprivileged `berth run` (or `explain`).
+fn hello_for(args: &RunArgs, explain: Option<&str>) -> Result<crate::broker::proto::Hello> {
+    let caller = Caller::from_process(args)?;
+    apply_log_level(&caller.env);
+    Ok(crate::broker::proto::Hello {
+        version: crate::broker::proto::VERSION,
+        scheduler: match args.scheduler {
+            Scheduler::Lsf => "lsf".into(),
+            Scheduler::Env => "env".into(),
+        },
+        env: caller.env,
+        cwd: caller.cwd.map(|c| c.display().to_string()),
+        command: caller.command,
+        tmp_files: Vec::new(),
+        slurm_id: None,
+        explain: explain.map(str::to_string),
+    })
+}
+
 fn run(policy_path: &Path, args: &RunArgs) -> Result<i32> {
     let policy = Policy::load(policy_path)?;
     if !crate::sys::is_root() {
         // Unprivileged callers (the job user, a relay) go through the broker.
-        let caller = Caller::from_process(args)?;
-        apply_log_level(&caller.env);
-        let hello = crate::broker::proto::Hello {
-            version: crate::broker::proto::VERSION,
-            scheduler: match args.scheduler {
-                Scheduler::Lsf => "lsf".into(),
-                Scheduler::Env => "env".into(),
-            },
-            env: caller.env,
-            cwd: caller.cwd.map(|c| c.display().to_string()),
-            command: caller.command,
-            tmp_files: Vec::new(),
-            slurm_id: None,
-        };
+        let hello = hello_for(args, None)?;
         return crate::broker::client::launch(&policy.broker.socket, &hello);
     }
     let mut audit = Audit::open(&policy.audit.log)?;
@@ -411,17 +418,32 @@ pub fn unaudited(policy: &Policy, e: std::io::Error) -> Error {
 
 fn explain(policy_path: &Path, args: &RunArgs, json: bool) -> Result<i32> {
     let policy = Policy::load(policy_path)?;
+    // A user cannot ask the engine (its socket is root's): the broker
+    // decides for them, with the image's real facts, and starts nothing.
+    // Without a broker, the local verdict says what it could not check.
+    if !crate::sys::is_root() && UnixStream::connect(&policy.broker.socket).is_ok() {
+        let hello = hello_for(args, Some(if json { "json" } else { "text" }))?;
+        return crate::broker::client::launch(&policy.broker.socket, &hello);
+    }
     let caller = Caller::from_process(args)?;
     let engine = Engine::new(&policy.docker.socket);
     let reachable = engine.version().is_ok();
     let Decision { plan, .. } = decide(&policy, &caller, reachable.then_some(&engine));
+    let (text, code) = explanation(plan, json, reachable)?;
+    print!("{text}");
+    Ok(code)
+}
+
+/// What `berth explain` prints for a decision, and its exit code; a
+/// denial in text form is the error itself (one `berth: denied:` line).
+pub fn explanation(plan: Result<LaunchPlan>, json: bool, reachable: bool) -> Result<(String, i32)> {
     let plan = match plan {
         Ok(p) => p,
         Err(Error::Denied(d)) if json => {
             let mut v = serde_json::to_value(&d).unwrap_or_default();
             v["decision"] = "deny".into();
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            return Ok(crate::error::exit::DENIED);
+            let text = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+            return Ok((text, crate::error::exit::DENIED));
         }
         Err(e) => return Err(e),
     };
@@ -431,11 +453,13 @@ fn explain(policy_path: &Path, args: &RunArgs, json: bool) -> Result<i32> {
         v["image_facts_checked"] = reachable.into();
         // What the launcher will send (variables by name only).
         v["create_body"] = plan.spec.shown_body();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        Ok((
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+            0,
+        ))
     } else {
-        print!("{}", describe(&plan, reachable));
+        Ok((describe(&plan, reachable), 0))
     }
-    Ok(0)
 }
 
 /// The plan in words, for `berth explain`.

@@ -217,6 +217,7 @@ pub fn hello(policy: &Policy, job: SlurmJob, rootfs: &Path, id: &str) -> Result<
         command: job.args,
         tmp_files,
         slurm_id: Some(id.to_string()),
+        explain: None,
     })
 }
 

@@ -119,6 +119,7 @@ fn hello(scheduler: &str, env: BTreeMap<String, String>, script: &str) -> Hello 
         command: vec![script.into()],
         tmp_files: vec![],
         slurm_id: None,
+        explain: None,
     }
 }
 
@@ -842,4 +843,38 @@ fn require_job_denies_a_login_shell_and_placement_none_runs_it_unplaced() {
     let c = b.bed.create_of(&job.id);
     assert!(c.host().get("CgroupParent").is_none(), "{:?}", c.host());
     assert!(c.host().get("Memory").is_none());
+}
+
+#[test]
+fn a_users_explain_goes_through_the_broker_and_checks_the_image() {
+    let b = broker();
+    let alice = alice();
+    let job = b.bed.job();
+    let out = broker::output(user_command(&job, &alice, &b.bin, &["explain"], &["id"]));
+    out.expect_ok();
+    let id = image_id(IMAGE);
+    assert!(out.stdout.contains(&format!("-> {id}")), "{}", out.stdout);
+    assert!(!out.stdout.contains("not reachable"), "{}", out.stdout);
+    let out = broker::output(user_command(
+        &job,
+        &alice,
+        &b.bin,
+        &["explain", "--json"],
+        &["id"],
+    ));
+    out.expect_ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["image_facts_checked"], true);
+    assert_eq!(v["image"]["id"], id.as_str());
+    // The real verdict on an image only the engine can judge.
+    let job = b.bed.job().image("berth-test/noshell:1");
+    let out = broker::output(user_command(&job, &alice, &b.bin, &["explain"], &["id"]));
+    out.expect_denied(&["images.require_shell"]);
+    // And nothing was started or audited as a launch.
+    assert!(b
+        .bed
+        .engine_calls()
+        .iter()
+        .all(|c| !c.is_create() || c.is_probe()));
+    assert!(b.bed.audit().iter().all(|r| r["event"] != "launch"));
 }

@@ -2361,6 +2361,7 @@ fn other_users_job_cannot_be_controlled(ctx: &Ctx) -> R {
             command: vec![action.into()],
             tmp_files: vec![],
             slurm_id: None,
+            explain: None,
         };
         let fd = null.as_raw_fd();
         proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
@@ -2426,6 +2427,7 @@ fn broker_signal_flood_is_bounded(ctx: &Ctx) -> R {
         command: vec![format!("trap '' USR1; {HOLD}")],
         tmp_files: vec![],
         slurm_id: None,
+        explain: None,
     };
     proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
     let frame = proto::encode(&ClientMsg::Signal {
@@ -2514,6 +2516,7 @@ fn broker_partial_frame_does_not_freeze_the_job(ctx: &Ctx) -> R {
         command: vec!["sleep 1; exit 5".into()],
         tmp_files: vec![],
         slurm_id: None,
+        explain: None,
     };
     proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
     // Two bytes of a frame's length, and nothing more.
@@ -2665,6 +2668,7 @@ fn raw_hello(
     env: BTreeMap<String, String>,
     tmp_files: Vec<berth::broker::proto::TmpFile>,
     slurm_id: Option<String>,
+    explain: None,
 ) -> Result<Option<berth::broker::proto::DaemonMsg>, String> {
     use berth::broker::proto::{self, DaemonMsg, Hello, VERSION};
     use std::os::fd::AsRawFd;
@@ -2679,6 +2683,7 @@ fn raw_hello(
         command: vec!["echo SHOULD-NOT-RUN".into()],
         tmp_files,
         slurm_id,
+        explain: None,
     };
     let fd = null.as_raw_fd();
     proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;

@@ -47,11 +47,19 @@ pub fn launch(socket: &Path, hello: &Hello) -> Result<i32> {
     proto::send_hello(&stream, hello, [0, 1, 2])?;
     let mut rx = &stream;
     loop {
-        match proto::read_frame::<DaemonMsg>(&mut rx, proto::MAX_FRAME) {
+        // The daemon is trusted; an explain answer may be large.
+        match proto::read_frame::<DaemonMsg>(&mut rx, proto::MAX_HELLO) {
             Ok(Some(DaemonMsg::Started { container })) => {
                 log::info!("job started in container {container}")
             }
             Ok(Some(DaemonMsg::Exit { code })) => return Ok(code),
+            Ok(Some(DaemonMsg::Explained { code, text })) => {
+                use std::io::Write;
+                let mut out = std::io::stdout();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+                return Ok(code);
+            }
             Ok(Some(DaemonMsg::Error { code, message })) => {
                 eprintln!("berth: {message}");
                 return Ok(code);

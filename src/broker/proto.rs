@@ -31,6 +31,11 @@ pub struct Hello {
     /// Slurm's container id (`%n.%u.%j.%s.%t`), labelled for query/kill.
     #[serde(default)]
     pub slurm_id: Option<String>,
+    /// `berth explain` by a user (`text` or `json`): decide as for a
+    /// launch, with the engine's facts, and answer with the plan; start
+    /// nothing.
+    #[serde(default)]
+    pub explain: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,9 +54,21 @@ pub enum ClientMsg {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum DaemonMsg {
-    Started { container: String },
-    Exit { code: i32 },
-    Error { code: i32, message: String },
+    Started {
+        container: String,
+    },
+    Exit {
+        code: i32,
+    },
+    /// The answer to an explain request: what to print, and the exit code.
+    Explained {
+        code: i32,
+        text: String,
+    },
+    Error {
+        code: i32,
+        message: String,
+    },
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
@@ -274,6 +291,7 @@ mod tests {
             command: vec!["id".into()],
             tmp_files: vec![],
             slurm_id: None,
+            explain: None,
         };
         send_hello(&a, &h, [0, 1, 2]).unwrap();
         let (got, fds) = recv_hello(&b).unwrap();

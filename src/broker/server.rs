@@ -411,7 +411,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         scheduler,
         tmp_files: hello.tmp_files,
         slurm_id: hello.slurm_id,
-        launching: true,
+        launching: hello.explain.is_none(),
         peer: crate::cgroup::probe::Peer {
             pid: creds.pid(),
             uid: creds.uid(),
@@ -424,6 +424,19 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let engine = Engine::new(&policy.docker.socket);
+    if let Some(how) = &hello.explain {
+        // `berth explain` for a user: the same decision, nothing started,
+        // nothing audited as a launch.
+        let Decision { plan, .. } = decide(&policy, &caller, Some(&engine));
+        let msg = match crate::job::explanation(plan, how == "json", true) {
+            Ok((text, code)) => DaemonMsg::Explained { code, text },
+            Err(e) => DaemonMsg::Error {
+                code: e.exit_code(),
+                message: e.to_string(),
+            },
+        };
+        return send(&stream, &msg);
+    }
     let Decision { plan, mut record } = decide(&policy, &caller, Some(&engine));
     record.caller_uid = creds.uid();
     record.detail = Some(format!("broker peer pid {}", creds.pid()));

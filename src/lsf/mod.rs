@@ -174,6 +174,7 @@ pub fn via_broker(policy: &Policy, what: &str, job: &JobId, command: Vec<String>
         command,
         tmp_files: Vec::new(),
         slurm_id: None,
+        explain: None,
     };
     crate::broker::client::launch(&policy.broker.socket, &hello)
 }
