@@ -2668,7 +2668,6 @@ fn raw_hello(
     env: BTreeMap<String, String>,
     tmp_files: Vec<berth::broker::proto::TmpFile>,
     slurm_id: Option<String>,
-    explain: None,
 ) -> Result<Option<berth::broker::proto::DaemonMsg>, String> {
     use berth::broker::proto::{self, DaemonMsg, Hello, VERSION};
     use std::os::fd::AsRawFd;
