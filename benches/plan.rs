@@ -59,6 +59,7 @@ fn main() {
         workdir: String::new(),
         user: String::new(),
         has_shell: true,
+        volumes: vec![],
     };
     let ctx = Context {
         nonce: "abcd".into(),

@@ -143,6 +143,7 @@ pub fn facts() -> ImageFacts {
         workdir: "/".into(),
         user: "root".into(),
         has_shell: true,
+        volumes: vec![],
     }
 }
 

@@ -12,6 +12,20 @@ pub struct ImageFacts {
     pub user: String,
     /// Whether `/bin/sh` resolves to an executable regular file.
     pub has_shell: bool,
+    /// The image's declared `VOLUME`s (docker would put an anonymous
+    /// volume, on the node's own disk, at each).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+}
+
+/// The keys of a config's `Volumes` object (`{"/data": {}}`).
+pub fn volume_keys(v: Option<&Value>) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .and_then(Value::as_object)
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 pub fn valid_image_id(id: &str) -> bool {
@@ -119,6 +133,7 @@ pub fn from_inspect(v: &Value) -> Result<ImageFacts> {
         workdir: s("WorkingDir"),
         user: s("User"),
         has_shell: false,
+        volumes: volume_keys(cfg.and_then(|c| c.get("Volumes"))),
     })
 }
 

@@ -62,6 +62,9 @@ pub enum MountKind {
     Passwd,
     Group,
     Hosts,
+    /// A fresh per-job directory over a `VOLUME` the image declares, so
+    /// docker makes no anonymous volume on the node's disk.
+    ImageVolume,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -452,6 +455,7 @@ pub fn plan(
         }
         _ => None,
     };
+    plan_image_volumes(facts, &job_dir, tmp.kind, &mut mounts)?;
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("berth.job".to_string(), req.job.id.clone());
     labels.insert("berth.index".to_string(), req.job.index.to_string());
@@ -1195,6 +1199,64 @@ fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::reques
         id: job.job_id.clone(),
         index,
     })
+}
+
+/// Each `VOLUME` the image declares gets a per-job directory (under the
+/// job's directory in tmp.base, removed with it) unless a mount of the job
+/// is at that very path: docker would otherwise create an anonymous volume
+/// on the node's own disk, outside berth's control and cleanup. A declared
+/// volume inside another mount, or under /proc, /sys or /dev, is refused.
+fn plan_image_volumes(
+    facts: Option<&ImageFacts>,
+    job_dir: &Path,
+    tmp: TmpKind,
+    mounts: &mut Vec<MountPlan>,
+) -> Result<()> {
+    let Some(f) = facts else { return Ok(()) };
+    let mut n = 0;
+    for v in &f.volumes {
+        let refuse = |why: String| {
+            deny(
+                "images.volumes",
+                v,
+                why,
+                format!("mount a directory of yours at {v} (LSF_DOCKER_VOLUMES=SRC:{v}), or use an image without this VOLUME"),
+            )
+        };
+        let Some(dst) = normalize_abs(Path::new(v)).filter(|d| unsafe_char(d).is_none()) else {
+            return refuse(format!(
+                "the image declares VOLUME {v:?}, which is not a plain absolute path"
+            ));
+        };
+        if mounts.iter().any(|m| m.dst == dst)
+            || (tmp == TmpKind::Tmpfs && dst == Path::new("/tmp"))
+        {
+            continue;
+        }
+        if ["/proc", "/sys", "/dev"].iter().any(|r| dst.starts_with(r)) || dst == Path::new("/") {
+            return refuse(format!("the image declares VOLUME {v} on a system path"));
+        }
+        let inside = mounts
+            .iter()
+            .find(|m| dst.starts_with(&m.dst))
+            .map(|m| m.dst.clone())
+            .or_else(|| (tmp == TmpKind::Tmpfs && dst.starts_with("/tmp")).then(|| "/tmp".into()));
+        if let Some(outer) = inside {
+            return refuse(format!(
+                "the image declares VOLUME {v} inside the job's mount at {}, where docker would make a mount point as root",
+                outer.display()
+            ));
+        }
+        mounts.push(MountPlan {
+            kind: MountKind::ImageVolume,
+            src: job_dir.join("volumes").join(n.to_string()),
+            dst,
+            mode: Mode::Rw,
+            staged: None,
+        });
+        n += 1;
+    }
+    Ok(())
 }
 
 /// A cpuset list as the kernel writes it (`0-3,8`).

@@ -2557,6 +2557,56 @@ fn broker_partial_frame_does_not_freeze_the_job(ctx: &Ctx) -> R {
     Ok(())
 }
 
+/// Issue 17, item 12: an image that declares `VOLUME`s must not get
+/// anonymous docker volumes on the node's own disk: each is a per-job
+/// directory, the job's, gone with the job.
+fn image_volumes_stay_off_the_nodes_disk(ctx: &Ctx) -> R {
+    let bed = ctx.bed(|_| {});
+    let before = docker(&["volume", "ls", "-q"]).stdout;
+    let job = ctx.job(&bed).image("berth-test/volume:1");
+    let run = job.spawn(&format!(
+        "echo mine > /data/f && echo ok > /var/cache/job/g && stat -c 'U=%u' /data && {HOLD}"
+    ));
+    let id = wait_running(&job.id, T60);
+    let mounts = inspect(&id)["Mounts"].clone();
+    let dir = bed.wait_job_dir(&job.id, T60);
+    let data_src = mounts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["Destination"] == "/data")
+        .map(|m| {
+            (
+                m["Type"].clone(),
+                m["Source"].as_str().unwrap_or("").to_string(),
+            )
+        });
+    release(&dir);
+    let out = run.finish(T60);
+    expect_code(&out, 0)?;
+    field_is(&out, "U", "2001")?;
+    if mounts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|m| m["Type"] == "volume")
+    {
+        return Err(format!("docker made anonymous volumes: {mounts}"));
+    }
+    match data_src {
+        Some((t, src)) if t == "bind" && Path::new(&src).starts_with(&dir) => {}
+        other => return Err(format!("/data is {other:?}, not a directory of the job")),
+    }
+    let after = docker(&["volume", "ls", "-q"]).stdout;
+    if after != before {
+        return Err(format!("docker volumes changed: {before:?} -> {after:?}"));
+    }
+    if dir.exists() {
+        return Err(format!("{} is left", dir.display()));
+    }
+    Ok(())
+}
+
 fn many_volumes_are_pinned_and_unpinned(ctx: &Ctx) -> R {
     // 1500 volumes: 1500 staging mounts made and undone, nothing left.
     let bed = ctx.bed(|_| {});
@@ -3081,6 +3131,11 @@ const SPECIAL: &[Special] = &[
         name: "1500-volumes-pinned-and-unpinned",
         cat: Cat::Resources,
         run: many_volumes_are_pinned_and_unpinned,
+    },
+    Special {
+        name: "image-volumes-stay-off-the-nodes-disk",
+        cat: Cat::Images,
+        run: image_volumes_stay_off_the_nodes_disk,
     },
     Special {
         name: "broker-partial-frame-does-not-freeze-the-job",

@@ -352,6 +352,7 @@ impl Bundle {
             workdir: self.meta.workdir.clone(),
             user: self.meta.user.clone(),
             has_shell: self.meta.has_shell,
+            volumes: self.meta.volumes.clone(),
         }
     }
 }

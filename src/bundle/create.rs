@@ -760,6 +760,7 @@ pub fn run(policy: &Policy, a: &BundleCreateArgs) -> Result<i32> {
         workdir: t.config.workdir.clone(),
         env: t.config.env.clone(),
         user: t.config.user.clone(),
+        volumes: t.config.volumes.clone(),
         has_shell: t.has_shell,
         created: super::rfc3339(now),
         created_by,

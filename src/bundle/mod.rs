@@ -55,6 +55,9 @@ pub struct Meta {
     pub env: Vec<String>,
     #[serde(default)]
     pub user: String,
+    /// The image's declared VOLUMEs.
+    #[serde(default)]
+    pub volumes: Vec<String>,
     pub has_shell: bool,
     /// RFC 3339 UTC.
     pub created: String,

@@ -70,6 +70,7 @@ pub struct ConfigFacts {
     pub env: Vec<String>,
     pub user: String,
     pub diff_ids: Vec<String>,
+    pub volumes: Vec<String>,
 }
 
 /// A file inside the outer tar: where its data is.
@@ -550,6 +551,7 @@ pub fn parse_config(json: &[u8]) -> R<ConfigFacts> {
         env: strings(c.and_then(|c| c.get("Env"))),
         user: s("User"),
         diff_ids,
+        volumes: crate::facts::volume_keys(c.and_then(|c| c.get("Volumes"))),
     })
 }
 

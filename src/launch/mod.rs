@@ -69,6 +69,35 @@ pub fn prepare(plan: &LaunchPlan) -> Result<()> {
     if let Some(h) = &plan.hosts {
         write("hosts", 0o644, h)?;
     }
+    // The image's VOLUMEs: fresh, the user's, removed with the job.
+    let vols: Vec<&crate::plan::MountPlan> = plan
+        .mounts
+        .iter()
+        .filter(|m| m.kind == crate::plan::MountKind::ImageVolume)
+        .collect();
+    if !vols.is_empty() {
+        let base = plan.job_dir.join("volumes");
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&base)
+            .map_err(|e| io("volumes", e))?;
+        for m in vols {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&m.src)
+                .map_err(|e| io(&m.src.display().to_string(), e))?;
+            std::fs::set_permissions(&m.src, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io("a volume directory", e))?;
+            nix::unistd::fchownat(
+                None,
+                &m.src,
+                Some(nix::unistd::Uid::from_raw(plan.user.uid)),
+                Some(nix::unistd::Gid::from_raw(plan.user.gid)),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| Error::internal("chown of an image volume", e))?;
+        }
+    }
     if plan.tmp.kind == TmpKind::Host {
         let tmp = plan.job_dir.join("tmp");
         std::fs::DirBuilder::new()

@@ -110,6 +110,7 @@ fn facts() -> ImageFacts {
         workdir: "/opt".into(),
         user: "".into(),
         has_shell: true,
+        volumes: vec![],
     }
 }
 
@@ -927,4 +928,54 @@ fn require_job_denies_a_caller_in_no_job() {
     // Without require_job, a caller in no job runs unplaced.
     let p = plan_in_cgroup(POLICY, None, &[]).unwrap();
     assert!(p.placement.is_none());
+}
+
+#[test]
+fn image_volumes_get_per_job_directories_never_anonymous_volumes() {
+    let policy = Policy::parse(POLICY, "test").unwrap();
+    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
+    let mut f = facts();
+    f.volumes = vec!["/data".into(), "/var/cache/job".into()];
+    let plan_with = |vols: &str| {
+        let mut e: BTreeMap<String, String> = BTreeMap::from([
+            ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
+            ("LS_SUBCWD".into(), "/storage1/fs1/alice/proj".into()),
+        ]);
+        if !vols.is_empty() {
+            e.insert("LSF_DOCKER_VOLUMES".into(), vols.into());
+        }
+        let req = from_env(&e, None, vec!["x".into()]).unwrap();
+        plan(&policy, &id, &req, Some(&f), &FakeFs::site(), &ctx())
+    };
+    let p = plan_with("").unwrap();
+    let vols: Vec<_> = p
+        .mounts
+        .iter()
+        .filter(|m| m.kind == MountKind::ImageVolume)
+        .collect();
+    assert_eq!(vols.len(), 2);
+    assert!(vols
+        .iter()
+        .all(|m| m.src.starts_with(&p.job_dir) && m.mode == Mode::Rw));
+    let binds = p.spec.create_body(&p.env)["HostConfig"]["Mounts"].clone();
+    assert!(binds
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["Target"] == "/data"));
+    // The user's own mount at that path is used instead.
+    let p = plan_with("/storage1/fs1/alice:/data").unwrap();
+    assert_eq!(
+        p.mounts
+            .iter()
+            .filter(|m| m.kind == MountKind::ImageVolume)
+            .count(),
+        1
+    );
+    // A declared volume inside a mount of the job is refused.
+    let d = match plan_with("/storage1/fs1/alice:/var/cache") {
+        Err(Error::Denied(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(d.rule, "images.volumes");
 }

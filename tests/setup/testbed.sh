@@ -58,6 +58,7 @@ readonly IMAGES_SPEC=(
   "berth-test/userroot:1|userroot|null|root"
   "berth-test/setuid:1|setuid|null|"
   "berth-test/usrmerge:1|usrmerge|null|"
+  "berth-test/volume:1|volume|null|"
 )
 
 # /bin/suidprobe for berth-test/setuid:1: a 496-byte static x86_64 ELF built
@@ -440,6 +441,7 @@ image_changes() {
     entry-other) echo 'ENTRYPOINT ["/bin/echo","hijacked"]' ;;
     entry-sh) echo 'ENTRYPOINT ["/bin/sh"]' ;;
     userroot) echo 'USER root' ;;
+    volume) echo 'VOLUME ["/data", "/var/cache/job"]' ;;
   esac
 }
 
