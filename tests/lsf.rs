@@ -458,12 +458,20 @@ impl Job {
     fn write_job_file(&mut self, command: &str) -> PathBuf {
         let u = nix::unistd::User::from_name(&self.user).unwrap().unwrap();
         let spool = u.dir.join(".lsbatch");
-        if !spool.exists() {
-            std::fs::create_dir(&spool).unwrap();
-            nix::unistd::chown(&spool, Some(u.uid), Some(u.gid)).unwrap();
-            std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // Jobs started side by side (array elements) race to make it.
+        match std::fs::create_dir(&spool) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("{}: {e}", spool.display()),
         }
-        let path = spool.join(format!("1795238400.{}", self.id));
+        nix::unistd::chown(&spool, Some(u.uid), Some(u.gid)).unwrap();
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // One file per element of an array (berth reads whatever
+        // LSB_JOBFILENAME names; elements must not share one).
+        let path = match self.index {
+            0 => spool.join(format!("1795238400.{}", self.id)),
+            i => spool.join(format!("1795238400.{}.{i}", self.id)),
+        };
         let text = format!(
             "#! /bin/sh\n\n$LSB_TRAPSIGS\n$LSB_RCP1\n$LSB_RCP2\n$LSB_RCP3\n# LSBATCH: User input\n{command}\nExitStat=$?\nwait\n# LSBATCH: End user input\ntrue\nexit `expr $ExitStat`\n"
         );

@@ -158,10 +158,11 @@ pub fn ensure(
             .filter(|r| crate::facts::valid_image_id(r))
             .cloned()
             .collect();
+        // Only what this load reported, and the id it was to bring: any
+        // other image new since `before` may be another bundle's, loaded
+        // meanwhile by a concurrent job that is about to run it (removing
+        // it made that job fail with "No such image").
         ids.push(id.to_string());
-        if let Ok(after) = engine.image_ids() {
-            ids.extend(after.into_iter().filter(|a| !before.contains(a)));
-        }
         for x in ids.iter().collect::<BTreeSet<_>>() {
             if !before.contains(x.as_str()) {
                 if let Err(e) = engine.remove_image(x, true) {
