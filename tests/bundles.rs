@@ -621,3 +621,58 @@ fn republish_replaces_and_create_refuses_bad_input() {
     assert!(out.stderr.contains(".."), "{}", out.stderr);
     assert!(!cache(&bed).join("x3").exists());
 }
+
+#[test]
+fn a_failed_load_never_removes_another_bundles_image() {
+    // Issue 17 ("No such image" in a_stolen_tag_does_not_change_what_runs):
+    // a load that fails cleaned up every image new since it began, so a
+    // bundle loaded meanwhile by another job lost its image before running.
+    let _engine = shared();
+    let bed = bundle_bed();
+    let bad = format!("racebad-{}", next_job_id());
+    let (_bad_id, _bg) = export_bundle(&bed, &bad);
+    let tar = cache(&bed).join(&bad).join("image.tar");
+    let len = std::fs::metadata(&tar).unwrap().len();
+    flip(&tar, len / 2);
+    let goods: Vec<(String, String, ImageGuard)> = (0..4)
+        .map(|i| {
+            let n = format!("racegood{i}-{}", next_job_id());
+            let (id, g) = export_bundle(&bed, &n);
+            (n, id, g)
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = std::thread::scope(|s| {
+        let st = stop.clone();
+        let bed = &bed;
+        let bad = &bad;
+        let h = s.spawn(move || {
+            let mut n = 0;
+            while !st.load(std::sync::atomic::Ordering::SeqCst) && n < 200 {
+                bed.job()
+                    .image(&format!("bundle:{bad}"))
+                    .run("true")
+                    .expect_code(78);
+                n += 1;
+            }
+            n
+        });
+        for (name, id, _) in &goods {
+            let out = bed.job().image(&format!("bundle:{name}")).run("true");
+            out.expect_ok();
+            // Later failures of the bad bundle's load leave it alone too.
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(image_present(id), "bundle {name}'s image {id} was removed");
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().unwrap()
+    });
+    assert!(failures > 0);
+    for (name, id, _) in &goods {
+        assert!(image_present(id), "bundle {name}'s image {id} was removed");
+        bed.job()
+            .image(&format!("bundle:{name}"))
+            .run("echo ran")
+            .expect_ok();
+    }
+}
