@@ -3,7 +3,7 @@
 //! frame as SCM_RIGHTS. Nothing the client says about who it is counts: the
 //! daemon takes the identity from SO_PEERCRED.
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};

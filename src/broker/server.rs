@@ -8,14 +8,14 @@
 //! daemon after abandoning running jobs.
 
 use super::proto::{self, ClientMsg, DaemonMsg};
+use crate::app::job::{decide, Caller, Decision};
 use crate::audit::Audit;
 use crate::cli::Scheduler;
+use crate::core::error::{Error, Result};
+use crate::core::plan::LaunchPlan;
+use crate::core::policy::{check_trusted_path, Policy};
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::job::{decide, Caller, Decision};
 use crate::launch::{self, supervise, supervise::Event, supervise::Outcome, supervise::Stdio};
-use crate::plan::LaunchPlan;
-use crate::policy::{check_trusted_path, Policy};
 use nix::sys::signal::{SigSet, Signal};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -181,7 +181,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
             let _ = proto::write_frame(
                 &mut s,
                 &DaemonMsg::Error {
-                    code: crate::error::exit::UNAVAILABLE,
+                    code: crate::core::error::exit::UNAVAILABLE,
                     message: format!(
                         "unavailable: uid {uid} holds {MAX_PENDING_PER_UID} connections to the broker that have not sent their request; close them, or requeue the job"
                     ),
@@ -195,7 +195,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
             let _ = proto::write_frame(
                 &mut s,
                 &DaemonMsg::Error {
-                    code: crate::error::exit::UNAVAILABLE,
+                    code: crate::core::error::exit::UNAVAILABLE,
                     message: "unavailable: the broker is at its job limit; requeue the job".into(),
                 },
             );
@@ -325,7 +325,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
             send(
                 &stream,
                 &DaemonMsg::Error {
-                    code: crate::error::exit::MALFORMED,
+                    code: crate::core::error::exit::MALFORMED,
                     message: format!("malformed request: {e}"),
                 },
             );
@@ -336,7 +336,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         send(
             &stream,
             &DaemonMsg::Error {
-                code: crate::error::exit::MALFORMED,
+                code: crate::core::error::exit::MALFORMED,
                 message: format!(
                     "malformed request: protocol version {} (this broker speaks {})",
                     hello.version,
@@ -347,14 +347,15 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         return;
     }
     // `berth lsf control|monitor` from a relay or a job's owner: the caller
-    // is the peer; crate::lsf checks it may act on the job's container.
+    // is the peer; crate::sched::lsf checks it may act on the job's container.
     if let Some(what) = hello.scheduler.strip_prefix("lsf-") {
         let policy = state
             .policy
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let r = crate::lsf::serve(&policy, creds.uid(), what, &hello.command, &hello.env, &fds);
+        let r =
+            crate::sched::lsf::serve(&policy, creds.uid(), what, &hello.command, &hello.env, &fds);
         send(
             &stream,
             &match r {
@@ -375,7 +376,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
             send(
                 &stream,
                 &DaemonMsg::Error {
-                    code: crate::error::exit::MALFORMED,
+                    code: crate::core::error::exit::MALFORMED,
                     message: format!("malformed request: scheduler {other:?}"),
                 },
             );
@@ -391,7 +392,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         tmp_files: hello.tmp_files,
         slurm_id: hello.slurm_id,
         launching: true,
-        peer: crate::cgroup::probe::Peer {
+        peer: crate::sys::cgroup::Peer {
             pid: creds.pid(),
             uid: creds.uid(),
             accepted_ticks,
@@ -412,7 +413,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         .unwrap_or_else(|e| e.into_inner())
         .record_checked(&record);
     let plan = match (plan, written) {
-        (Ok(_), Err(e)) => Err(crate::job::unaudited(&policy, e)),
+        (Ok(_), Err(e)) => Err(crate::app::job::unaudited(&policy, e)),
         (p, _) => p,
     };
     let plan = match plan {
@@ -580,5 +581,5 @@ fn stopped() -> Error {
 
 /// The environment a client sends: the job's, as strings.
 pub fn client_env() -> Result<BTreeMap<String, String>> {
-    crate::job::environment()
+    crate::app::job::environment()
 }

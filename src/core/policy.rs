@@ -2,8 +2,8 @@
 //! may be omitted and then takes the safe default documented in
 //! `policy/default.toml`; unknown keys are an error.
 
-use crate::error::{Error, Result};
-use crate::paths::{is_under, normalize_abs};
+use crate::core::error::{Error, Result};
+use crate::core::paths::{is_under, normalize_abs};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -503,13 +503,13 @@ impl Policy {
                 "docker.path and docker.socket must be absolute paths".into(),
             ));
         }
-        if crate::size::parse(&self.tmp.size).is_none() {
+        if crate::core::size::parse(&self.tmp.size).is_none() {
             out.push(Finding::error(format!(
                 "tmp.size {:?} is not a size like 10g",
                 self.tmp.size
             )));
         }
-        if crate::size::parse(&self.docker.max_shm_size).is_none() {
+        if crate::core::size::parse(&self.docker.max_shm_size).is_none() {
             out.push(Finding::error(format!(
                 "docker.max_shm_size {:?} is not a size like 1g",
                 self.docker.max_shm_size
@@ -531,7 +531,7 @@ impl Policy {
             )));
         }
         for p in &self.docker.ports {
-            if crate::request::parse_port_range(p).is_none() {
+            if crate::core::request::parse_port_range(p).is_none() {
                 out.push(Finding::error(format!(
                     "docker.ports {p:?} is not a host port range like 8000-8999"
                 )));
@@ -731,10 +731,10 @@ mod tests {
 
     #[test]
     fn site_example_parses() {
-        let text = include_str!("../policy/example-site.toml");
+        let text = include_str!("../../policy/example-site.toml");
         let p = Policy::parse(text, "example-site.toml").unwrap();
         assert_eq!(p.volumes.len(), 2);
-        let text = include_str!("../policy/default.toml");
+        let text = include_str!("../../policy/default.toml");
         Policy::parse(text, "default.toml").unwrap();
     }
 }

@@ -2,8 +2,8 @@
 //! caller's real uid, or the scheduler's `LSFUSER` when the caller is root
 //! or a relay named in policy. Names and groups come from NSS.
 
-use crate::error::{Denial, Error, Result};
-use crate::policy::Policy;
+use crate::core::error::{Denial, Error, Result};
+use crate::core::policy::Policy;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -4,13 +4,13 @@
 
 use crate::audit::{Audit, Record};
 use crate::cli::{Cli, Command, LsfCommand, PolicyCommand, RunArgs, Scheduler, SlurmCommand};
+use crate::core::error::{Error, Result};
+use crate::core::identity::{self, Identity, Nss};
+use crate::core::plan::{self, Context, HostFs, LaunchPlan};
+use crate::core::policy::{self, Policy, Severity};
+use crate::core::request::{self, ImageSpec, Request};
+use crate::engine::facts::ImageFacts;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::facts::ImageFacts;
-use crate::identity::{self, Identity, Nss};
-use crate::plan::{self, Context, HostFs, LaunchPlan};
-use crate::policy::{self, Policy, Severity};
-use crate::request::{self, ImageSpec, Request};
 use crate::sys::UserView;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -20,12 +20,12 @@ pub fn main(cli: Cli) -> i32 {
     // Every command, first: root runs more than `berth run` (slurmstepd
     // runs `slurm query|kill|delete`, an admin `policy check`).
     let hardened = crate::sys::harden();
-    crate::logger::init(log::LevelFilter::Warn);
+    crate::app::logger::init(log::LevelFilter::Warn);
     let esub = matches!(cli.command, Command::Lsf(LsfCommand::Esub(_)));
     let result = hardened.and_then(|()| match cli.command {
         Command::Run(a) => run(&cli.policy, &a),
         Command::Explain(a) => explain(&cli.policy, &a.run, a.json),
-        Command::Doctor { json } => crate::doctor::main(&cli.policy, json),
+        Command::Doctor { json } => crate::app::doctor::main(&cli.policy, json),
         Command::Daemon => crate::broker::server::serve(&cli.policy),
         Command::Slurm(c) => match c {
             SlurmCommand::Run {
@@ -34,7 +34,7 @@ pub fn main(cli: Cli) -> i32 {
                 id,
                 env_file,
                 args,
-            } => crate::slurm::run(
+            } => crate::sched::slurm::run(
                 &cli.policy,
                 &spool,
                 &rootfs,
@@ -42,21 +42,23 @@ pub fn main(cli: Cli) -> i32 {
                 env_file.as_deref(),
                 &args,
             ),
-            SlurmCommand::Query { id } => crate::slurm::query(&cli.policy, &id),
-            SlurmCommand::Kill { id, signal } => crate::slurm::kill(&cli.policy, &id, &signal),
-            SlurmCommand::Delete { id } => crate::slurm::delete(&cli.policy, &id),
+            SlurmCommand::Query { id } => crate::sched::slurm::query(&cli.policy, &id),
+            SlurmCommand::Kill { id, signal } => {
+                crate::sched::slurm::kill(&cli.policy, &id, &signal)
+            }
+            SlurmCommand::Delete { id } => crate::sched::slurm::delete(&cli.policy, &id),
         },
         Command::Policy(PolicyCommand::Check { file, json }) => {
             policy_check(&file.unwrap_or(cli.policy), json)
         }
-        Command::Lsf(c) => crate::lsf::main(&cli.policy, &c),
+        Command::Lsf(c) => crate::sched::lsf::main(&cli.policy, &c),
         Command::Bundle(c) => crate::bundle::main(&cli.policy, &c),
     });
     match result {
         Ok(code) => code,
         // The esub reports its own errors, a failed harden too: LSF wants
         // LSB_SUB_ABORT_VALUE.
-        Err(e) if esub => crate::lsf::esub::reject(&e),
+        Err(e) if esub => crate::sched::lsf::esub::reject(&e),
         Err(e) => {
             eprintln!("berth: {e}");
             e.exit_code()
@@ -194,7 +196,7 @@ pub struct Caller {
     pub launching: bool,
     /// The process whose cgroup says which job this is: the broker's
     /// peer, or this process.
-    pub peer: crate::cgroup::probe::Peer,
+    pub peer: crate::sys::cgroup::Peer,
 }
 
 impl Caller {
@@ -208,7 +210,7 @@ impl Caller {
             tmp_files: Vec::new(),
             slurm_id: None,
             launching: false,
-            peer: crate::cgroup::probe::this_process(crate::sys::real_uid()),
+            peer: crate::sys::cgroup::this_process(crate::sys::real_uid()),
         })
     }
 }
@@ -252,7 +254,8 @@ fn decide_inner(
     let mut command = caller.command.clone();
     let mut tmp_files = caller.tmp_files.clone();
     if caller.scheduler == Scheduler::Lsf {
-        if let Some(jf) = crate::lsf::jobfile::job_file(policy, &id, &caller.env, &command)? {
+        if let Some(jf) = crate::sched::lsf::jobfile::job_file(policy, &id, &caller.env, &command)?
+        {
             command = jf.command;
             tmp_files.extend(jf.tmp_file);
         }
@@ -278,7 +281,7 @@ fn decide_inner(
     // An image policy refuses is never asked about (nor pulled).
     plan::check_image(policy, &req)?;
     // A known-vulnerable engine: warn, or refuse (docker.old_runc); no API call per job.
-    crate::enginecheck::check_if(policy, engine)?;
+    crate::engine::check::check_if(policy, engine)?;
     let facts = match engine {
         Some(e) => Some(image_facts(e, policy, &req, &nonce)?),
         None => None,
@@ -314,17 +317,19 @@ fn locate_job(
     policy: &Policy,
     caller: &Caller,
     id: &Identity,
-) -> Result<Option<crate::cgroup::layout::Found>> {
-    use crate::policy::PlacementRule;
+) -> Result<Option<crate::core::cgroup::Found>> {
+    use crate::core::policy::PlacementRule;
     if policy.cgroup.placement == PlacementRule::None && !policy.cgroup.require_job {
         return Ok(None);
     }
-    crate::cgroup::probe::locate(&caller.peer, id.uid)
+    crate::sys::cgroup::locate(&caller.peer, id.uid)
 }
 
 fn image_facts(engine: &Engine, policy: &Policy, req: &Request, nonce: &str) -> Result<ImageFacts> {
     match &req.image {
-        ImageSpec::Registry(r) => crate::facts::gather(engine, policy, &r.to_string(), nonce),
+        ImageSpec::Registry(r) => {
+            crate::engine::facts::gather(engine, policy, &r.to_string(), nonce)
+        }
         // Facts from bundle.toml (the cache is checked); the engine is
         // asked nothing until the launch loads it (crate::bundle::prepare).
         ImageSpec::Bundle(b) => crate::bundle::facts(policy, b),
@@ -421,7 +426,7 @@ fn explain(policy_path: &Path, args: &RunArgs, json: bool) -> Result<i32> {
             let mut v = serde_json::to_value(&d).unwrap_or_default();
             v["decision"] = "deny".into();
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            return Ok(crate::error::exit::DENIED);
+            return Ok(crate::core::error::exit::DENIED);
         }
         Err(e) => return Err(e),
     };
@@ -473,7 +478,7 @@ pub fn describe(p: &LaunchPlan, facts_checked: bool) -> String {
                 pl.parent,
                 pl.cpus.as_deref().unwrap_or("all"),
                 pl.memory
-                    .map(crate::size::human)
+                    .map(crate::core::size::human)
                     .unwrap_or_else(|| "unlimited".into())
             )
         }
@@ -529,12 +534,12 @@ fn policy_check(path: &Path, json: bool) -> Result<i32> {
     // Placement needs dockerd's cgroupfs driver; said here when this node's
     // engine answers (the file may be checked away from any node).
     if let Ok(p) = &parsed {
-        if p.cgroup.placement == crate::policy::PlacementRule::Job {
+        if p.cgroup.placement == crate::core::policy::PlacementRule::Job {
             if let Some(d) = Engine::new(&p.docker.socket).cgroup_driver() {
                 if d != "cgroupfs" {
                     findings.push(policy::Finding {
                         severity: Severity::Error,
-                        message: crate::doctor::cgroup_driver_message(&d),
+                        message: crate::app::doctor::cgroup_driver_message(&d),
                     });
                 }
             }
@@ -571,6 +576,6 @@ fn policy_check(path: &Path, json: bool) -> Result<i32> {
     Ok(if errors == 0 {
         0
     } else {
-        crate::error::exit::CONFIG
+        crate::core::error::exit::CONFIG
     })
 }

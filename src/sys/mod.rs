@@ -3,9 +3,10 @@
 //! sound.
 
 pub mod as_user;
+pub mod cgroup;
 
-use crate::error::{Error, Result};
-use crate::identity::Identity;
+use crate::core::error::{Error, Result};
+use crate::core::identity::Identity;
 pub use as_user::{ReadError, UserView};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -234,13 +235,13 @@ pub fn read_file_as_user(id: &Identity, path: &Path, limit: usize) -> Result<Vec
     let shown = path.display();
     match view_of(id)?.read_file(path, limit)? {
         Ok(bytes) => Ok(bytes),
-        Err(ReadError::CannotOpen) => Err(Error::Denied(crate::error::Denial::new(
+        Err(ReadError::CannotOpen) => Err(Error::Denied(crate::core::error::Denial::new(
             "env_file.access",
             shown.to_string(),
             format!("env file {shown} cannot be opened by the job user"),
             "name a file you can read",
         ))),
-        Err(ReadError::NotRegular) => Err(Error::Denied(crate::error::Denial::new(
+        Err(ReadError::NotRegular) => Err(Error::Denied(crate::core::error::Denial::new(
             "env_file.kind",
             shown.to_string(),
             format!("env file {shown} is not a regular file"),

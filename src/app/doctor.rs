@@ -3,9 +3,9 @@
 //! `fail` line; any failure makes the exit code 78 (invalid or unsafe
 //! installation).
 
+use crate::core::error::{Error, Result};
+use crate::core::policy::{self, OldRunc, Policy, Severity, TmpKind};
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::policy::{self, OldRunc, Policy, Severity, TmpKind};
 use serde::Serialize;
 use serde_json::Value;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -92,7 +92,7 @@ pub fn main(policy_path: &Path, json: bool) -> Result<i32> {
     Ok(if fail == 0 {
         0
     } else {
-        crate::error::exit::CONFIG
+        crate::core::error::exit::CONFIG
     })
 }
 
@@ -376,7 +376,7 @@ fn check_engine(r: &mut Report, policy: &Policy) {
 /// Placement in the job's cgroup (SPEC §11) needs dockerd's cgroupfs
 /// driver: the systemd driver takes only `*.slice` parents.
 fn check_cgroup(r: &mut Report, policy: &Policy) {
-    use crate::policy::PlacementRule;
+    use crate::core::policy::PlacementRule;
     let driver = Engine::new(&policy.docker.socket).cgroup_driver();
     match (policy.cgroup.placement, driver.as_deref()) {
         (PlacementRule::None, _) => r.warn(
@@ -388,7 +388,7 @@ fn check_cgroup(r: &mut Report, policy: &Policy) {
             "cgroup",
             format!(
                 "containers are placed in their job's cgroup (dockerd's cgroupfs driver, cgroup {}); require_job = {}",
-                if crate::cgroup::probe::is_v1_hybrid() { "v1" } else { "v2" },
+                if crate::sys::cgroup::is_v1_hybrid() { "v1" } else { "v2" },
                 policy.cgroup.require_job
             ),
         ),

@@ -4,13 +4,13 @@
 //! host's filesystem is seen through [`HostFs`] so that rules are tested
 //! without a node.
 
-use crate::envfilter::{self, Dropped};
-use crate::error::{Denial, Error, Result};
-use crate::facts::ImageFacts;
-use crate::identity::Identity;
-use crate::paths::{is_under, normalize_abs, unsafe_char};
-use crate::policy::{EntrypointRule, HostnameRule, Mode, Policy, TmpKind};
-use crate::request::{ImageSpec, Request, Workdir};
+use crate::core::envfilter::{self, Dropped};
+use crate::core::error::{Denial, Error, Result};
+use crate::core::identity::Identity;
+use crate::core::paths::{is_under, normalize_abs, unsafe_char};
+use crate::core::policy::{EntrypointRule, HostnameRule, Mode, Policy, TmpKind};
+use crate::core::request::{ImageSpec, Request, Workdir};
+use crate::engine::facts::ImageFacts;
 use serde::Serialize;
 pub use spec::ContainerSpec;
 use std::io;
@@ -47,7 +47,7 @@ pub struct Context {
     /// The job the caller is in, as the kernel says (SPEC §11), with the
     /// caller's allowed CPUs and the job's memory limit; `None`: in none,
     /// or not looked up (`placement = "none"` without `require_job`).
-    pub job_cgroup: Option<crate::cgroup::layout::Found>,
+    pub job_cgroup: Option<crate::core::cgroup::Found>,
     /// `SLURM_JOB_ID` as the job's environment has it (checked against the
     /// cgroup, never trusted).
     pub env_slurm_job_id: Option<String>,
@@ -109,7 +109,7 @@ pub struct UserPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LaunchPlan {
     pub name: String,
-    pub job: crate::request::JobId,
+    pub job: crate::core::request::JobId,
     pub image: ImagePlan,
     pub user: UserPlan,
     pub mounts: Vec<MountPlan>,
@@ -135,7 +135,7 @@ pub struct LaunchPlan {
     /// `/etc/hosts` for a container without docker's network sandbox.
     pub hosts: Option<String>,
     /// Where the container lives in the job's allocation (SPEC §11).
-    pub placement: Option<crate::cgroup::Placement>,
+    pub placement: Option<crate::core::cgroup::Placement>,
     /// The container, as the engine is asked to create it.
     pub spec: ContainerSpec,
     /// The equivalent docker command line, argv[0] the docker binary
@@ -356,8 +356,8 @@ pub fn plan(
 
     if let Some(shm) = &req.shm_size {
         let (want, max) = (
-            crate::size::parse(shm).unwrap_or(u64::MAX),
-            crate::size::parse(&policy.docker.max_shm_size).unwrap_or(0),
+            crate::core::size::parse(shm).unwrap_or(u64::MAX),
+            crate::core::size::parse(&policy.docker.max_shm_size).unwrap_or(0),
         );
         if want > max {
             return deny(
@@ -376,7 +376,7 @@ pub fn plan(
             .docker
             .ports
             .iter()
-            .filter_map(|r| crate::request::parse_port_range(r))
+            .filter_map(|r| crate::core::request::parse_port_range(r))
             .any(|(lo, hi)| (lo..=hi).contains(&p.host_port));
         if !allowed {
             return deny(
@@ -442,10 +442,10 @@ pub fn plan(
         });
     }
     let placement = match (&ctx.job_cgroup, policy.cgroup.placement) {
-        (Some((job, cpus, memory)), crate::policy::PlacementRule::Job) => {
-            Some(crate::cgroup::Placement {
+        (Some((job, cpus, memory)), crate::core::policy::PlacementRule::Job) => {
+            Some(crate::core::cgroup::Placement {
                 job: job.clone(),
-                parent: crate::cgroup::layout::parent_for(job, &name),
+                parent: crate::core::cgroup::parent_for(job, &name),
                 cpus: cpus.clone().filter(|c| valid_cpu_list(c)),
                 memory: *memory,
             })
@@ -462,7 +462,7 @@ pub fn plan(
     }
     let mut tmpfs = std::collections::BTreeMap::new();
     if tmp.kind == TmpKind::Tmpfs {
-        let bytes = crate::size::parse(&tmp.size).unwrap_or(0);
+        let bytes = crate::core::size::parse(&tmp.size).unwrap_or(0);
         tmpfs.insert(
             "/tmp".to_string(),
             format!("rw,nosuid,nodev,size={bytes},mode=1777"),
@@ -483,7 +483,7 @@ pub fn plan(
         network: network.clone(),
         network_disabled,
         ipc: ipc.clone(),
-        shm_size: req.shm_size.as_deref().and_then(crate::size::parse),
+        shm_size: req.shm_size.as_deref().and_then(crate::core::size::parse),
         hostname,
         labels,
         binds: mounts
@@ -614,7 +614,7 @@ fn plan_image(policy: &Policy, req: &Request, facts: Option<&ImageFacts>) -> Res
             bundle,
         });
     };
-    if !crate::facts::valid_image_id(&f.id) {
+    if !crate::engine::facts::valid_image_id(&f.id) {
         return Err(Error::Internal(format!(
             "engine returned an invalid image id {:?}",
             f.id
@@ -1149,7 +1149,7 @@ pub fn group_file(id: &Identity) -> String {
 /// says when the caller is in a job (an id in the environment that
 /// disagrees is a forgery), else the environment's. A caller in no job is
 /// denied when the site requires one.
-fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::request::JobId> {
+fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::core::request::JobId> {
     let Some((job, _, _)) = &ctx.job_cgroup else {
         if policy.cgroup.require_job {
             return deny(
@@ -1168,8 +1168,8 @@ fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::reques
             format!(
                 "{what}={v} names another job than the one this process is in ({} job {})",
                 match job.scheduler {
-                    crate::cgroup::layout::Scheduler::Slurm => "Slurm",
-                    crate::cgroup::layout::Scheduler::Lsf => "LSF",
+                    crate::core::cgroup::Scheduler::Slurm => "Slurm",
+                    crate::core::cgroup::Scheduler::Lsf => "LSF",
                 },
                 job.job_id
             ),
@@ -1180,7 +1180,7 @@ fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::reques
         return forged("LSB_JOBID", &req.job.id);
     }
     if let Some(v) = &ctx.env_slurm_job_id {
-        if *v != job.job_id && job.scheduler == crate::cgroup::layout::Scheduler::Slurm {
+        if *v != job.job_id && job.scheduler == crate::core::cgroup::Scheduler::Slurm {
             return forged("SLURM_JOB_ID", v);
         }
     }
@@ -1191,7 +1191,7 @@ fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::reques
         Some(i) => i,
         None => req.job.index,
     };
-    Ok(crate::request::JobId {
+    Ok(crate::core::request::JobId {
         id: job.job_id.clone(),
         index,
     })

@@ -19,9 +19,9 @@ pub fn valid_image_id(id: &str) -> bool {
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
+use crate::core::error::{Denial, Error, Result};
+use crate::core::policy::{Policy, Pull};
 use crate::engine::Engine;
-use crate::error::{Denial, Error, Result};
-use crate::policy::{Policy, Pull};
 use serde_json::Value;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

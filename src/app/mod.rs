@@ -1,0 +1,5 @@
+//! The application layer: each command's flow.
+
+pub mod doctor;
+pub mod job;
+pub mod logger;

@@ -1,0 +1,4 @@
+//! The batch schedulers berth plugs into.
+
+pub mod lsf;
+pub mod slurm;
