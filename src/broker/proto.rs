@@ -33,12 +33,8 @@ pub struct Hello {
     pub slurm_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TmpFile {
-    pub path: String,
-    pub content: Vec<u8>,
-    pub mode: u32,
-}
+/// Decided in the core; carried in [`Hello::tmp_files`] as is.
+pub use crate::core::plan::TmpFile;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "lowercase")]

@@ -11,7 +11,7 @@ use crate::core::paths::{is_under, normalize_abs, unsafe_char};
 use crate::core::policy::{EntrypointRule, HostnameRule, Mode, Policy, TmpKind};
 use crate::core::request::{ImageSpec, Request, Workdir};
 use crate::engine::facts::ImageFacts;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 pub use spec::ContainerSpec;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,15 @@ pub trait HostFs {
     fn user_can_access(&self, id: &Identity, paths: &[PathBuf]) -> Result<Vec<bool>>;
 }
 
+/// A file the scheduler needs inside the job's /tmp, by path relative to
+/// /tmp. Also part of the broker's wire format (`broker::proto::Hello`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TmpFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
 /// Inputs that are neither policy, identity nor request: decided by the
 /// launcher (randomness) or read by it as the user (env files).
 #[derive(Debug, Clone, Default)]
@@ -40,7 +49,7 @@ pub struct Context {
     pub env_file_vars: Vec<(String, String)>,
     /// Files the scheduler needs inside the job's /tmp (Slurm's batch
     /// script at /tmp/slurm/startup), by path relative to /tmp.
-    pub tmp_files: Vec<crate::broker::proto::TmpFile>,
+    pub tmp_files: Vec<TmpFile>,
     pub slurm_id: Option<String>,
     /// The execution node's hostname (the container's, by default).
     pub hostname: Option<String>,
@@ -129,7 +138,7 @@ pub struct LaunchPlan {
     pub group: Option<String>,
     /// Files written into the per-job /tmp before the container starts.
     #[serde(skip)]
-    pub tmp_files: Vec<crate::broker::proto::TmpFile>,
+    pub tmp_files: Vec<TmpFile>,
     /// A Slurm container id (`%n.%u.%j.%s.%t`), set as a label.
     pub slurm_id: Option<String>,
     /// `/etc/hosts` for a container without docker's network sandbox.

@@ -95,7 +95,7 @@ pub fn prepare(plan: &LaunchPlan) -> Result<()> {
 /// Place a scheduler file (Slurm's batch script) in the job's fresh /tmp,
 /// owned by the user. The planner checked the path is plain and relative;
 /// the directory was created by berth a moment ago, so nothing is planted.
-fn write_tmp_file(plan: &LaunchPlan, tmp: &Path, f: &crate::broker::proto::TmpFile) -> Result<()> {
+fn write_tmp_file(plan: &LaunchPlan, tmp: &Path, f: &crate::core::plan::TmpFile) -> Result<()> {
     let dst = tmp.join(&f.path);
     let uid = Some(nix::unistd::Uid::from_raw(plan.user.uid));
     let gid = Some(nix::unistd::Gid::from_raw(plan.user.gid));
