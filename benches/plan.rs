@@ -1,10 +1,10 @@
 //! Planning cost in-process: policy parse excluded, identity and request
 //! given, a real filesystem view. `cargo bench --bench plan`.
 
+use berth::core::facts::ImageFacts;
 use berth::core::identity::{GroupEntry, Identity};
 use berth::core::plan::{plan, Context, HostFs};
 use berth::core::policy::Policy;
-use berth::engine::facts::ImageFacts;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

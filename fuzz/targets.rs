@@ -10,10 +10,10 @@
 #![allow(dead_code)]
 
 use berth::core::error::Error;
+use berth::core::facts::ImageFacts;
 use berth::core::identity::{GroupEntry, Identity};
 use berth::core::plan::{self, Context, HostFs, LaunchPlan, MountKind};
 use berth::core::policy::Policy;
-use berth::engine::facts::ImageFacts;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -501,7 +501,7 @@ pub fn slurm_config(data: &[u8]) {
 pub fn bundle_toml(data: &[u8]) {
     let Some(s) = text(data) else { return };
     if let Ok(m) = toml::from_str::<berth::bundle::Meta>(s) {
-        if berth::engine::facts::valid_image_id(&m.image_id) {
+        if berth::core::facts::valid_image_id(&m.image_id) {
             assert!(m.image_id.len() == 71);
         }
         let _ = toml::to_string(&m);
@@ -522,7 +522,7 @@ pub fn tar_inspect(data: &[u8]) {
         if let Ok(facts) = inspect(&f, depth) {
             if facts.layout != Layout::Rootfs {
                 let id = facts.image_id.as_deref().expect("an image id");
-                assert!(berth::engine::facts::valid_image_id(id), "{id}");
+                assert!(berth::core::facts::valid_image_id(id), "{id}");
                 assert_eq!(facts.config.diff_ids.len(), facts.layers.len());
             }
             for (_, span) in &facts.layers {

@@ -5,11 +5,11 @@
 use crate::audit::{Audit, Record};
 use crate::cli::{Cli, Command, LsfCommand, PolicyCommand, RunArgs, Scheduler, SlurmCommand};
 use crate::core::error::{Error, Result};
+use crate::core::facts::ImageFacts;
 use crate::core::identity::{self, Identity, Nss};
 use crate::core::plan::{self, Context, HostFs, LaunchPlan};
 use crate::core::policy::{self, Policy, Severity};
 use crate::core::request::{self, ImageSpec, Request};
-use crate::engine::facts::ImageFacts;
 use crate::engine::Engine;
 use crate::sys::UserView;
 use std::cell::RefCell;

@@ -177,7 +177,7 @@ impl Cache {
                 e.to_string().replace('\n', " ")
             ))
         })?;
-        if meta.name != name || !crate::engine::facts::valid_image_id(&meta.image_id) {
+        if meta.name != name || !crate::core::facts::valid_image_id(&meta.image_id) {
             return Err(Error::Config(format!(
                 "{} names bundle {:?} with image id {:?}; recreate the bundle",
                 mp.display(),
@@ -344,8 +344,8 @@ impl Bundle {
         Ok(f)
     }
 
-    pub fn facts(&self) -> crate::engine::facts::ImageFacts {
-        crate::engine::facts::ImageFacts {
+    pub fn facts(&self) -> crate::core::facts::ImageFacts {
+        crate::core::facts::ImageFacts {
             id: self.meta.image_id.clone(),
             entrypoint: self.meta.entrypoint.clone(),
             cmd: self.meta.cmd.clone(),

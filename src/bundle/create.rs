@@ -612,7 +612,7 @@ pub fn oci_runtime_config(m: &Meta) -> Value {
 
 fn run_docker_save(policy: &Policy, image: &str) -> Result<std::process::Child> {
     // The reference must parse (never an option to docker).
-    if !crate::engine::facts::valid_image_id(image) {
+    if !crate::core::facts::valid_image_id(image) {
         crate::core::image::ImageRef::parse(image)?;
     }
     std::process::Command::new(&policy.docker.path)

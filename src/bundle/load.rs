@@ -65,7 +65,7 @@ pub struct Lock {
 
 pub fn lock(dir: &Path, id: &str) -> Result<Lock> {
     let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    if !crate::engine::facts::valid_image_id(id) {
+    if !crate::core::facts::valid_image_id(id) {
         return Err(Error::Internal(format!("lock for invalid id {id:?}")));
     }
     if std::fs::symlink_metadata(dir).is_err() {
@@ -155,7 +155,7 @@ pub fn ensure(
         let mut ids: Vec<String> = reported
             .iter()
             .flatten()
-            .filter(|r| crate::engine::facts::valid_image_id(r))
+            .filter(|r| crate::core::facts::valid_image_id(r))
             .cloned()
             .collect();
         ids.push(id.to_string());

@@ -539,7 +539,7 @@ pub fn parse_config(json: &[u8]) -> R<ConfigFacts> {
     };
     let diff_ids = strings(v.get("rootfs").and_then(|r| r.get("diff_ids")));
     for d in &diff_ids {
-        if !crate::engine::facts::valid_image_id(d) {
+        if !crate::core::facts::valid_image_id(d) {
             return err(format!("image config has a malformed diff_id {d:?}"));
         }
     }

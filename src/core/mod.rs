@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod envfilter;
 pub mod error;
+pub mod facts;
 pub mod identity;
 pub mod image;
 pub mod paths;

@@ -6,11 +6,11 @@
 
 use crate::core::envfilter::{self, Dropped};
 use crate::core::error::{Denial, Error, Result};
+use crate::core::facts::ImageFacts;
 use crate::core::identity::Identity;
 use crate::core::paths::{is_under, normalize_abs, unsafe_char};
 use crate::core::policy::{EntrypointRule, HostnameRule, Mode, Policy, TmpKind};
 use crate::core::request::{ImageSpec, Request, Workdir};
-use crate::engine::facts::ImageFacts;
 use serde::{Deserialize, Serialize};
 pub use spec::ContainerSpec;
 use std::io;
@@ -623,7 +623,7 @@ fn plan_image(policy: &Policy, req: &Request, facts: Option<&ImageFacts>) -> Res
             bundle,
         });
     };
-    if !crate::engine::facts::valid_image_id(&f.id) {
+    if !crate::core::facts::valid_image_id(&f.id) {
         return Err(Error::Internal(format!(
             "engine returned an invalid image id {:?}",
             f.id

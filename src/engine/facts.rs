@@ -1,27 +1,11 @@
-//! What berth needs to know about an image, learnt once per image id.
-
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageFacts {
-    /// `sha256:<hex>`: the image is always run by this id.
-    pub id: String,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub workdir: String,
-    pub user: String,
-    /// Whether `/bin/sh` resolves to an executable regular file.
-    pub has_shell: bool,
-}
-
-pub fn valid_image_id(id: &str) -> bool {
-    id.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-}
+//! Learning an image's facts from the engine, once per image id, and the
+//! node's cache of them.
 
 use crate::core::error::{Denial, Error, Result};
+use crate::core::facts::{valid_image_id, ImageFacts};
 use crate::core::policy::{Policy, Pull};
 use crate::engine::Engine;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
