@@ -954,7 +954,7 @@ fn lsfuser_is_honoured_only_from_a_trusted_relay() {
         .unwrap()
         .unwrap();
     let id = berth::core::identity::resolve(
-        &berth::core::identity::Nss,
+        &berth::sys::nss::Nss,
         &policy,
         relay.uid.as_raw(),
         Some(ALICE),
@@ -962,11 +962,10 @@ fn lsfuser_is_honoured_only_from_a_trusted_relay() {
     .unwrap();
     assert_eq!(id.uid, 2001);
     let id =
-        berth::core::identity::resolve(&berth::core::identity::Nss, &policy, 2002, Some(ALICE))
-            .unwrap();
+        berth::core::identity::resolve(&berth::sys::nss::Nss, &policy, 2002, Some(ALICE)).unwrap();
     assert_eq!(id.uid, 2002);
-    let id = berth::core::identity::resolve(&berth::core::identity::Nss, &policy, 0, Some(ALICE))
-        .unwrap();
+    let id =
+        berth::core::identity::resolve(&berth::sys::nss::Nss, &policy, 0, Some(ALICE)).unwrap();
     assert_eq!(id.uid, 2001);
 }
 

@@ -4,6 +4,7 @@
 
 pub mod as_user;
 pub mod cgroup;
+pub mod nss;
 
 use crate::core::error::{Error, Result};
 use crate::core::identity::Identity;

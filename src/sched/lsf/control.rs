@@ -13,10 +13,10 @@
 use crate::audit::{Audit, Record};
 use crate::cli::ControlArgs;
 use crate::core::error::{Error, Result};
-use crate::core::identity::Nss;
 use crate::core::policy::Policy;
 use crate::core::request::JobId;
 use crate::engine::Engine;
+use crate::sys::nss::Nss;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};

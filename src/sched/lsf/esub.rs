@@ -19,10 +19,11 @@
 
 use crate::cli::EsubArgs;
 use crate::core::error::{Error, Result};
-use crate::core::identity::{self, Nss};
+use crate::core::identity;
 use crate::core::plan::{self, Context};
 use crate::core::policy::Policy;
 use crate::core::request;
+use crate::sys::nss::Nss;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;

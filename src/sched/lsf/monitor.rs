@@ -5,10 +5,10 @@
 
 use crate::cli::MonitorArgs;
 use crate::core::error::{Error, Result};
-use crate::core::identity::Nss;
 use crate::core::policy::Policy;
 use crate::core::request::JobId;
 use crate::engine::Engine;
+use crate::sys::nss::Nss;
 use serde::Serialize;
 use serde_json::Value;
 use std::io::Write;
