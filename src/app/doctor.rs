@@ -4,8 +4,9 @@
 //! installation).
 
 use crate::core::error::{Error, Result};
-use crate::core::policy::{self, OldRunc, Policy, Severity, TmpKind};
+use crate::core::policy::{OldRunc, Policy, Severity, TmpKind};
 use crate::engine::Engine;
+use crate::sys::trusted;
 use serde::Serialize;
 use serde_json::Value;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -166,7 +167,7 @@ fn check_binary(r: &mut Report) {
         }
         Err(e) => return r.warn("binary", format!("{shown}: cannot read capabilities: {e}")),
     }
-    if let Err(e) = policy::check_trusted_path(&exe, 0) {
+    if let Err(e) = trusted::check_trusted_path(&exe, 0) {
         return r.fail(
             "binary",
             format!("{}: schedulers run berth as root or a relay", text(&e)),
@@ -186,7 +187,7 @@ fn check_binary(r: &mut Report) {
 fn check_policy(r: &mut Report, path: &Path) -> Policy {
     let shown = path.display().to_string();
     let fallback = "; the checks below use the default policy";
-    if let Err(e) = policy::check_trusted_path(path, 0) {
+    if let Err(e) = trusted::check_trusted_path(path, 0) {
         r.fail("policy.file", format!("{}{fallback}", text(&e)));
         return Policy::default();
     }
@@ -236,7 +237,7 @@ fn check_policy(r: &mut Report, path: &Path) -> Policy {
 fn check_docker_client(r: &mut Report, policy: &Policy) {
     let path = &policy.docker.path;
     let shown = path.display();
-    if let Err(e) = policy::check_trusted_path(path, 0) {
+    if let Err(e) = trusted::check_trusted_path(path, 0) {
         return r.fail(
             "docker.client",
             format!("{} (docker.path); install docker.io or docker-ce", text(&e)),
@@ -475,7 +476,7 @@ fn check_tmp(r: &mut Report, policy: &Policy) {
             format!("{shown} (tmp.base) is not a directory; remove it or set tmp.base"),
         );
     }
-    if let Err(e) = policy::check_trusted_path(base, 0) {
+    if let Err(e) = trusted::check_trusted_path(base, 0) {
         return r.fail("tmp", format!("{} (tmp.base)", text(&e)));
     }
     if md.mode() & 0o044 != 0 {
@@ -510,7 +511,7 @@ fn check_owned_dir(r: &mut Report, name: &'static str, key: &str, dir: &Path) {
             name,
             format!("{shown} ({key}) is not a directory; remove it"),
         ),
-        Ok(_) => match policy::check_trusted_path(dir, 0) {
+        Ok(_) => match trusted::check_trusted_path(dir, 0) {
             Ok(()) => r.ok(
                 name,
                 format!("{shown}: root-owned, not writable by group or others"),
@@ -554,7 +555,7 @@ fn check_bundles(r: &mut Report, policy: &Policy) {
             )
         }
     }
-    if let Err(e) = policy::check_trusted_path(cache, uid) {
+    if let Err(e) = trusted::check_trusted_path(cache, uid) {
         return r.fail("bundles", format!("{} (bundles.cache)", text(&e)));
     }
     let count = std::fs::read_dir(cache)
@@ -624,7 +625,7 @@ fn check_audit(r: &mut Report, policy: &Policy) {
         },
         file => {
             let dir = Path::new(file).parent().unwrap_or(Path::new("/"));
-            match policy::check_trusted_path(dir, 0) {
+            match trusted::check_trusted_path(dir, 0) {
                 Ok(()) => r.ok("audit", format!("audit records are appended to {file}")),
                 Err(e) => r.fail("audit", format!("{} (directory of audit.log)", text(&e))),
             }
@@ -671,7 +672,7 @@ fn check_glue(r: &mut Report) {
     let mut unsafe_files = Vec::new();
     walk(dir, 0, &mut files);
     for f in &files {
-        if let Err(e) = policy::check_trusted_path(f, 0) {
+        if let Err(e) = trusted::check_trusted_path(f, 0) {
             unsafe_files.push(text(&e));
         }
     }

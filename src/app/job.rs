@@ -12,6 +12,7 @@ use crate::core::policy::{self, Policy, Severity};
 use crate::core::request::{self, ImageSpec, Request};
 use crate::engine::Engine;
 use crate::sys::nss::Nss;
+use crate::sys::trusted;
 use crate::sys::UserView;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -546,7 +547,7 @@ fn policy_check(path: &Path, json: bool) -> Result<i32> {
             }
         }
     }
-    if let Err(e) = policy::check_trusted_path(path, 0) {
+    if let Err(e) = trusted::check_trusted_path(path, 0) {
         findings.push(policy::Finding {
             severity: Severity::Error,
             message: e.to_string(),

@@ -130,7 +130,7 @@ impl Cache {
     }
 
     pub fn at(root: &Path, owner: u32) -> Result<Cache> {
-        crate::core::policy::check_trusted_path(root, owner).map_err(|e| match e {
+        crate::sys::trusted::check_trusted_path(root, owner).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("bundle cache: {m}")),
             e => e,
         })?;

@@ -187,7 +187,7 @@ pub fn pin(plan: &LaunchPlan) -> Result<()> {
             }
         }
     }
-    crate::core::policy::check_trusted_path(parent, 0)?;
+    crate::sys::trusted::check_trusted_path(parent, 0)?;
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(dir)

@@ -5,6 +5,7 @@
 pub mod as_user;
 pub mod cgroup;
 pub mod nss;
+pub mod trusted;
 
 use crate::core::error::{Error, Result};
 use crate::core::identity::Identity;
