@@ -110,7 +110,7 @@ fn engine_runc_is_old() -> bool {
         .as_str()
         .unwrap()
         .to_string();
-    berth::app::doctor::parse_version(&runc).expect("runc version parses")
+    berth::engine::check::parse_version(&runc).expect("runc version parses")
         < berth::app::doctor::PATCHED_RUNC
 }
 

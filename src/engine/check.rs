@@ -64,7 +64,15 @@ impl Finding {
 
 /// The leading `major.minor.patch` of a version such as `1.1.5+ds1`.
 pub fn parse_version(v: &str) -> Option<[u32; 3]> {
-    crate::app::doctor::parse_version(v)
+    let v = v.trim().trim_start_matches('v');
+    let end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let mut parts = v[..end].split('.').filter(|s| !s.is_empty());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().map_or(Some(0), |s| s.parse().ok())?;
+    let patch = parts.next().map_or(Some(0), |s| s.parse().ok())?;
+    Some([major, minor, patch])
 }
 
 fn component<'a>(version: &'a Value, name: &str) -> Option<&'a Value> {
