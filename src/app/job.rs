@@ -28,7 +28,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::Run(a) => run(&cli.policy, &a),
         Command::Explain(a) => explain(&cli.policy, &a.run, a.json),
         Command::Doctor { json } => crate::app::doctor::main(&cli.policy, json),
-        Command::Daemon => crate::broker::server::serve(&cli.policy),
+        Command::Daemon => crate::app::daemon::serve(&cli.policy),
         Command::Slurm(c) => match c {
             SlurmCommand::Run {
                 spool,

@@ -7,9 +7,9 @@
 //! per-job directory cleaned. SIGHUP reloads the policy; SIGTERM stops the
 //! daemon after abandoning running jobs.
 
-use super::proto::{self, ClientMsg, DaemonMsg};
 use crate::app::job::{decide, Caller, Decision};
 use crate::audit::Audit;
+use crate::broker::proto::{self, ClientMsg, DaemonMsg};
 use crate::cli::Scheduler;
 use crate::core::error::{Error, Result};
 use crate::core::plan::LaunchPlan;
