@@ -582,5 +582,5 @@ fn stopped() -> Error {
 
 /// The environment a client sends: the job's, as strings.
 pub fn client_env() -> Result<BTreeMap<String, String>> {
-    crate::app::job::environment()
+    crate::sys::environment()
 }

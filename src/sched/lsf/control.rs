@@ -77,7 +77,7 @@ pub fn parse_action(s: &str) -> Result<Action> {
 pub fn run(policy_path: &Path, args: &ControlArgs) -> Result<i32> {
     let action = parse_action(&args.action)?;
     let policy = Policy::load(policy_path)?;
-    let env = crate::app::job::environment()?;
+    let env = crate::sys::environment()?;
     let job = super::job_from(&args.job, &env)?;
     if !crate::sys::is_root() {
         // A relay or the job's owner: the broker acts, and takes the

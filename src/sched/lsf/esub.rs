@@ -310,7 +310,7 @@ pub fn decide(
     let req = request::from_env(&env, cwd, vec![command])?;
     plan::check_image(policy, &req)?;
     let ctx = Context {
-        env_file_vars: crate::app::job::read_env_files(&id, &req)?,
+        env_file_vars: crate::sys::userfs::read_env_files(&id, &req)?,
         nonce: "0".into(),
         ..Default::default()
     };
@@ -322,7 +322,7 @@ pub fn decide(
         &id,
         &req,
         None,
-        &crate::app::job::RealFs::default(),
+        &crate::sys::userfs::RealFs::default(),
         &ctx,
     )?;
 
@@ -443,7 +443,7 @@ fn run_inner(policy_path: &Path, args: &EsubArgs) -> Result<()> {
         ))
     })?;
     let policy = Policy::load(policy_path)?;
-    let env = crate::app::job::environment()?;
+    let env = crate::sys::environment()?;
     let cwd = std::env::current_dir().ok();
     let accepted = decide(&policy, crate::sys::real_uid(), args, &parm, env, cwd)?;
 

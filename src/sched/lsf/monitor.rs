@@ -111,7 +111,7 @@ impl Usage {
 
 pub fn run(policy_path: &Path, args: &MonitorArgs) -> Result<i32> {
     let policy = Policy::load(policy_path)?;
-    let env = crate::app::job::environment()?;
+    let env = crate::sys::environment()?;
     let job = super::job_from(&args.job, &env)?;
     if !crate::sys::is_root() {
         let how = if args.json { "json" } else { "lines" };
