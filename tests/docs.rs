@@ -211,7 +211,7 @@ fn policy_man_page_documents_every_key_with_its_default() {
     }
     assert!(
         problems.is_empty(),
-        "man/berth-policy.5 is out of date with src/policy.rs:\n{}",
+        "man/berth-policy.5 is out of date with src/core/policy.rs:\n{}",
         problems.join("\n")
     );
 }
@@ -264,7 +264,7 @@ fn policy_reference_documents_every_key_with_its_default() {
     }
     assert!(
         problems.is_empty(),
-        "docs/policy.md is out of date with src/policy.rs:\n{}",
+        "docs/policy.md is out of date with src/core/policy.rs:\n{}",
         problems.join("\n")
     );
 }

@@ -1,4 +1,6 @@
-//! The application layer: each command's flow.
+//! The application layer: each command's flow, read as a checklist
+//! ([`job`]); the broker daemon's per-connection flow ([`daemon`]);
+//! `berth doctor` ([`doctor`]); logging setup ([`logger`]).
 
 pub mod daemon;
 pub mod doctor;

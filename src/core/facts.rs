@@ -1,5 +1,5 @@
 //! What berth needs to know about an image, learnt once per image id (the
-//! engine side, [`crate::engine::facts`], gathers and caches them).
+//! engine side, `engine::facts`, gathers and caches them).
 
 use serde::{Deserialize, Serialize};
 
