@@ -1,10 +1,10 @@
 //! Planning cost in-process: policy parse excluded, identity and request
 //! given, a real filesystem view. `cargo bench --bench plan`.
 
-use berth::facts::ImageFacts;
-use berth::identity::{GroupEntry, Identity};
-use berth::plan::{plan, Context, HostFs};
-use berth::policy::Policy;
+use berth::core::facts::ImageFacts;
+use berth::core::identity::{GroupEntry, Identity};
+use berth::core::plan::{plan, Context, HostFs};
+use berth::core::policy::Policy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,7 +17,11 @@ impl HostFs for Fs {
     fn is_dir(&self, _: &Path) -> std::io::Result<bool> {
         Ok(true)
     }
-    fn user_can_access(&self, _: &Identity, p: &[PathBuf]) -> berth::error::Result<Vec<bool>> {
+    fn user_can_access(
+        &self,
+        _: &Identity,
+        p: &[PathBuf],
+    ) -> berth::core::error::Result<Vec<bool>> {
         Ok(vec![true; p.len()])
     }
 }
@@ -69,7 +73,8 @@ fn main() {
     let n = 20_000;
     let t = Instant::now();
     for _ in 0..n {
-        let req = berth::request::from_env(&env, None, vec!["python train.py".into()]).unwrap();
+        let req =
+            berth::core::request::from_env(&env, None, vec!["python train.py".into()]).unwrap();
         let p = plan(&policy, &id, &req, Some(&facts), &Fs, &ctx).unwrap();
         let _ = std::hint::black_box(p);
     }

@@ -9,11 +9,11 @@
 //! corpora plus a bounded number of mutated inputs on every `cargo test`.
 #![allow(dead_code)]
 
-use berth::error::Error;
-use berth::facts::ImageFacts;
-use berth::identity::{GroupEntry, Identity};
-use berth::plan::{self, Context, HostFs, LaunchPlan, MountKind};
-use berth::policy::Policy;
+use berth::core::error::Error;
+use berth::core::facts::ImageFacts;
+use berth::core::identity::{GroupEntry, Identity};
+use berth::core::plan::{self, Context, HostFs, LaunchPlan, MountKind};
+use berth::core::policy::Policy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -85,14 +85,14 @@ const LINKS: &[(&str, &str)] = &[
 
 impl HostFs for FakeFs {
     fn canonicalize(&self, p: &Path) -> std::io::Result<PathBuf> {
-        let Some(mut cur) = berth::paths::normalize_abs(p) else {
+        let Some(mut cur) = berth::core::paths::normalize_abs(p) else {
             return Err(std::io::ErrorKind::InvalidInput.into());
         };
         // Resolve links by longest prefix, a bounded number of times.
         for _ in 0..8 {
             let hit = LINKS
                 .iter()
-                .find(|(l, _)| berth::paths::is_under(&cur, Path::new(l)));
+                .find(|(l, _)| berth::core::paths::is_under(&cur, Path::new(l)));
             let Some((l, t)) = hit else { return Ok(cur) };
             let rest = cur.strip_prefix(l).unwrap_or(Path::new("")).to_path_buf();
             cur = Path::new(t).join(rest);
@@ -106,7 +106,7 @@ impl HostFs for FakeFs {
         &self,
         _id: &Identity,
         paths: &[PathBuf],
-    ) -> berth::error::Result<Vec<bool>> {
+    ) -> berth::core::error::Result<Vec<bool>> {
         Ok(paths
             .iter()
             .map(|p| !p.starts_with("/storage1/fs1/private"))
@@ -163,7 +163,8 @@ pub fn env_of(data: &[u8]) -> BTreeMap<String, String> {
 /// The planner on a request parsed from `env`; every accepted plan is
 /// checked against [`check_plan`].
 pub fn plan_env(env: &BTreeMap<String, String>, command: Vec<String>) {
-    let Ok(req) = berth::request::from_env(env, Some("/storage1/fs1/alice".into()), command) else {
+    let Ok(req) = berth::core::request::from_env(env, Some("/storage1/fs1/alice".into()), command)
+    else {
         return;
     };
     let ctx = Context {
@@ -221,7 +222,7 @@ fn check_body(p: &Policy, lp: &LaunchPlan, f: &ImageFacts) {
     assert_eq!(b["Image"], f.id.as_str());
     assert_eq!(b["User"], "2001:2001");
     assert_eq!(b["Tty"], false);
-    let one = |v: &berth::plan::spec::Json, want: &str| {
+    let one = |v: &berth::core::plan::spec::Json, want: &str| {
         v.as_array().is_some_and(|a| a.len() == 1 && a[0] == want)
     };
     assert!(one(&h["CapDrop"], "ALL"), "{h}");
@@ -309,7 +310,10 @@ pub fn check_plan(p: &Policy, lp: &LaunchPlan, f: &ImageFacts) {
                 for bad in ["/proc", "/sys", "/dev"] {
                     assert!(!Path::new(v).starts_with(bad), "{x}");
                 }
-                assert!(berth::paths::normalize_abs(Path::new(v)).is_some(), "{x}");
+                assert!(
+                    berth::core::paths::normalize_abs(Path::new(v)).is_some(),
+                    "{x}"
+                );
             }
             "--mount" => check_mount(p, v),
             "--name" => assert_eq!(v, lp.name),
@@ -335,9 +339,9 @@ pub fn check_plan(p: &Policy, lp: &LaunchPlan, f: &ImageFacts) {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     assert!(name_ok, "container name {:?}", lp.name);
-    let deny = berth::envfilter::compile(&p.env.deny);
+    let deny = berth::core::envfilter::compile(&p.env.deny);
     for (k, v) in &lp.env {
-        assert!(berth::envfilter::valid_name(k), "env name {k:?}");
+        assert!(berth::core::envfilter::valid_name(k), "env name {k:?}");
         assert!(!v.contains(['\n', '\r', '\0']), "env value of {k}");
         assert!(!deny.iter().any(|d| d.matches(k)), "denied {k} passed");
     }
@@ -350,8 +354,8 @@ pub fn check_plan(p: &Policy, lp: &LaunchPlan, f: &ImageFacts) {
                 .iter()
                 .find(|r| m.src.starts_with(&r.root))
                 .unwrap_or_else(|| panic!("mount source outside every root: {m:?}"));
-            if root.mode == berth::policy::Mode::Ro {
-                assert_eq!(m.mode, berth::policy::Mode::Ro, "{m:?}");
+            if root.mode == berth::core::policy::Mode::Ro {
+                assert_eq!(m.mode, berth::core::policy::Mode::Ro, "{m:?}");
             }
             assert!(
                 !m.src.starts_with("/storage1/fs1/private"),
@@ -409,7 +413,7 @@ fn check_mount(p: &Policy, v: &str) {
 pub fn volume_spec(data: &[u8]) {
     let Some(s) = text(data) else { return };
     for spec in s.split_ascii_whitespace() {
-        if let Ok(v) = berth::request::parse_volume(spec) {
+        if let Ok(v) = berth::core::request::parse_volume(spec) {
             assert_eq!(v.raw, spec);
         }
     }
@@ -422,15 +426,17 @@ pub fn volume_spec(data: &[u8]) {
 /// `LSF_DOCKER_ENV_FILE` contents.
 pub fn env_file(data: &[u8]) {
     let Some(s) = text(data) else { return };
-    if let Ok(vars) = berth::request::parse_env_file("fuzz", s) {
+    if let Ok(vars) = berth::core::request::parse_env_file("fuzz", s) {
         for (k, v) in &vars {
-            assert!(berth::envfilter::valid_name(k), "{k:?}");
+            assert!(berth::core::envfilter::valid_name(k), "{k:?}");
             assert!(!v.contains('\n'), "{k}={v:?}");
         }
         // What the planner then passes on is filtered.
-        let deny = berth::envfilter::compile(&policy().env.deny);
-        let (pass, _) =
-            berth::envfilter::filter(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())), &deny);
+        let deny = berth::core::envfilter::compile(&policy().env.deny);
+        let (pass, _) = berth::core::envfilter::filter(
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &deny,
+        );
         for (k, v) in pass {
             assert!(!v.contains(['\r', '\0']) && !v.starts_with("() {"), "{k}");
         }
@@ -440,24 +446,24 @@ pub fn env_file(data: &[u8]) {
 /// LSF's `LSB_SUB_PARM_FILE`.
 pub fn esub_parm(data: &[u8]) {
     let Some(s) = text(data) else { return };
-    if let Ok(m) = berth::lsf::esub::parse_parm_file(s) {
+    if let Ok(m) = berth::sched::lsf::esub::parse_parm_file(s) {
         for (k, v) in &m {
             assert!(!k.is_empty(), "empty name");
             // What esub writes back must read back the same.
-            let q = berth::lsf::esub::quote_value(v);
-            let back = berth::lsf::esub::parse_parm_file(&format!("X={q}\n"))
+            let q = berth::sched::lsf::esub::quote_value(v);
+            let back = berth::sched::lsf::esub::parse_parm_file(&format!("X={q}\n"))
                 .unwrap_or_else(|e| panic!("quoted {v:?} as {q:?} does not parse: {e}"));
             assert_eq!(back.get("X"), Some(v), "round trip of {v:?} via {q:?}");
         }
     }
-    let _ = berth::lsf::esub::docker_args(s);
+    let _ = berth::sched::lsf::esub::docker_args(s);
 }
 
 /// `LSB_CONTAINER_IMAGE`.
 pub fn image_ref(data: &[u8]) {
     let Some(s) = text(data) else { return };
-    match berth::request::parse_image(s) {
-        Ok(berth::request::ImageSpec::Registry(r)) => {
+    match berth::core::request::parse_image(s) {
+        Ok(berth::core::request::ImageSpec::Registry(r)) => {
             let shown = r.to_string();
             assert!(!shown.starts_with('-'), "{shown}");
             // The 255-byte limit applies to what the user wrote; the
@@ -468,13 +474,13 @@ pub fn image_ref(data: &[u8]) {
             );
             if shown.len() <= 255 {
                 // Normalizing is idempotent.
-                let again = berth::image::ImageRef::parse(&shown)
+                let again = berth::core::image::ImageRef::parse(&shown)
                     .unwrap_or_else(|e| panic!("{shown} does not re-parse: {e}"));
                 assert_eq!(again, r, "{s:?}");
             }
         }
-        Ok(berth::request::ImageSpec::Bundle(b)) => {
-            assert!(berth::image::valid_bundle_name(&b), "{b:?}");
+        Ok(berth::core::request::ImageSpec::Bundle(b)) => {
+            assert!(berth::core::image::valid_bundle_name(&b), "{b:?}");
             assert!(!b.contains('/') && !b.starts_with('.') && !b.starts_with('-'));
         }
         Err(_) => {}
@@ -484,7 +490,7 @@ pub fn image_ref(data: &[u8]) {
 /// Slurm's `config.json` (rewritten by slurmstepd from the user's bundle).
 pub fn slurm_config(data: &[u8]) {
     let Some(s) = text(data) else { return };
-    if let Ok(job) = berth::slurm::parse_config(s) {
+    if let Ok(job) = berth::sched::slurm::parse_config(s) {
         assert!(!job.args.is_empty());
         let mut env = job.env.clone();
         env.insert("LSB_CONTAINER_IMAGE".into(), "alpine".into());
@@ -496,7 +502,7 @@ pub fn slurm_config(data: &[u8]) {
 pub fn bundle_toml(data: &[u8]) {
     let Some(s) = text(data) else { return };
     if let Ok(m) = toml::from_str::<berth::bundle::Meta>(s) {
-        if berth::facts::valid_image_id(&m.image_id) {
+        if berth::core::facts::valid_image_id(&m.image_id) {
             assert!(m.image_id.len() == 71);
         }
         let _ = toml::to_string(&m);
@@ -517,7 +523,7 @@ pub fn tar_inspect(data: &[u8]) {
         if let Ok(facts) = inspect(&f, depth) {
             if facts.layout != Layout::Rootfs {
                 let id = facts.image_id.as_deref().expect("an image id");
-                assert!(berth::facts::valid_image_id(id), "{id}");
+                assert!(berth::core::facts::valid_image_id(id), "{id}");
                 assert_eq!(facts.config.diff_ids.len(), facts.layers.len());
             }
             for (_, span) in &facts.layers {
@@ -565,10 +571,10 @@ pub fn broker_frame(data: &[u8]) {
 
 /// An LSF job file handed to the starter.
 pub fn job_file(data: &[u8]) {
-    let _ = berth::lsf::jobfile::user_input(data);
+    let _ = berth::sched::lsf::jobfile::user_input(data);
     let mut env = BTreeMap::new();
     env.insert("LSF_DOCKER_RUN_RAW_ARGS".to_string(), "1".to_string());
-    let jf = berth::lsf::jobfile::plan_job_file(
+    let jf = berth::sched::lsf::jobfile::plan_job_file(
         &env,
         Path::new("/home/alice/.lsbatch/1234.5678"),
         data.to_vec(),
@@ -595,7 +601,7 @@ pub fn policy_toml(data: &[u8]) {
 pub fn cgroup_path(data: &[u8]) {
     let Some(s) = text(data) else { return };
     let uid = 2001;
-    let Some(j) = berth::cgroup::layout::find_job(s, uid) else {
+    let Some(j) = berth::core::cgroup::find_job(s, uid) else {
         return;
     };
     assert!(
@@ -604,12 +610,12 @@ pub fn cgroup_path(data: &[u8]) {
     );
     assert!(j.path.starts_with('/'), "{j:?}");
     assert!(!j.path.split('/').any(|c| c == "." || c == ".."), "{j:?}");
-    if j.scheduler == berth::cgroup::layout::Scheduler::Slurm
-        && j.version == berth::cgroup::layout::Version::V1
+    if j.scheduler == berth::core::cgroup::Scheduler::Slurm
+        && j.version == berth::core::cgroup::Version::V1
     {
         assert!(j.path.contains(&format!("/uid_{uid}/")), "{j:?}");
     }
-    let parent = berth::cgroup::layout::parent_for(&j, "berth-1-0-ab");
+    let parent = berth::core::cgroup::parent_for(&j, "berth-1-0-ab");
     let job_dir = j
         .path
         .split('/')

@@ -1,7 +1,7 @@
 //! One structured record per launch, per denial and per exit, to syslog
 //! (journald reads it from /dev/log) or to a JSON-lines file, per policy.
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use serde::Serialize;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -46,7 +46,10 @@ impl Record {
     /// Turn the launch record into the job's last one: its exit code, or
     /// why it did not run (a refusal at launch, e.g. a volume that changed
     /// or that the user cannot open, is a denial with its rule).
-    pub fn finish(&mut self, outcome: std::result::Result<Option<i32>, &crate::error::Error>) {
+    pub fn finish(
+        &mut self,
+        outcome: std::result::Result<Option<i32>, &crate::core::error::Error>,
+    ) {
         self.event = "exit";
         self.decision = "allow";
         match outcome {
@@ -54,7 +57,7 @@ impl Record {
             Ok(None) => {
                 self.reason = Some("client disconnected: container killed and removed".into())
             }
-            Err(crate::error::Error::Denied(d)) => {
+            Err(crate::core::error::Error::Denied(d)) => {
                 self.event = "denial";
                 self.decision = "deny";
                 self.rule = Some(d.rule.to_string());

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     /// Site policy file (never taken from the environment)
-    #[arg(long, global = true, value_name = "FILE", default_value = crate::policy::DEFAULT_PATH)]
+    #[arg(long, global = true, value_name = "FILE", default_value = crate::core::policy::DEFAULT_PATH)]
     pub policy: PathBuf,
 
     #[command(subcommand)]

@@ -13,10 +13,10 @@ fn main() {
     let cli = match berth::cli::Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         // The esub rejects the submission on every failure, this one too.
-        Err(e) if berth::lsf::esub::is_esub_command_line(&args) => {
-            std::process::exit(berth::lsf::esub::usage_error(&e))
+        Err(e) if berth::sched::lsf::esub::is_esub_command_line(&args) => {
+            std::process::exit(berth::sched::lsf::esub::usage_error(&e))
         }
         Err(e) => e.exit(),
     };
-    std::process::exit(berth::job::main(cli));
+    std::process::exit(berth::app::job::main(cli));
 }

@@ -118,7 +118,7 @@ fn every_command_has_a_page_and_every_option_has_help() {
 /// Policy sections and keys, with each default as TOML text (`None` for a
 /// key without a default value, such as bundles.cache).
 fn policy_keys() -> BTreeMap<String, BTreeMap<String, Option<String>>> {
-    let v = serde_json::to_value(berth::policy::Policy::default()).unwrap();
+    let v = serde_json::to_value(berth::core::policy::Policy::default()).unwrap();
     let mut out: BTreeMap<String, BTreeMap<String, Option<String>>> = BTreeMap::new();
     for (section, body) in v.as_object().unwrap() {
         let keys = out.entry(section.clone()).or_default();
@@ -132,9 +132,10 @@ fn policy_keys() -> BTreeMap<String, BTreeMap<String, Option<String>>> {
             }
             // [[volumes]]: the keys of one entry; the list is empty by default.
             Value::Array(_) => {
-                let sample = berth::policy::Policy::parse("[[volumes]]\nroot = \"/x\"\n", "t")
-                    .unwrap()
-                    .volumes;
+                let sample =
+                    berth::core::policy::Policy::parse("[[volumes]]\nroot = \"/x\"\n", "t")
+                        .unwrap()
+                        .volumes;
                 let one = serde_json::to_value(&sample[0]).unwrap();
                 for k in one.as_object().unwrap().keys() {
                     keys.insert(k.clone(), None);
@@ -210,7 +211,7 @@ fn policy_man_page_documents_every_key_with_its_default() {
     }
     assert!(
         problems.is_empty(),
-        "man/berth-policy.5 is out of date with src/policy.rs:\n{}",
+        "man/berth-policy.5 is out of date with src/core/policy.rs:\n{}",
         problems.join("\n")
     );
 }
@@ -263,7 +264,7 @@ fn policy_reference_documents_every_key_with_its_default() {
     }
     assert!(
         problems.is_empty(),
-        "docs/policy.md is out of date with src/policy.rs:\n{}",
+        "docs/policy.md is out of date with src/core/policy.rs:\n{}",
         problems.join("\n")
     );
 }
@@ -470,7 +471,7 @@ fn policy_examples_in_the_docs_are_valid() {
         let text = std::fs::read_to_string(page).unwrap();
         for block in text.split("```toml\n").skip(1) {
             let body = block.split("```").next().unwrap();
-            if let Err(e) = berth::policy::Policy::parse(body, &page.display().to_string()) {
+            if let Err(e) = berth::core::policy::Policy::parse(body, &page.display().to_string()) {
                 panic!(
                     "a policy example in {} does not load: {e}\n{body}",
                     page.display()

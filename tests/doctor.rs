@@ -110,7 +110,8 @@ fn engine_runc_is_old() -> bool {
         .as_str()
         .unwrap()
         .to_string();
-    berth::doctor::parse_version(&runc).expect("runc version parses") < berth::doctor::PATCHED_RUNC
+    berth::engine::check::parse_version(&runc).expect("runc version parses")
+        < berth::app::doctor::PATCHED_RUNC
 }
 
 #[test]
@@ -155,7 +156,7 @@ fn a_healthy_node_passes_with_the_engine_and_runc_checked() {
     if in_repo {
         assert_eq!(status(&v, "glue"), "ok", "{v:#}");
         assert!(message(&v, "glue").contains("wrapper"), "{v:#}");
-    } else if !Path::new(berth::doctor::GLUE_DIR).is_dir() {
+    } else if !Path::new(berth::app::doctor::GLUE_DIR).is_dir() {
         assert_eq!(status(&v, "glue"), "warn", "{v:#}");
     }
 }

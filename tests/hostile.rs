@@ -2619,7 +2619,7 @@ fn many_volumes_are_pinned_and_unpinned(ctx: &Ctx) -> R {
     field_is(&out, "N", "1500")
 }
 
-/// What root berth keeps of root's power (KEPT_CAPS in src/sys.rs): CHOWN 0,
+/// What root berth keeps of root's power (KEPT_CAPS in src/sys/mod.rs): CHOWN 0,
 /// DAC_OVERRIDE 1, DAC_READ_SEARCH 2, FOWNER 3, SETGID 6, SETUID 7,
 /// SYS_ADMIN 21.
 const BERTH_CAPS: u64 = 1 | 1 << 1 | 1 << 2 | 1 << 3 | 1 << 6 | 1 << 7 | 1 << 21;

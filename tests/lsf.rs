@@ -957,21 +957,23 @@ fn lsfuser_is_honoured_only_from_a_trusted_relay() {
     assert!(recs.iter().all(|r| r["user"] == "berth-bob"), "{recs:?}");
 
     // The same rule in the identity layer, with the node's NSS.
-    let policy = berth::policy::Policy::load(&bed.policy()).unwrap();
+    let policy = berth::core::policy::Policy::load(&bed.policy()).unwrap();
     let relay = nix::unistd::User::from_name("berth-relay")
         .unwrap()
         .unwrap();
-    let id = berth::identity::resolve(
-        &berth::identity::Nss,
+    let id = berth::core::identity::resolve(
+        &berth::sys::nss::Nss,
         &policy,
         relay.uid.as_raw(),
         Some(ALICE),
     )
     .unwrap();
     assert_eq!(id.uid, 2001);
-    let id = berth::identity::resolve(&berth::identity::Nss, &policy, 2002, Some(ALICE)).unwrap();
+    let id =
+        berth::core::identity::resolve(&berth::sys::nss::Nss, &policy, 2002, Some(ALICE)).unwrap();
     assert_eq!(id.uid, 2002);
-    let id = berth::identity::resolve(&berth::identity::Nss, &policy, 0, Some(ALICE)).unwrap();
+    let id =
+        berth::core::identity::resolve(&berth::sys::nss::Nss, &policy, 0, Some(ALICE)).unwrap();
     assert_eq!(id.uid, 2001);
 }
 

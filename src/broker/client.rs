@@ -3,7 +3,7 @@
 //! the signals it receives, and exits with the code the daemon reports.
 
 use super::proto::{self, ClientMsg, DaemonMsg, Hello};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::launch::{wait_signal, FORWARDED};
 use nix::sys::signal::SigSet;
 use std::os::unix::net::UnixStream;

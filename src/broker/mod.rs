@@ -2,7 +2,9 @@
 //! unprivileged job users reach Docker without a setuid binary and without
 //! membership in the `docker` group. Same policy, same planner, same
 //! launcher; the identity is the socket peer's, from the kernel.
+//!
+//! Here: the wire format ([`proto`]) and the client side ([`client`]). The
+//! daemon's per-connection flow is application code, `app::daemon`.
 
 pub mod client;
 pub mod proto;
-pub mod server;

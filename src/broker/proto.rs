@@ -3,7 +3,7 @@
 //! frame as SCM_RIGHTS. Nothing the client says about who it is counts: the
 //! daemon takes the identity from SO_PEERCRED.
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
@@ -38,12 +38,8 @@ pub struct Hello {
     pub explain: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TmpFile {
-    pub path: String,
-    pub content: Vec<u8>,
-    pub mode: u32,
-}
+/// Decided in the core; carried in [`Hello::tmp_files`] as is.
+pub use crate::core::plan::TmpFile;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "lowercase")]

@@ -8,9 +8,9 @@
 //! never valid bundle names, so a writer's leftovers cannot be run.
 
 use super::Meta;
-use crate::error::{Denial, Error, Result};
-use crate::image::valid_bundle_name;
-use crate::policy::Policy;
+use crate::core::error::{Denial, Error, Result};
+use crate::core::image::valid_bundle_name;
+use crate::core::policy::Policy;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -119,7 +119,7 @@ impl Cache {
         let root = policy.bundles.cache.clone().ok_or_else(|| {
             Error::Config("no bundle cache configured: set [bundles] cache in the policy".into())
         })?;
-        let root = crate::paths::normalize_abs(&root).ok_or_else(|| {
+        let root = crate::core::paths::normalize_abs(&root).ok_or_else(|| {
             Error::Config(format!(
                 "bundles.cache {} must be an absolute path without '.' or '..'",
                 root.display()
@@ -130,7 +130,7 @@ impl Cache {
     }
 
     pub fn at(root: &Path, owner: u32) -> Result<Cache> {
-        crate::policy::check_trusted_path(root, owner).map_err(|e| match e {
+        crate::sys::trusted::check_trusted_path(root, owner).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("bundle cache: {m}")),
             e => e,
         })?;
@@ -177,7 +177,7 @@ impl Cache {
                 e.to_string().replace('\n', " ")
             ))
         })?;
-        if meta.name != name || !crate::facts::valid_image_id(&meta.image_id) {
+        if meta.name != name || !crate::core::facts::valid_image_id(&meta.image_id) {
             return Err(Error::Config(format!(
                 "{} names bundle {:?} with image id {:?}; recreate the bundle",
                 mp.display(),
@@ -344,8 +344,8 @@ impl Bundle {
         Ok(f)
     }
 
-    pub fn facts(&self) -> crate::facts::ImageFacts {
-        crate::facts::ImageFacts {
+    pub fn facts(&self) -> crate::core::facts::ImageFacts {
+        crate::core::facts::ImageFacts {
             id: self.meta.image_id.clone(),
             entrypoint: self.meta.entrypoint.clone(),
             cmd: self.meta.cmd.clone(),

@@ -23,8 +23,8 @@ use super::cache::{Cache, META, TAR};
 use super::tarinspect::{self, clean_path, hex, Depth, Layout, TarError};
 use super::Meta;
 use crate::cli::BundleCreateArgs;
-use crate::error::{Error, Result};
-use crate::policy::Policy;
+use crate::core::error::{Error, Result};
+use crate::core::policy::Policy;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -612,8 +612,8 @@ pub fn oci_runtime_config(m: &Meta) -> Value {
 
 fn run_docker_save(policy: &Policy, image: &str) -> Result<std::process::Child> {
     // The reference must parse (never an option to docker).
-    if !crate::facts::valid_image_id(image) {
-        crate::image::ImageRef::parse(image)?;
+    if !crate::core::facts::valid_image_id(image) {
+        crate::core::image::ImageRef::parse(image)?;
     }
     std::process::Command::new(&policy.docker.path)
         .arg("save")
@@ -637,7 +637,7 @@ fn run_docker_save(policy: &Policy, image: &str) -> Result<std::process::Child> 
 
 pub fn run(policy: &Policy, a: &BundleCreateArgs) -> Result<i32> {
     let cache = Cache::open(policy)?;
-    if !crate::image::valid_bundle_name(&a.name) {
+    if !crate::core::image::valid_bundle_name(&a.name) {
         return Err(Error::Malformed(format!(
             "bundle name {:?} must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit",
             a.name

@@ -16,9 +16,9 @@
 
 use super::cache::{Bundle, Cache};
 use super::tarinspect::{self, Depth, Layout};
+use crate::core::error::{Error, Result};
+use crate::core::policy::Policy;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::policy::Policy;
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -65,7 +65,7 @@ pub struct Lock {
 
 pub fn lock(dir: &Path, id: &str) -> Result<Lock> {
     let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    if !crate::facts::valid_image_id(id) {
+    if !crate::core::facts::valid_image_id(id) {
         return Err(Error::Internal(format!("lock for invalid id {id:?}")));
     }
     if std::fs::symlink_metadata(dir).is_err() {
@@ -155,7 +155,7 @@ pub fn ensure(
         let mut ids: Vec<String> = reported
             .iter()
             .flatten()
-            .filter(|r| crate::facts::valid_image_id(r))
+            .filter(|r| crate::core::facts::valid_image_id(r))
             .cloned()
             .collect();
         // Only what this load reported, and the id it was to bring: any
@@ -227,7 +227,8 @@ mod tests {
         );
         assert_eq!(tag_repo("a._-b"), "berth-bundle/a-b");
         for n in ["x", "A9", "a-", "z.z"] {
-            crate::image::ImageRef::parse(&format!("{}:{}", tag_repo(n), "a".repeat(64))).unwrap();
+            crate::core::image::ImageRef::parse(&format!("{}:{}", tag_repo(n), "a".repeat(64)))
+                .unwrap();
         }
     }
 

@@ -17,11 +17,11 @@ pub mod tarinspect;
 
 use crate::audit::{Audit, Record};
 use crate::cli::BundleCommand;
+use crate::core::error::{Error, Result};
+use crate::core::facts::ImageFacts;
+use crate::core::plan::LaunchPlan;
+use crate::core::policy::Policy;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::facts::ImageFacts;
-use crate::plan::LaunchPlan;
-use crate::policy::Policy;
 use cache::Cache;
 use serde::{Deserialize, Serialize};
 use std::path::Path;

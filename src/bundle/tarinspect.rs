@@ -540,7 +540,7 @@ pub fn parse_config(json: &[u8]) -> R<ConfigFacts> {
     };
     let diff_ids = strings(v.get("rootfs").and_then(|r| r.get("diff_ids")));
     for d in &diff_ids {
-        if !crate::facts::valid_image_id(d) {
+        if !crate::core::facts::valid_image_id(d) {
             return err(format!("image config has a malformed diff_id {d:?}"));
         }
     }
@@ -551,7 +551,7 @@ pub fn parse_config(json: &[u8]) -> R<ConfigFacts> {
         env: strings(c.and_then(|c| c.get("Env"))),
         user: s("User"),
         diff_ids,
-        volumes: crate::facts::volume_keys(c.and_then(|c| c.get("Volumes"))),
+        volumes: crate::core::facts::volume_keys(c.and_then(|c| c.get("Volumes"))),
     })
 }
 

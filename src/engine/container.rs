@@ -6,7 +6,7 @@
 //! engine's own message, never a job's exit code.
 
 use super::{encode, parse_head, Engine, API};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

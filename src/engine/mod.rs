@@ -2,14 +2,16 @@
 //! engine directly costs about a millisecond where a docker CLI call costs
 //! ~22 ms (see bench/), and a job start has a budget of ~12 ms.
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod check;
 mod container;
+pub mod facts;
 pub use container::{Attach, Wait};
 
 /// The Engine API version berth speaks, pinned: what it sends and reads
@@ -551,7 +553,7 @@ fn pull_error(reference: &str, status: u16, msg: &str) -> Error {
         .iter()
         .any(|k| m.contains(k));
     if missing {
-        Error::Denied(crate::error::Denial::new(
+        Error::Denied(crate::core::error::Denial::new(
             "images.missing",
             reference,
             format!("image {reference} does not exist in its registry, or this node may not pull it ({msg})"),

@@ -13,10 +13,10 @@
 pub mod streams;
 pub mod supervise;
 
+use crate::core::error::{Error, Result};
+use crate::core::plan::LaunchPlan;
+use crate::core::policy::TmpKind;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::plan::LaunchPlan;
-use crate::policy::TmpKind;
 use nix::sys::signal::{SigSet, Signal};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -70,10 +70,10 @@ pub fn prepare(plan: &LaunchPlan) -> Result<()> {
         write("hosts", 0o644, h)?;
     }
     // The image's VOLUMEs: fresh, the user's, removed with the job.
-    let vols: Vec<&crate::plan::MountPlan> = plan
+    let vols: Vec<&crate::core::plan::MountPlan> = plan
         .mounts
         .iter()
-        .filter(|m| m.kind == crate::plan::MountKind::ImageVolume)
+        .filter(|m| m.kind == crate::core::plan::MountKind::ImageVolume)
         .collect();
     if !vols.is_empty() {
         let base = plan.job_dir.join("volumes");
@@ -124,7 +124,7 @@ pub fn prepare(plan: &LaunchPlan) -> Result<()> {
 /// Place a scheduler file (Slurm's batch script) in the job's fresh /tmp,
 /// owned by the user. The planner checked the path is plain and relative;
 /// the directory was created by berth a moment ago, so nothing is planted.
-fn write_tmp_file(plan: &LaunchPlan, tmp: &Path, f: &crate::broker::proto::TmpFile) -> Result<()> {
+fn write_tmp_file(plan: &LaunchPlan, tmp: &Path, f: &crate::core::plan::TmpFile) -> Result<()> {
     let dst = tmp.join(&f.path);
     let uid = Some(nix::unistd::Uid::from_raw(plan.user.uid));
     let gid = Some(nix::unistd::Gid::from_raw(plan.user.gid));
@@ -184,7 +184,7 @@ fn ensure_base(base: &Path) -> Result<()> {
 /// root-only staging path. After this, renaming or relinking anything on
 /// the user's side cannot change what docker mounts.
 pub fn pin(plan: &LaunchPlan) -> Result<()> {
-    let staged: Vec<&crate::plan::MountPlan> =
+    let staged: Vec<&crate::core::plan::MountPlan> =
         plan.mounts.iter().filter(|m| m.staged.is_some()).collect();
     if staged.is_empty() {
         return Ok(());
@@ -216,7 +216,7 @@ pub fn pin(plan: &LaunchPlan) -> Result<()> {
             }
         }
     }
-    crate::policy::check_trusted_path(parent, 0)?;
+    crate::sys::trusted::check_trusted_path(parent, 0)?;
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(dir)
@@ -227,7 +227,7 @@ pub fn pin(plan: &LaunchPlan) -> Result<()> {
     for (m, fd) in staged.iter().zip(fds) {
         let shown = m.src.display().to_string();
         let Some(fd) = fd else {
-            return Err(crate::error::Denial::new(
+            return Err(crate::core::error::Denial::new(
                 "volumes.access",
                 shown.clone(),
                 format!(
@@ -240,7 +240,7 @@ pub fn pin(plan: &LaunchPlan) -> Result<()> {
         };
         let now = crate::sys::fd_path(&fd)?;
         if now != m.src {
-            return Err(crate::error::Denial::new(
+            return Err(crate::core::error::Denial::new(
                 "volumes.changed",
                 shown.clone(),
                 format!(
@@ -293,7 +293,7 @@ pub fn cleanup(plan: &LaunchPlan) {
 /// are detached and their empty directories removed, never recursively.
 /// Returns what was cleaned. If the engine cannot be asked, nothing is.
 pub fn sweep(
-    policy: &crate::policy::Policy,
+    policy: &crate::core::policy::Policy,
     engine: &Engine,
     min_age: Duration,
 ) -> Vec<std::path::PathBuf> {
@@ -338,12 +338,12 @@ pub fn sweep(
 /// Abandon a job known only by its container name (a crashed broker's):
 /// kill and remove the container, then detach its pins and remove its
 /// per-job directory, as [`cleanup`] would.
-pub fn abandon_by_name(policy: &crate::policy::Policy, engine: &Engine, name: &str) {
+pub fn abandon_by_name(policy: &crate::core::policy::Policy, engine: &Engine, name: &str) {
     if !name.starts_with("berth-") || name.contains('/') {
         return;
     }
     destroy(engine, name, Duration::from_secs(3));
-    let pins = crate::plan::pins_dir(policy, name);
+    let pins = crate::core::plan::pins_dir(policy, name);
     if let Ok(subs) = std::fs::read_dir(&pins) {
         for sub in subs.flatten() {
             crate::sys::unbind(&sub.path());

@@ -6,9 +6,9 @@
 //! away (abandon), the engine's exit status. One cleanup, whatever ends it.
 
 use super::streams::{self, Sink};
+use crate::core::error::{Error, Result};
+use crate::core::plan::LaunchPlan;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::plan::LaunchPlan;
 use nix::sys::signal::Signal;
 use std::os::fd::OwnedFd;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -74,12 +74,12 @@ pub fn run(
     let made = plan
         .placement
         .as_ref()
-        .map(|p| crate::cgroup::probe::missing_dirs(p.job.version, &p.parent))
+        .map(|p| crate::sys::cgroup::missing_dirs(p.job.version, &p.parent))
         .unwrap_or_default();
     let id = match engine.create(&plan.name, &body) {
         Ok(id) => id,
         Err(e) => {
-            crate::cgroup::probe::remove_dirs(&made);
+            crate::sys::cgroup::remove_dirs(&made);
             return Err(placement_error(e));
         }
     };
@@ -89,7 +89,7 @@ pub fn run(
         Ok(Outcome::Exited(_)) => {}
         _ => destroy(engine, &id),
     }
-    crate::cgroup::probe::remove_dirs(&made);
+    crate::sys::cgroup::remove_dirs(&made);
     result
 }
 

@@ -26,7 +26,7 @@
 //! `status: u8, nfds: u8, len: u32` (the descriptor, if any, travels with
 //! these six bytes) and `len` bytes.
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags};
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{Read, Write};

@@ -24,9 +24,9 @@
 //! policy's `docker.old_runc` decides: `warn` (one `berth: warning:` line
 //! per job) or `fail` (the job is refused, exit 78).
 
+use crate::core::error::{Error, Result};
+use crate::core::policy::{OldRunc, Policy};
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::policy::{OldRunc, Policy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::os::unix::fs::MetadataExt;
@@ -64,7 +64,15 @@ impl Finding {
 
 /// The leading `major.minor.patch` of a version such as `1.1.5+ds1`.
 pub fn parse_version(v: &str) -> Option<[u32; 3]> {
-    crate::doctor::parse_version(v)
+    let v = v.trim().trim_start_matches('v');
+    let end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let mut parts = v[..end].split('.').filter(|s| !s.is_empty());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().map_or(Some(0), |s| s.parse().ok())?;
+    let patch = parts.next().map_or(Some(0), |s| s.parse().ok())?;
+    Some([major, minor, patch])
 }
 
 fn component<'a>(version: &'a Value, name: &str) -> Option<&'a Value> {

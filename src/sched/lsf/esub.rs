@@ -18,11 +18,12 @@
 //! filesystem and no image facts → write, or reject.
 
 use crate::cli::EsubArgs;
-use crate::error::{Error, Result};
-use crate::identity::{self, Nss};
-use crate::plan::{self, Context};
-use crate::policy::Policy;
-use crate::request;
+use crate::core::error::{Error, Result};
+use crate::core::identity;
+use crate::core::plan::{self, Context};
+use crate::core::policy::Policy;
+use crate::core::request;
+use crate::sys::nss::Nss;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -309,7 +310,7 @@ pub fn decide(
     let req = request::from_env(&env, cwd, vec![command])?;
     plan::check_image(policy, &req)?;
     let ctx = Context {
-        env_file_vars: crate::job::read_env_files(&id, &req)?,
+        env_file_vars: crate::sys::userfs::read_env_files(&id, &req)?,
         nonce: "0".into(),
         ..Default::default()
     };
@@ -321,7 +322,7 @@ pub fn decide(
         &id,
         &req,
         None,
-        &crate::job::RealFs::default(),
+        &crate::sys::userfs::RealFs::default(),
         &ctx,
     )?;
 
@@ -442,7 +443,7 @@ fn run_inner(policy_path: &Path, args: &EsubArgs) -> Result<()> {
         ))
     })?;
     let policy = Policy::load(policy_path)?;
-    let env = crate::job::environment()?;
+    let env = crate::sys::environment()?;
     let cwd = std::env::current_dir().ok();
     let accepted = decide(&policy, crate::sys::real_uid(), args, &parm, env, cwd)?;
 

@@ -3,10 +3,15 @@
 //! sound.
 
 pub mod as_user;
+pub mod cgroup;
+pub mod nss;
+pub mod trusted;
+pub mod userfs;
 
-use crate::error::{Error, Result};
-use crate::identity::Identity;
+use crate::core::error::{Error, Result};
+use crate::core::identity::Identity;
 pub use as_user::{ReadError, UserView};
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -234,13 +239,13 @@ pub fn read_file_as_user(id: &Identity, path: &Path, limit: usize) -> Result<Vec
     let shown = path.display();
     match view_of(id)?.read_file(path, limit)? {
         Ok(bytes) => Ok(bytes),
-        Err(ReadError::CannotOpen) => Err(Error::Denied(crate::error::Denial::new(
+        Err(ReadError::CannotOpen) => Err(Error::Denied(crate::core::error::Denial::new(
             "env_file.access",
             shown.to_string(),
             format!("env file {shown} cannot be opened by the job user"),
             "name a file you can read",
         ))),
-        Err(ReadError::NotRegular) => Err(Error::Denied(crate::error::Denial::new(
+        Err(ReadError::NotRegular) => Err(Error::Denied(crate::core::error::Denial::new(
             "env_file.kind",
             shown.to_string(),
             format!("env file {shown} is not a regular file"),
@@ -356,4 +361,25 @@ pub fn bind_fd(fd: &OwnedFd, target: &Path) -> Result<()> {
 /// does). Never deletes anything below it.
 pub fn unbind(target: &Path) {
     let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+}
+
+/// The job's environment as strings. A berth or scheduler variable that is
+/// not UTF-8 is malformed (never silently ignored); other such variables
+/// cannot be passed to docker and are left out.
+pub fn environment() -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in std::env::vars_os() {
+        match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) => {
+                out.insert(k, v);
+            }
+            (Ok(k), Err(_))
+                if k.starts_with("LSF_") || k.starts_with("LSB_") || k.starts_with("LS_") =>
+            {
+                return Err(Error::Malformed(format!("{k} is not valid UTF-8")));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }

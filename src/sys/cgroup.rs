@@ -4,8 +4,8 @@
 //! job (so that berth removes them when the job ends: Slurm 22.05 cannot
 //! remove a step whose cgroup still has children).
 
-use super::layout::{self, JobCgroup, Version};
-use crate::error::{Error, Result};
+use crate::core::cgroup::{self as layout, JobCgroup, Version};
+use crate::core::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -43,7 +43,7 @@ fn identity_of(pid: i32) -> Option<(u64, u32)> {
 /// that connected (it exited, or its pid now names another process).
 pub fn read_peer(peer: &Peer) -> Result<(String, Option<String>)> {
     let gone = || {
-        Error::Denied(crate::error::Denial::new(
+        Error::Denied(crate::core::error::Denial::new(
             "cgroup.job",
             peer.pid.to_string(),
             format!(

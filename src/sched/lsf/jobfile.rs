@@ -10,10 +10,10 @@
 //! the host path is bind-mounted, so nothing can be swapped under dockerd.
 
 use crate::broker::proto::TmpFile;
-use crate::error::{Denial, Error, Result};
-use crate::identity::Identity;
-use crate::policy::{Policy, TmpKind};
-use crate::request::PLACE_HOLDER;
+use crate::core::error::{Denial, Error, Result};
+use crate::core::identity::Identity;
+use crate::core::policy::{Policy, TmpKind};
+use crate::core::request::PLACE_HOLDER;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -183,9 +183,13 @@ mod tests {
     #[test]
     fn only_when_the_command_is_the_job_file() {
         let p = Policy::default();
-        let id =
-            crate::identity::resolve(&crate::identity::fake::FakeDb::standard(), &p, 2001, None)
-                .unwrap();
+        let id = crate::core::identity::resolve(
+            &crate::core::identity::fake::FakeDb::standard(),
+            &p,
+            2001,
+            None,
+        )
+        .unwrap();
         let e = env(&[("LSB_JOBFILENAME", "/home/a/.lsbatch/1.2")]);
         assert_eq!(job_file(&p, &id, &e, &["echo hi".into()]).unwrap(), None);
         assert_eq!(job_file(&p, &id, &env(&[]), &["/x".into()]).unwrap(), None);

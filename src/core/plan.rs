@@ -4,14 +4,14 @@
 //! host's filesystem is seen through [`HostFs`] so that rules are tested
 //! without a node.
 
-use crate::envfilter::{self, Dropped};
-use crate::error::{Denial, Error, Result};
-use crate::facts::ImageFacts;
-use crate::identity::Identity;
-use crate::paths::{is_under, normalize_abs, unsafe_char};
-use crate::policy::{EntrypointRule, HostnameRule, Mode, Policy, TmpKind};
-use crate::request::{ImageSpec, Request, Workdir};
-use serde::Serialize;
+use crate::core::envfilter::{self, Dropped};
+use crate::core::error::{Denial, Error, Result};
+use crate::core::facts::ImageFacts;
+use crate::core::identity::Identity;
+use crate::core::paths::{is_under, normalize_abs, unsafe_char};
+use crate::core::policy::{EntrypointRule, HostnameRule, Mode, Policy, TmpKind};
+use crate::core::request::{ImageSpec, Request, Workdir};
+use serde::{Deserialize, Serialize};
 pub use spec::ContainerSpec;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,15 @@ pub trait HostFs {
     fn user_can_access(&self, id: &Identity, paths: &[PathBuf]) -> Result<Vec<bool>>;
 }
 
+/// A file the scheduler needs inside the job's /tmp, by path relative to
+/// /tmp. Also part of the broker's wire format (`broker::proto::Hello`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TmpFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
 /// Inputs that are neither policy, identity nor request: decided by the
 /// launcher (randomness) or read by it as the user (env files).
 #[derive(Debug, Clone, Default)]
@@ -40,14 +49,14 @@ pub struct Context {
     pub env_file_vars: Vec<(String, String)>,
     /// Files the scheduler needs inside the job's /tmp (Slurm's batch
     /// script at /tmp/slurm/startup), by path relative to /tmp.
-    pub tmp_files: Vec<crate::broker::proto::TmpFile>,
+    pub tmp_files: Vec<TmpFile>,
     pub slurm_id: Option<String>,
     /// The execution node's hostname (the container's, by default).
     pub hostname: Option<String>,
     /// The job the caller is in, as the kernel says (SPEC §11), with the
     /// caller's allowed CPUs and the job's memory limit; `None`: in none,
     /// or not looked up (`placement = "none"` without `require_job`).
-    pub job_cgroup: Option<crate::cgroup::layout::Found>,
+    pub job_cgroup: Option<crate::core::cgroup::Found>,
     /// `SLURM_JOB_ID` as the job's environment has it (checked against the
     /// cgroup, never trusted).
     pub env_slurm_job_id: Option<String>,
@@ -112,7 +121,7 @@ pub struct UserPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LaunchPlan {
     pub name: String,
-    pub job: crate::request::JobId,
+    pub job: crate::core::request::JobId,
     pub image: ImagePlan,
     pub user: UserPlan,
     pub mounts: Vec<MountPlan>,
@@ -132,13 +141,13 @@ pub struct LaunchPlan {
     pub group: Option<String>,
     /// Files written into the per-job /tmp before the container starts.
     #[serde(skip)]
-    pub tmp_files: Vec<crate::broker::proto::TmpFile>,
+    pub tmp_files: Vec<TmpFile>,
     /// A Slurm container id (`%n.%u.%j.%s.%t`), set as a label.
     pub slurm_id: Option<String>,
     /// `/etc/hosts` for a container without docker's network sandbox.
     pub hosts: Option<String>,
     /// Where the container lives in the job's allocation (SPEC §11).
-    pub placement: Option<crate::cgroup::Placement>,
+    pub placement: Option<crate::core::cgroup::Placement>,
     /// The container, as the engine is asked to create it.
     pub spec: ContainerSpec,
     /// The equivalent docker command line, argv[0] the docker binary
@@ -359,8 +368,8 @@ pub fn plan(
 
     if let Some(shm) = &req.shm_size {
         let (want, max) = (
-            crate::size::parse(shm).unwrap_or(u64::MAX),
-            crate::size::parse(&policy.docker.max_shm_size).unwrap_or(0),
+            crate::core::size::parse(shm).unwrap_or(u64::MAX),
+            crate::core::size::parse(&policy.docker.max_shm_size).unwrap_or(0),
         );
         if want > max {
             return deny(
@@ -379,7 +388,7 @@ pub fn plan(
             .docker
             .ports
             .iter()
-            .filter_map(|r| crate::request::parse_port_range(r))
+            .filter_map(|r| crate::core::request::parse_port_range(r))
             .any(|(lo, hi)| (lo..=hi).contains(&p.host_port));
         if !allowed {
             return deny(
@@ -445,10 +454,10 @@ pub fn plan(
         });
     }
     let placement = match (&ctx.job_cgroup, policy.cgroup.placement) {
-        (Some((job, cpus, memory)), crate::policy::PlacementRule::Job) => {
-            Some(crate::cgroup::Placement {
+        (Some((job, cpus, memory)), crate::core::policy::PlacementRule::Job) => {
+            Some(crate::core::cgroup::Placement {
                 job: job.clone(),
-                parent: crate::cgroup::layout::parent_for(job, &name),
+                parent: crate::core::cgroup::parent_for(job, &name),
                 cpus: cpus.clone().filter(|c| valid_cpu_list(c)),
                 memory: *memory,
             })
@@ -466,7 +475,7 @@ pub fn plan(
     }
     let mut tmpfs = std::collections::BTreeMap::new();
     if tmp.kind == TmpKind::Tmpfs {
-        let bytes = crate::size::parse(&tmp.size).unwrap_or(0);
+        let bytes = crate::core::size::parse(&tmp.size).unwrap_or(0);
         tmpfs.insert(
             "/tmp".to_string(),
             format!("rw,nosuid,nodev,size={bytes},mode=1777"),
@@ -487,7 +496,7 @@ pub fn plan(
         network: network.clone(),
         network_disabled,
         ipc: ipc.clone(),
-        shm_size: req.shm_size.as_deref().and_then(crate::size::parse),
+        shm_size: req.shm_size.as_deref().and_then(crate::core::size::parse),
         hostname,
         labels,
         binds: mounts
@@ -618,7 +627,7 @@ fn plan_image(policy: &Policy, req: &Request, facts: Option<&ImageFacts>) -> Res
             bundle,
         });
     };
-    if !crate::facts::valid_image_id(&f.id) {
+    if !crate::core::facts::valid_image_id(&f.id) {
         return Err(Error::Internal(format!(
             "engine returned an invalid image id {:?}",
             f.id
@@ -1153,7 +1162,7 @@ pub fn group_file(id: &Identity) -> String {
 /// says when the caller is in a job (an id in the environment that
 /// disagrees is a forgery), else the environment's. A caller in no job is
 /// denied when the site requires one.
-fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::request::JobId> {
+fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::core::request::JobId> {
     let Some((job, _, _)) = &ctx.job_cgroup else {
         if policy.cgroup.require_job {
             return deny(
@@ -1172,8 +1181,8 @@ fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::reques
             format!(
                 "{what}={v} names another job than the one this process is in ({} job {})",
                 match job.scheduler {
-                    crate::cgroup::layout::Scheduler::Slurm => "Slurm",
-                    crate::cgroup::layout::Scheduler::Lsf => "LSF",
+                    crate::core::cgroup::Scheduler::Slurm => "Slurm",
+                    crate::core::cgroup::Scheduler::Lsf => "LSF",
                 },
                 job.job_id
             ),
@@ -1184,7 +1193,7 @@ fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::reques
         return forged("LSB_JOBID", &req.job.id);
     }
     if let Some(v) = &ctx.env_slurm_job_id {
-        if *v != job.job_id && job.scheduler == crate::cgroup::layout::Scheduler::Slurm {
+        if *v != job.job_id && job.scheduler == crate::core::cgroup::Scheduler::Slurm {
             return forged("SLURM_JOB_ID", v);
         }
     }
@@ -1195,7 +1204,7 @@ fn job_of(policy: &Policy, req: &Request, ctx: &Context) -> Result<crate::reques
         Some(i) => i,
         None => req.job.index,
     };
-    Ok(crate::request::JobId {
+    Ok(crate::core::request::JobId {
         id: job.job_id.clone(),
         index,
     })

@@ -2,10 +2,9 @@
 //! may be omitted and then takes the safe default documented in
 //! `policy/default.toml`; unknown keys are an error.
 
-use crate::error::{Error, Result};
-use crate::paths::{is_under, normalize_abs};
+use crate::core::error::{Error, Result};
+use crate::core::paths::{is_under, normalize_abs};
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PATH: &str = "/etc/berth/policy.toml";
@@ -373,19 +372,6 @@ impl Policy {
         Ok(p)
     }
 
-    /// Load a policy file after checking that it and every parent directory
-    /// are owned by root and not writable by group or others.
-    pub fn load(path: &Path) -> Result<Policy> {
-        check_trusted_path(path, 0)?;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read policy {}: {e}; install one (see policy/default.toml) or pass --policy",
-                path.display()
-            ))
-        })?;
-        Policy::parse(&text, &path.display().to_string())
-    }
-
     /// The volume roots with their trailing slashes removed.
     pub fn roots(&self) -> impl Iterator<Item = &VolumeRoot> {
         self.volumes.iter()
@@ -503,13 +489,13 @@ impl Policy {
                 "docker.path and docker.socket must be absolute paths".into(),
             ));
         }
-        if crate::size::parse(&self.tmp.size).is_none() {
+        if crate::core::size::parse(&self.tmp.size).is_none() {
             out.push(Finding::error(format!(
                 "tmp.size {:?} is not a size like 10g",
                 self.tmp.size
             )));
         }
-        if crate::size::parse(&self.docker.max_shm_size).is_none() {
+        if crate::core::size::parse(&self.docker.max_shm_size).is_none() {
             out.push(Finding::error(format!(
                 "docker.max_shm_size {:?} is not a size like 1g",
                 self.docker.max_shm_size
@@ -531,7 +517,7 @@ impl Policy {
             )));
         }
         for p in &self.docker.ports {
-            if crate::request::parse_port_range(p).is_none() {
+            if crate::core::request::parse_port_range(p).is_none() {
                 out.push(Finding::error(format!(
                     "docker.ports {p:?} is not a host port range like 8000-8999"
                 )));
@@ -618,51 +604,6 @@ impl Finding {
     }
 }
 
-/// Refuse a file unless it and all its parents are owned by `owner` or root
-/// and not writable by group or others (a sticky root-owned directory such as
-/// /tmp is accepted: others cannot replace what root put there).
-pub fn check_trusted_path(path: &Path, owner: u32) -> Result<()> {
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| Error::internal("current directory", e))?
-            .join(path)
-    };
-    let mut cur = Some(abs.as_path());
-    let mut first = true;
-    while let Some(p) = cur {
-        let md = std::fs::symlink_metadata(p)
-            .map_err(|e| Error::Config(format!("cannot stat {}: {e}", p.display())))?;
-        if first && md.file_type().is_symlink() {
-            // Follow a symlinked file once (e.g. /etc/berth/policy.toml ->
-            // a config-management copy) but check its target the same way.
-            let target = std::fs::canonicalize(p)
-                .map_err(|e| Error::Config(format!("cannot resolve {}: {e}", p.display())))?;
-            check_trusted_path(p.parent().unwrap_or(Path::new("/")), owner)?;
-            return check_trusted_path(&target, owner);
-        }
-        if md.uid() != 0 && md.uid() != owner {
-            return Err(Error::Config(format!(
-                "{} is owned by uid {}, not root; chown root:root it",
-                p.display(),
-                md.uid()
-            )));
-        }
-        let sticky = md.mode() & 0o1000 != 0 && md.is_dir();
-        if md.mode() & 0o022 != 0 && (first || !sticky) {
-            return Err(Error::Config(format!(
-                "{} is writable by group or others (mode {:o}); chmod go-w it",
-                p.display(),
-                md.mode() & 0o7777
-            )));
-        }
-        first = false;
-        cur = p.parent();
-    }
-    Ok(())
-}
-
 fn one_line(s: &str) -> String {
     s.split('\n')
         .map(str::trim_end)
@@ -731,10 +672,10 @@ mod tests {
 
     #[test]
     fn site_example_parses() {
-        let text = include_str!("../policy/example-site.toml");
+        let text = include_str!("../../policy/example-site.toml");
         let p = Policy::parse(text, "example-site.toml").unwrap();
         assert_eq!(p.volumes.len(), 2);
-        let text = include_str!("../policy/default.toml");
+        let text = include_str!("../../policy/default.toml");
         Policy::parse(text, "default.toml").unwrap();
     }
 }

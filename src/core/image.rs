@@ -1,7 +1,7 @@
 //! Image references: a strict grammar (docker's own), normalized to the
 //! full form the policy globs match (`docker.io/library/alpine:latest`).
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use serde::Serialize;
 use std::fmt;
 

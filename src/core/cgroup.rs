@@ -1,7 +1,7 @@
 //! Where a job is, from its cgroup (SPEC §11): a strict parser of
 //! `/proc/<pid>/cgroup` for the layouts Slurm and LSF document, and the
 //! placement a container gets inside that job. Pure: the kernel's text in,
-//! a decision out; the files are read by [`super::probe`].
+//! a decision out; the files are read by `sys::cgroup`.
 //!
 //! Strict means: every component of the path is accounted for, ids are
 //! bounded decimal numbers, nothing is `.` or `..`, and a Slurm v1 path's

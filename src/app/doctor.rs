@@ -3,9 +3,11 @@
 //! `fail` line; any failure makes the exit code 78 (invalid or unsafe
 //! installation).
 
+use crate::core::error::{Error, Result};
+use crate::core::policy::{OldRunc, Policy, Severity, TmpKind};
+use crate::engine::check::parse_version;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::policy::{self, OldRunc, Policy, Severity, TmpKind};
+use crate::sys::trusted;
 use serde::Serialize;
 use serde_json::Value;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -92,7 +94,7 @@ pub fn main(policy_path: &Path, json: bool) -> Result<i32> {
     Ok(if fail == 0 {
         0
     } else {
-        crate::error::exit::CONFIG
+        crate::core::error::exit::CONFIG
     })
 }
 
@@ -166,7 +168,7 @@ fn check_binary(r: &mut Report) {
         }
         Err(e) => return r.warn("binary", format!("{shown}: cannot read capabilities: {e}")),
     }
-    if let Err(e) = policy::check_trusted_path(&exe, 0) {
+    if let Err(e) = trusted::check_trusted_path(&exe, 0) {
         return r.fail(
             "binary",
             format!("{}: schedulers run berth as root or a relay", text(&e)),
@@ -186,7 +188,7 @@ fn check_binary(r: &mut Report) {
 fn check_policy(r: &mut Report, path: &Path) -> Policy {
     let shown = path.display().to_string();
     let fallback = "; the checks below use the default policy";
-    if let Err(e) = policy::check_trusted_path(path, 0) {
+    if let Err(e) = trusted::check_trusted_path(path, 0) {
         r.fail("policy.file", format!("{}{fallback}", text(&e)));
         return Policy::default();
     }
@@ -236,7 +238,7 @@ fn check_policy(r: &mut Report, path: &Path) -> Policy {
 fn check_docker_client(r: &mut Report, policy: &Policy) {
     let path = &policy.docker.path;
     let shown = path.display();
-    if let Err(e) = policy::check_trusted_path(path, 0) {
+    if let Err(e) = trusted::check_trusted_path(path, 0) {
         return r.fail(
             "docker.client",
             format!("{} (docker.path); install docker.io or docker-ce", text(&e)),
@@ -275,19 +277,6 @@ fn check_docker_client(r: &mut Report, policy: &Policy) {
         ),
         Err(e) => r.fail("docker.client", format!("cannot run {shown}: {e}")),
     }
-}
-
-/// The leading `major.minor.patch` of a version such as `1.1.5+ds1`.
-pub fn parse_version(v: &str) -> Option<[u32; 3]> {
-    let v = v.trim().trim_start_matches('v');
-    let end = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(v.len());
-    let mut parts = v[..end].split('.').filter(|s| !s.is_empty());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next().map_or(Some(0), |s| s.parse().ok())?;
-    let patch = parts.next().map_or(Some(0), |s| s.parse().ok())?;
-    Some([major, minor, patch])
 }
 
 fn component<'a>(version: &'a Value, name: &str) -> Option<&'a Value> {
@@ -376,7 +365,7 @@ fn check_engine(r: &mut Report, policy: &Policy) {
 /// Placement in the job's cgroup (SPEC §11) needs dockerd's cgroupfs
 /// driver: the systemd driver takes only `*.slice` parents.
 fn check_cgroup(r: &mut Report, policy: &Policy) {
-    use crate::policy::PlacementRule;
+    use crate::core::policy::PlacementRule;
     let driver = Engine::new(&policy.docker.socket).cgroup_driver();
     match (policy.cgroup.placement, driver.as_deref()) {
         (PlacementRule::None, _) => r.warn(
@@ -388,7 +377,7 @@ fn check_cgroup(r: &mut Report, policy: &Policy) {
             "cgroup",
             format!(
                 "containers are placed in their job's cgroup (dockerd's cgroupfs driver, cgroup {}); require_job = {}",
-                if crate::cgroup::probe::is_v1_hybrid() { "v1" } else { "v2" },
+                if crate::sys::cgroup::is_v1_hybrid() { "v1" } else { "v2" },
                 policy.cgroup.require_job
             ),
         ),
@@ -475,7 +464,7 @@ fn check_tmp(r: &mut Report, policy: &Policy) {
             format!("{shown} (tmp.base) is not a directory; remove it or set tmp.base"),
         );
     }
-    if let Err(e) = policy::check_trusted_path(base, 0) {
+    if let Err(e) = trusted::check_trusted_path(base, 0) {
         return r.fail("tmp", format!("{} (tmp.base)", text(&e)));
     }
     if md.mode() & 0o044 != 0 {
@@ -510,7 +499,7 @@ fn check_owned_dir(r: &mut Report, name: &'static str, key: &str, dir: &Path) {
             name,
             format!("{shown} ({key}) is not a directory; remove it"),
         ),
-        Ok(_) => match policy::check_trusted_path(dir, 0) {
+        Ok(_) => match trusted::check_trusted_path(dir, 0) {
             Ok(()) => r.ok(
                 name,
                 format!("{shown}: root-owned, not writable by group or others"),
@@ -554,7 +543,7 @@ fn check_bundles(r: &mut Report, policy: &Policy) {
             )
         }
     }
-    if let Err(e) = policy::check_trusted_path(cache, uid) {
+    if let Err(e) = trusted::check_trusted_path(cache, uid) {
         return r.fail("bundles", format!("{} (bundles.cache)", text(&e)));
     }
     let count = std::fs::read_dir(cache)
@@ -624,7 +613,7 @@ fn check_audit(r: &mut Report, policy: &Policy) {
         },
         file => {
             let dir = Path::new(file).parent().unwrap_or(Path::new("/"));
-            match policy::check_trusted_path(dir, 0) {
+            match trusted::check_trusted_path(dir, 0) {
                 Ok(()) => r.ok("audit", format!("audit records are appended to {file}")),
                 Err(e) => r.fail("audit", format!("{} (directory of audit.log)", text(&e))),
             }
@@ -671,7 +660,7 @@ fn check_glue(r: &mut Report) {
     let mut unsafe_files = Vec::new();
     walk(dir, 0, &mut files);
     for f in &files {
-        if let Err(e) = policy::check_trusted_path(f, 0) {
+        if let Err(e) = trusted::check_trusted_path(f, 0) {
             unsafe_files.push(text(&e));
         }
     }

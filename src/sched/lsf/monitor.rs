@@ -4,11 +4,11 @@
 //! process tracking does not see them; this is how a monitor can.
 
 use crate::cli::MonitorArgs;
+use crate::core::error::{Error, Result};
+use crate::core::policy::Policy;
+use crate::core::request::JobId;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::identity::Nss;
-use crate::policy::Policy;
-use crate::request::JobId;
+use crate::sys::nss::Nss;
 use serde::Serialize;
 use serde_json::Value;
 use std::io::Write;
@@ -111,7 +111,7 @@ impl Usage {
 
 pub fn run(policy_path: &Path, args: &MonitorArgs) -> Result<i32> {
     let policy = Policy::load(policy_path)?;
-    let env = crate::job::environment()?;
+    let env = crate::sys::environment()?;
     let job = super::job_from(&args.job, &env)?;
     if !crate::sys::is_root() {
         let how = if args.json { "json" } else { "lines" };

@@ -12,11 +12,11 @@
 
 use crate::audit::{Audit, Record};
 use crate::cli::ControlArgs;
+use crate::core::error::{Error, Result};
+use crate::core::policy::Policy;
+use crate::core::request::JobId;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::identity::Nss;
-use crate::policy::Policy;
-use crate::request::JobId;
+use crate::sys::nss::Nss;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -77,7 +77,7 @@ pub fn parse_action(s: &str) -> Result<Action> {
 pub fn run(policy_path: &Path, args: &ControlArgs) -> Result<i32> {
     let action = parse_action(&args.action)?;
     let policy = Policy::load(policy_path)?;
-    let env = crate::job::environment()?;
+    let env = crate::sys::environment()?;
     let job = super::job_from(&args.job, &env)?;
     if !crate::sys::is_root() {
         // A relay or the job's owner: the broker acts, and takes the

@@ -1,9 +1,9 @@
 //! Every planner rule, with a fake filesystem and user table.
 
 use super::*;
-use crate::identity::fake::FakeDb;
-use crate::identity::resolve;
-use crate::request::from_env;
+use crate::core::identity::fake::FakeDb;
+use crate::core::identity::resolve;
+use crate::core::request::from_env;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
@@ -485,10 +485,21 @@ fn entrypoint_and_raw_args() {
             && p.argv.ends_with(&["train.py".into(), "--x".into()])
     );
     let raw = [("LSF_DOCKER_RUN_RAW_ARGS", "1")];
-    let d =
-        try_plan_with(POLICY, &raw, Some(facts()), &[crate::request::PLACE_HOLDER]).unwrap_err();
+    let d = try_plan_with(
+        POLICY,
+        &raw,
+        Some(facts()),
+        &[crate::core::request::PLACE_HOLDER],
+    )
+    .unwrap_err();
     assert!(matches!(d, Error::Denied(d) if d.rule == "images.raw_args"));
-    let p = try_plan_with(&any, &raw, Some(facts()), &[crate::request::PLACE_HOLDER]).unwrap();
+    let p = try_plan_with(
+        &any,
+        &raw,
+        Some(facts()),
+        &[crate::core::request::PLACE_HOLDER],
+    )
+    .unwrap();
     assert_eq!(p.argv.last().unwrap(), &facts().id);
     assert!(!p.argv.iter().any(|a| a.starts_with("--entrypoint")));
 }
@@ -781,7 +792,7 @@ proptest! {
         match try_plan(&[("LSF_DOCKER_VOLUMES", &format!("/storage1/fs1/alice:{dst}"))]) {
             Ok(p) => {
                 for m in p.mounts.iter().filter(|m| m.kind == MountKind::Volume) {
-                    for r in crate::policy::DEFAULT_RESERVED {
+                    for r in crate::core::policy::DEFAULT_RESERVED {
                         let r = Path::new(r);
                         prop_assert!(if r == Path::new("/") { m.dst != r } else { !m.dst.starts_with(r) }, "{}", m.dst.display());
                     }
@@ -796,7 +807,7 @@ proptest! {
     #[test]
     fn destinations_refused_exactly_when_reserved(segs in proptest::collection::vec(proptest::sample::select(DST_SEGMENTS), 1..4)) {
         let dst = format!("/{}", segs.join("/"));
-        let reserved = crate::policy::DEFAULT_RESERVED
+        let reserved = crate::core::policy::DEFAULT_RESERVED
             .iter()
             .any(|r| *r != "/" && Path::new(&dst).starts_with(r));
         match try_plan(&[("LSF_DOCKER_VOLUMES", &format!("/storage1/fs1/alice:{dst}"))]) {
@@ -823,7 +834,7 @@ proptest! {
             Err(e) => return Err(TestCaseError::fail(format!("{pairs:?} refused: {e}"))),
         };
         for (k, v) in &p.env {
-            prop_assert!(crate::envfilter::valid_name(k));
+            prop_assert!(crate::core::envfilter::valid_name(k));
             prop_assert!(!v.contains('\n'));
             prop_assert!(!k.starts_with("LD_") && !k.starts_with("DOCKER_") && !k.starts_with("NVIDIA_"));
         }
@@ -851,7 +862,7 @@ fn plan_in_cgroup(policy: &str, cgroup: Option<&str>, env: &[(&str, &str)]) -> R
     let c = Context {
         nonce: "cafe".into(),
         job_cgroup: cgroup.map(|p| {
-            let job = crate::cgroup::layout::find_job(&format!("4:memory:{p}\n"), 2001)
+            let job = crate::core::cgroup::find_job(&format!("4:memory:{p}\n"), 2001)
                 .expect("a job cgroup");
             (job, Some("0-1".to_string()), Some(64 << 20))
         }),

@@ -13,9 +13,9 @@
 //! the container labelled `berth.slurm=%n.%u.%j.%s.%t`.
 
 use crate::broker::proto::{Hello, TmpFile, VERSION};
+use crate::core::error::{Error, Result};
+use crate::core::policy::Policy;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::policy::Policy;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,7 +80,7 @@ pub fn parse_config(text: &str) -> Result<SlurmJob> {
 /// the bundle directory itself or a bare NAME.
 pub fn bundle_name(policy: &Policy, rootfs: &Path) -> Result<String> {
     let cache = policy.bundles.cache.as_ref().ok_or_else(|| {
-        Error::Denied(crate::error::Denial::new(
+        Error::Denied(crate::core::error::Denial::new(
             "bundles.cache",
             rootfs.display().to_string(),
             "this site has no bundle cache, so sbatch/srun --container cannot be used",
@@ -88,7 +88,7 @@ pub fn bundle_name(policy: &Policy, rootfs: &Path) -> Result<String> {
         ))
     })?;
     if let Some(name) = rootfs.to_str().filter(|n| !n.contains('/')) {
-        if crate::image::valid_bundle_name(name) {
+        if crate::core::image::valid_bundle_name(name) {
             return Ok(name.to_string());
         }
     }
@@ -102,14 +102,14 @@ pub fn bundle_name(policy: &Policy, rootfs: &Path) -> Result<String> {
     match bundle {
         Some(b) if b.parent() == Some(real_cache.as_path()) => {
             let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if crate::image::valid_bundle_name(name) {
+            if crate::core::image::valid_bundle_name(name) {
                 return Ok(name.to_string());
             }
             Err(Error::Malformed(format!(
                 "bundle name {name:?} is not valid"
             )))
         }
-        _ => Err(Error::Denied(crate::error::Denial::new(
+        _ => Err(Error::Denied(crate::core::error::Denial::new(
             "bundles.cache",
             rootfs.display().to_string(),
             format!(

@@ -2,9 +2,9 @@
 //! is untrusted: this module only checks syntax (a value that does not parse
 //! is a malformed request, exit 64); the planner decides what is allowed.
 
-use crate::error::{Error, Result};
-use crate::image::{valid_bundle_name, ImageRef};
-use crate::policy::Mode;
+use crate::core::error::{Error, Result};
+use crate::core::image::{valid_bundle_name, ImageRef};
+use crate::core::policy::Mode;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -128,7 +128,7 @@ pub fn from_env(
         .map(|v| mode_name("LSF_DOCKER_IPC", v))
         .transpose()?;
     let shm_size = match get("LSF_DOCKER_SHM_SIZE") {
-        Some(v) if crate::size::parse(v).is_none() => {
+        Some(v) if crate::core::size::parse(v).is_none() => {
             return malformed("LSF_DOCKER_SHM_SIZE", v, "not a size like 4g or 512m")
         }
         // size::parse allows surrounding blanks; docker's parser does not,
@@ -370,7 +370,7 @@ pub fn parse_env_file(origin: &str, text: &str) -> Result<Vec<(String, String)>>
                 i + 1
             )));
         };
-        if !crate::envfilter::valid_name(k) {
+        if !crate::core::envfilter::valid_name(k) {
             return Err(Error::Malformed(format!(
                 "{origin}:{}: {k:?} is not a valid variable name",
                 i + 1

@@ -15,11 +15,11 @@ pub mod jobfile;
 pub mod monitor;
 
 use crate::cli::{JobSelector, LsfCommand};
+use crate::core::error::{Denial, Error, Result};
+use crate::core::identity;
+use crate::core::policy::Policy;
+use crate::core::request::JobId;
 use crate::engine::Engine;
-use crate::error::{Denial, Error, Result};
-use crate::identity;
-use crate::policy::Policy;
-use crate::request::JobId;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -217,7 +217,7 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::fake::FakeDb;
+    use crate::core::identity::fake::FakeDb;
 
     fn entry(job: &str, index: &str, name: &str, uid: &str) -> Value {
         serde_json::json!({

@@ -7,15 +7,16 @@
 //! per-job directory cleaned. SIGHUP reloads the policy; SIGTERM stops the
 //! daemon after abandoning running jobs.
 
-use super::proto::{self, ClientMsg, DaemonMsg};
+use crate::app::job::{decide, Caller, Decision};
 use crate::audit::Audit;
+use crate::broker::proto::{self, ClientMsg, DaemonMsg};
 use crate::cli::Scheduler;
+use crate::core::error::{Error, Result};
+use crate::core::plan::LaunchPlan;
+use crate::core::policy::Policy;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::job::{decide, Caller, Decision};
 use crate::launch::{self, supervise, supervise::Event, supervise::Outcome, supervise::Stdio};
-use crate::plan::LaunchPlan;
-use crate::policy::{check_trusted_path, Policy};
+use crate::sys::trusted::check_trusted_path;
 use nix::sys::signal::{SigSet, Signal};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -193,7 +194,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
             let _ = proto::write_frame(
                 &mut s,
                 &DaemonMsg::Error {
-                    code: crate::error::exit::UNAVAILABLE,
+                    code: crate::core::error::exit::UNAVAILABLE,
                     message: format!(
                         "unavailable: too many connections to the broker have not sent their request (uid {uid} may hold {MAX_PENDING_PER_UID}, all users {MAX_PENDING_TOTAL}); close idle ones, or requeue the job"
                     ),
@@ -207,7 +208,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
             let _ = proto::write_frame(
                 &mut s,
                 &DaemonMsg::Error {
-                    code: crate::error::exit::UNAVAILABLE,
+                    code: crate::core::error::exit::UNAVAILABLE,
                     message: "unavailable: the broker is at its job limit; requeue the job".into(),
                 },
             );
@@ -346,7 +347,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
             send(
                 &stream,
                 &DaemonMsg::Error {
-                    code: crate::error::exit::MALFORMED,
+                    code: crate::core::error::exit::MALFORMED,
                     message: format!("malformed request: {e}"),
                 },
             );
@@ -357,7 +358,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         send(
             &stream,
             &DaemonMsg::Error {
-                code: crate::error::exit::MALFORMED,
+                code: crate::core::error::exit::MALFORMED,
                 message: format!(
                     "malformed request: protocol version {} (this broker speaks {})",
                     hello.version,
@@ -368,14 +369,15 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         return;
     }
     // `berth lsf control|monitor` from a relay or a job's owner: the caller
-    // is the peer; crate::lsf checks it may act on the job's container.
+    // is the peer; crate::sched::lsf checks it may act on the job's container.
     if let Some(what) = hello.scheduler.strip_prefix("lsf-") {
         let policy = state
             .policy
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let r = crate::lsf::serve(&policy, creds.uid(), what, &hello.command, &hello.env, &fds);
+        let r =
+            crate::sched::lsf::serve(&policy, creds.uid(), what, &hello.command, &hello.env, &fds);
         send(
             &stream,
             &match r {
@@ -396,7 +398,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
             send(
                 &stream,
                 &DaemonMsg::Error {
-                    code: crate::error::exit::MALFORMED,
+                    code: crate::core::error::exit::MALFORMED,
                     message: format!("malformed request: scheduler {other:?}"),
                 },
             );
@@ -412,7 +414,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         tmp_files: hello.tmp_files,
         slurm_id: hello.slurm_id,
         launching: hello.explain.is_none(),
-        peer: crate::cgroup::probe::Peer {
+        peer: crate::sys::cgroup::Peer {
             pid: creds.pid(),
             uid: creds.uid(),
             accepted_ticks,
@@ -428,7 +430,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         // `berth explain` for a user: the same decision, nothing started,
         // nothing audited as a launch.
         let Decision { plan, .. } = decide(&policy, &caller, Some(&engine));
-        let msg = match crate::job::explanation(plan, how == "json", true) {
+        let msg = match crate::app::job::explanation(plan, how == "json", true) {
             Ok((text, code)) => DaemonMsg::Explained { code, text },
             Err(e) => DaemonMsg::Error {
                 code: e.exit_code(),
@@ -446,7 +448,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         .unwrap_or_else(|e| e.into_inner())
         .record_checked(&record);
     let plan = match (plan, written) {
-        (Ok(_), Err(e)) => Err(crate::job::unaudited(&policy, e)),
+        (Ok(_), Err(e)) => Err(crate::app::job::unaudited(&policy, e)),
         (p, _) => p,
     };
     let plan = match plan {
@@ -614,5 +616,5 @@ fn stopped() -> Error {
 
 /// The environment a client sends: the job's, as strings.
 pub fn client_env() -> Result<BTreeMap<String, String>> {
-    crate::job::environment()
+    crate::sys::environment()
 }

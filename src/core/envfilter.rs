@@ -68,7 +68,7 @@ pub fn compile(deny: &[String]) -> Vec<glob::Pattern> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::DEFAULT_ENV_DENY;
+    use crate::core::policy::DEFAULT_ENV_DENY;
 
     #[test]
     fn hostile_table() {

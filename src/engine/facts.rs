@@ -1,41 +1,11 @@
-//! What berth needs to know about an image, learnt once per image id.
+//! Learning an image's facts from the engine, once per image id, and the
+//! node's cache of them.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageFacts {
-    /// `sha256:<hex>`: the image is always run by this id.
-    pub id: String,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub workdir: String,
-    pub user: String,
-    /// Whether `/bin/sh` resolves to an executable regular file.
-    pub has_shell: bool,
-    /// The image's declared `VOLUME`s (docker would put an anonymous
-    /// volume, on the node's own disk, at each).
-    #[serde(default)]
-    pub volumes: Vec<String>,
-}
-
-/// The keys of a config's `Volumes` object (`{"/data": {}}`).
-pub fn volume_keys(v: Option<&Value>) -> Vec<String> {
-    let mut out: Vec<String> = v
-        .and_then(Value::as_object)
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
-    out.sort();
-    out
-}
-
-pub fn valid_image_id(id: &str) -> bool {
-    id.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-}
-
+use crate::core::error::{Denial, Error, Result};
+use crate::core::facts::{valid_image_id, ImageFacts};
+use crate::core::policy::{Policy, Pull};
 use crate::engine::Engine;
-use crate::error::{Denial, Error, Result};
-use crate::policy::{Policy, Pull};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -133,7 +103,7 @@ pub fn from_inspect(v: &Value) -> Result<ImageFacts> {
         workdir: s("WorkingDir"),
         user: s("User"),
         has_shell: false,
-        volumes: volume_keys(cfg.and_then(|c| c.get("Volumes"))),
+        volumes: crate::core::facts::volume_keys(cfg.and_then(|c| c.get("Volumes"))),
     })
 }
 

@@ -3,9 +3,9 @@
 //! turns that into one denial naming only the path.
 
 use super::*;
-use crate::identity::fake::FakeDb;
-use crate::identity::resolve;
-use crate::request::from_env;
+use crate::core::identity::fake::FakeDb;
+use crate::core::identity::resolve;
+use crate::core::request::from_env;
 use std::collections::BTreeMap;
 
 /// `/data/bob/private` is closed to the user. `stat_only`: resolving works

@@ -4,15 +4,16 @@
 
 use crate::audit::{Audit, Record};
 use crate::cli::{Cli, Command, LsfCommand, PolicyCommand, RunArgs, Scheduler, SlurmCommand};
+use crate::core::error::{Error, Result};
+use crate::core::facts::ImageFacts;
+use crate::core::identity::{self, Identity};
+use crate::core::plan::{self, Context, LaunchPlan};
+use crate::core::policy::{self, Policy, Severity};
+use crate::core::request::{self, ImageSpec, Request};
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::facts::ImageFacts;
-use crate::identity::{self, Identity, Nss};
-use crate::plan::{self, Context, HostFs, LaunchPlan};
-use crate::policy::{self, Policy, Severity};
-use crate::request::{self, ImageSpec, Request};
-use crate::sys::UserView;
-use std::cell::RefCell;
+use crate::sys::nss::Nss;
+use crate::sys::trusted;
+use crate::sys::userfs::{read_env_files, RealFs};
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -21,13 +22,13 @@ pub fn main(cli: Cli) -> i32 {
     // Every command, first: root runs more than `berth run` (slurmstepd
     // runs `slurm query|kill|delete`, an admin `policy check`).
     let hardened = crate::sys::harden();
-    crate::logger::init(log::LevelFilter::Warn);
+    crate::app::logger::init(log::LevelFilter::Warn);
     let esub = matches!(cli.command, Command::Lsf(LsfCommand::Esub(_)));
     let result = hardened.and_then(|()| match cli.command {
         Command::Run(a) => run(&cli.policy, &a),
         Command::Explain(a) => explain(&cli.policy, &a.run, a.json),
-        Command::Doctor { json } => crate::doctor::main(&cli.policy, json),
-        Command::Daemon => crate::broker::server::serve(&cli.policy),
+        Command::Doctor { json } => crate::app::doctor::main(&cli.policy, json),
+        Command::Daemon => crate::app::daemon::serve(&cli.policy),
         Command::Slurm(c) => match c {
             SlurmCommand::Run {
                 spool,
@@ -35,7 +36,7 @@ pub fn main(cli: Cli) -> i32 {
                 id,
                 env_file,
                 args,
-            } => crate::slurm::run(
+            } => crate::sched::slurm::run(
                 &cli.policy,
                 &spool,
                 &rootfs,
@@ -43,136 +44,28 @@ pub fn main(cli: Cli) -> i32 {
                 env_file.as_deref(),
                 &args,
             ),
-            SlurmCommand::Query { id } => crate::slurm::query(&cli.policy, &id),
-            SlurmCommand::Kill { id, signal } => crate::slurm::kill(&cli.policy, &id, &signal),
-            SlurmCommand::Delete { id } => crate::slurm::delete(&cli.policy, &id),
+            SlurmCommand::Query { id } => crate::sched::slurm::query(&cli.policy, &id),
+            SlurmCommand::Kill { id, signal } => {
+                crate::sched::slurm::kill(&cli.policy, &id, &signal)
+            }
+            SlurmCommand::Delete { id } => crate::sched::slurm::delete(&cli.policy, &id),
         },
         Command::Policy(PolicyCommand::Check { file, json }) => {
             policy_check(&file.unwrap_or(cli.policy), json)
         }
-        Command::Lsf(c) => crate::lsf::main(&cli.policy, &c),
+        Command::Lsf(c) => crate::sched::lsf::main(&cli.policy, &c),
         Command::Bundle(c) => crate::bundle::main(&cli.policy, &c),
     });
     match result {
         Ok(code) => code,
         // The esub reports its own errors, a failed harden too: LSF wants
         // LSB_SUB_ABORT_VALUE.
-        Err(e) if esub => crate::lsf::esub::reject(&e),
+        Err(e) if esub => crate::sched::lsf::esub::reject(&e),
         Err(e) => {
             eprintln!("berth: {e}");
             e.exit_code()
         }
     }
-}
-
-/// The node's filesystem for the planner, as the job user sees it: every
-/// path is resolved, inspected and checked with the user's own
-/// credentials (by a helper running as the user when berth is root, see
-/// `sys::as_user`), never as root, so that a denial cannot tell what lies
-/// in a directory the user cannot search.
-#[derive(Default)]
-pub struct RealFs {
-    /// Whose view; `None`: the calling process's own (berth not root).
-    user: Option<(u32, u32, Vec<u32>)>,
-    /// The launcher will open every volume as the user when it pins it
-    /// (the same check, made race-free): don't check access twice.
-    access_checked_by_pin: bool,
-    view: RefCell<Option<UserView>>,
-    /// Why the user's view could not answer (the planner only sees an
-    /// I/O error): see [`RealFs::failure`].
-    failure: RefCell<Option<Error>>,
-}
-
-impl RealFs {
-    /// The filesystem as `id` sees it.
-    pub fn as_user(id: &Identity, access_checked_by_pin: bool) -> RealFs {
-        RealFs {
-            user: Some((id.uid, id.gid, id.groups.iter().map(|g| g.gid).collect())),
-            access_checked_by_pin,
-            ..RealFs::default()
-        }
-    }
-
-    /// An internal failure behind an answer the planner got: it outranks
-    /// whatever the planner made of that answer.
-    pub fn failure(&self) -> Result<()> {
-        match self.failure.borrow_mut().take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    fn ask<T>(&self, f: impl FnOnce(&mut UserView) -> Result<T>) -> Result<T> {
-        let mut view = self.view.borrow_mut();
-        if view.is_none() {
-            *view = Some(match &self.user {
-                Some((uid, gid, groups)) => UserView::new(*uid, *gid, groups)?,
-                None if !crate::sys::is_root() => UserView::new(crate::sys::real_uid(), 0, &[])?,
-                None => {
-                    return Err(Error::Internal(
-                        "root berth must name the user whose view of the filesystem it plans with"
-                            .into(),
-                    ))
-                }
-            });
-        }
-        f(view.as_mut().expect("set above"))
-    }
-
-    /// An answer of the user's view, an internal failure kept aside.
-    fn io<T>(
-        &self,
-        f: impl FnOnce(&mut UserView) -> Result<std::io::Result<T>>,
-    ) -> std::io::Result<T> {
-        self.ask(f).unwrap_or_else(|e| {
-            let shown = std::io::Error::other(e.to_string());
-            self.failure.borrow_mut().get_or_insert(e);
-            Err(shown)
-        })
-    }
-}
-
-impl HostFs for RealFs {
-    fn canonicalize(&self, p: &Path) -> std::io::Result<PathBuf> {
-        self.io(|v| v.resolve(p))
-    }
-    fn is_dir(&self, p: &Path) -> std::io::Result<bool> {
-        self.io(|v| v.is_dir(p))
-    }
-    fn user_can_access(&self, id: &Identity, paths: &[PathBuf]) -> Result<Vec<bool>> {
-        if self.access_checked_by_pin {
-            return Ok(vec![true; paths.len()]);
-        }
-        let same = match &self.user {
-            Some((uid, gid, _)) => *uid == id.uid && *gid == id.gid,
-            None => !crate::sys::is_root() && crate::sys::real_uid() == id.uid,
-        };
-        if !same {
-            return crate::sys::user_can_access(id, paths);
-        }
-        self.ask(|v| paths.iter().map(|p| v.can_access(p)).collect())
-    }
-}
-
-/// The job's environment as strings. A berth or scheduler variable that is
-/// not UTF-8 is malformed (never silently ignored); other such variables
-/// cannot be passed to docker and are left out.
-pub fn environment() -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for (k, v) in std::env::vars_os() {
-        match (k.into_string(), v.into_string()) {
-            (Ok(k), Ok(v)) => {
-                out.insert(k, v);
-            }
-            (Ok(k), Err(_))
-                if k.starts_with("LSF_") || k.starts_with("LSB_") || k.starts_with("LS_") =>
-            {
-                return Err(Error::Malformed(format!("{k} is not valid UTF-8")));
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
 }
 
 /// Everything decided about a job, and what the audit record knows so far.
@@ -195,21 +88,21 @@ pub struct Caller {
     pub launching: bool,
     /// The process whose cgroup says which job this is: the broker's
     /// peer, or this process.
-    pub peer: crate::cgroup::probe::Peer,
+    pub peer: crate::sys::cgroup::Peer,
 }
 
 impl Caller {
     pub fn from_process(args: &RunArgs) -> Result<Caller> {
         Ok(Caller {
             uid: crate::sys::real_uid(),
-            env: environment()?,
+            env: crate::sys::environment()?,
             cwd: std::env::current_dir().ok(),
             command: args.command.clone(),
             scheduler: args.scheduler,
             tmp_files: Vec::new(),
             slurm_id: None,
             launching: false,
-            peer: crate::cgroup::probe::this_process(crate::sys::real_uid()),
+            peer: crate::sys::cgroup::this_process(crate::sys::real_uid()),
         })
     }
 }
@@ -253,7 +146,8 @@ fn decide_inner(
     let mut command = caller.command.clone();
     let mut tmp_files = caller.tmp_files.clone();
     if caller.scheduler == Scheduler::Lsf {
-        if let Some(jf) = crate::lsf::jobfile::job_file(policy, &id, &caller.env, &command)? {
+        if let Some(jf) = crate::sched::lsf::jobfile::job_file(policy, &id, &caller.env, &command)?
+        {
             command = jf.command;
             tmp_files.extend(jf.tmp_file);
         }
@@ -279,7 +173,7 @@ fn decide_inner(
     // An image policy refuses is never asked about (nor pulled).
     plan::check_image(policy, &req)?;
     // A known-vulnerable engine: warn, or refuse (docker.old_runc); no API call per job.
-    crate::enginecheck::check_if(policy, engine)?;
+    crate::engine::check::check_if(policy, engine)?;
     let facts = match engine {
         Some(e) => Some(image_facts(e, policy, &req, &nonce)?),
         None => None,
@@ -315,17 +209,19 @@ fn locate_job(
     policy: &Policy,
     caller: &Caller,
     id: &Identity,
-) -> Result<Option<crate::cgroup::layout::Found>> {
-    use crate::policy::PlacementRule;
+) -> Result<Option<crate::core::cgroup::Found>> {
+    use crate::core::policy::PlacementRule;
     if policy.cgroup.placement == PlacementRule::None && !policy.cgroup.require_job {
         return Ok(None);
     }
-    crate::cgroup::probe::locate(&caller.peer, id.uid)
+    crate::sys::cgroup::locate(&caller.peer, id.uid)
 }
 
 fn image_facts(engine: &Engine, policy: &Policy, req: &Request, nonce: &str) -> Result<ImageFacts> {
     match &req.image {
-        ImageSpec::Registry(r) => crate::facts::gather(engine, policy, &r.to_string(), nonce),
+        ImageSpec::Registry(r) => {
+            crate::engine::facts::gather(engine, policy, &r.to_string(), nonce)
+        }
         // Facts from bundle.toml (the cache is checked); the engine is
         // asked nothing until the launch loads it (crate::bundle::prepare).
         ImageSpec::Bundle(b) => crate::bundle::facts(policy, b),
@@ -345,24 +241,6 @@ fn apply_log_level(env: &BTreeMap<String, String>) {
         _ => return,
     };
     log::set_max_level(level);
-}
-
-/// `LSF_DOCKER_ENV_FILE`: read with the user's credentials, never berth's.
-pub(crate) fn read_env_files(id: &Identity, req: &Request) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    for f in &req.env_files {
-        if !f.is_absolute() {
-            return Err(Error::Malformed(format!(
-                "LSF_DOCKER_ENV_FILE entry {} must be an absolute path",
-                f.display()
-            )));
-        }
-        let bytes = crate::sys::read_file_as_user(id, f, 1 << 20)?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Error::Malformed(format!("env file {} is not UTF-8", f.display())))?;
-        out.extend(request::parse_env_file(&f.display().to_string(), &text)?);
-    }
-    Ok(out)
 }
 
 /// The broker request of an unprivileged `berth run` (or `explain`).
@@ -443,7 +321,7 @@ pub fn explanation(plan: Result<LaunchPlan>, json: bool, reachable: bool) -> Res
             let mut v = serde_json::to_value(&d).unwrap_or_default();
             v["decision"] = "deny".into();
             let text = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
-            return Ok((text, crate::error::exit::DENIED));
+            return Ok((text, crate::core::error::exit::DENIED));
         }
         Err(e) => return Err(e),
     };
@@ -497,7 +375,7 @@ pub fn describe(p: &LaunchPlan, facts_checked: bool) -> String {
                 pl.parent,
                 pl.cpus.as_deref().unwrap_or("all"),
                 pl.memory
-                    .map(crate::size::human)
+                    .map(crate::core::size::human)
                     .unwrap_or_else(|| "unlimited".into())
             )
         }
@@ -553,18 +431,18 @@ fn policy_check(path: &Path, json: bool) -> Result<i32> {
     // Placement needs dockerd's cgroupfs driver; said here when this node's
     // engine answers (the file may be checked away from any node).
     if let Ok(p) = &parsed {
-        if p.cgroup.placement == crate::policy::PlacementRule::Job {
+        if p.cgroup.placement == crate::core::policy::PlacementRule::Job {
             if let Some(d) = Engine::new(&p.docker.socket).cgroup_driver() {
                 if d != "cgroupfs" {
                     findings.push(policy::Finding {
                         severity: Severity::Error,
-                        message: crate::doctor::cgroup_driver_message(&d),
+                        message: crate::app::doctor::cgroup_driver_message(&d),
                     });
                 }
             }
         }
     }
-    if let Err(e) = policy::check_trusted_path(path, 0) {
+    if let Err(e) = trusted::check_trusted_path(path, 0) {
         findings.push(policy::Finding {
             severity: Severity::Error,
             message: e.to_string(),
@@ -595,6 +473,6 @@ fn policy_check(path: &Path, json: bool) -> Result<i32> {
     Ok(if errors == 0 {
         0
     } else {
-        crate::error::exit::CONFIG
+        crate::core::error::exit::CONFIG
     })
 }
