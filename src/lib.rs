@@ -18,6 +18,8 @@
 //!   broker daemon ([`app::daemon`]) and `doctor`; [`cli`] the command line;
 //!   [`audit`] the audit log the app, broker daemon, bundles and LSF write.
 
+#![deny(unsafe_code)]
+
 pub mod app;
 pub mod audit;
 pub mod broker;
@@ -27,4 +29,6 @@ pub mod core;
 pub mod engine;
 pub mod launch;
 pub mod sched;
+// Every libc call that needs `unsafe` lives in sys/, and only there.
+#[allow(unsafe_code)]
 pub mod sys;

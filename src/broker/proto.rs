@@ -7,7 +7,7 @@ use crate::core::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 pub const VERSION: u32 = 1;
@@ -157,9 +157,7 @@ pub fn recv_hello(s: &UnixStream) -> std::io::Result<(Hello, Vec<OwnedFd>)> {
         let mut fds = Vec::new();
         for c in msg.cmsgs().map_err(std::io::Error::from)? {
             if let nix::sys::socket::ControlMessageOwned::ScmRights(v) = c {
-                // SAFETY: the kernel just installed these descriptors in this
-                // process; nothing else owns them.
-                fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(crate::sys::process::adopt_received(v));
             }
         }
         (msg.bytes, fds)

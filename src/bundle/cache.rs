@@ -381,24 +381,7 @@ pub fn read_checked(p: &Path, owner: u32, limit: u64) -> Result<Vec<u8>> {
 
 /// renameat2(RENAME_EXCHANGE): swap two directories atomically.
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
-    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: both paths are NUL-terminated C strings that outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::sys::process::rename_exchange(a, b)
 }
 
 #[cfg(test)]

@@ -20,7 +20,6 @@ use crate::core::error::{Error, Result};
 use crate::core::policy::Policy;
 use crate::engine::Engine;
 use std::collections::BTreeSet;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -98,17 +97,8 @@ pub fn lock(dir: &Path, id: &str) -> Result<Lock> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&p)
         .map_err(|e| Error::Config(format!("cannot open lock {}: {e}", p.display())))?;
-    loop {
-        // SAFETY: flock on a descriptor this function owns.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if r == 0 {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(Error::internal(&format!("flock {}", p.display()), e));
-        }
-    }
+    crate::sys::process::flock_exclusive(&file)
+        .map_err(|e| Error::internal(&format!("flock {}", p.display()), e))?;
     Ok(Lock { _file: file })
 }
 

@@ -398,16 +398,14 @@ impl Reaper {
     fn spawn(plan: &LaunchPlan) -> Result<Reaper> {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::internal("pipe", e))?;
-        // SAFETY: berth is single-threaded here (the signal thread starts
-        // after), so the child may allocate and run ordinary Rust code.
-        match unsafe { nix::unistd::fork() }.map_err(|e| Error::internal("fork", e))? {
-            nix::unistd::ForkResult::Child => {
+        // berth is single-threaded here: the signal thread starts after.
+        match crate::sys::process::fork_single_threaded().map_err(|e| Error::internal("fork", e))? {
+            crate::sys::process::Forked::Child => {
                 drop(w);
                 reaper_main(plan, r);
-                // SAFETY: leave without running the parent's atexit handlers.
-                unsafe { libc::_exit(0) }
+                crate::sys::process::exit_now(0)
             }
-            nix::unistd::ForkResult::Parent { .. } => {
+            crate::sys::process::Forked::Parent => {
                 drop(r);
                 Ok(Reaper {
                     pipe: std::fs::File::from(w),
@@ -424,8 +422,7 @@ impl Reaper {
 fn reaper_main(plan: &LaunchPlan, r: OwnedFd) {
     let _ = nix::unistd::setsid();
     for s in FORWARDED {
-        // SAFETY: setting SIG_IGN installs no Rust handler.
-        let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
+        crate::sys::process::ignore_signal(s);
     }
     let _ = nix::sys::signal::pthread_sigmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
@@ -454,19 +451,7 @@ fn reaper_main(plan: &LaunchPlan, r: OwnedFd) {
     abandon(plan, &engine);
 }
 
-pub fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: set and ts are valid for the call; info may be null.
-    let r = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
-    if r <= 0 {
-        None
-    } else {
-        Signal::try_from(r).ok()
-    }
-}
+pub use crate::sys::process::wait_signal;
 
 /// The job was abandoned (its client died, berth is stopping): kill and
 /// remove the container, remove the per-job directory.
@@ -534,9 +519,7 @@ pub fn run(plan: &LaunchPlan) -> Result<i32> {
 /// This process's stdin, stdout and stderr, duplicated for the job.
 fn own_stdio() -> Result<Stdio> {
     let dup = |fd: i32| -> Result<Option<OwnedFd>> {
-        // SAFETY: 0, 1 and 2 are open (harden() reopens closed ones).
-        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        b.try_clone_to_owned()
+        crate::sys::process::dup_stdio(fd)
             .map(Some)
             .map_err(|e| Error::internal("duplicating the job's descriptors", e))
     };
