@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("job_file", job_file),
     ("policy_toml", policy_toml),
     ("cgroup_path", cgroup_path),
+    ("engine_reply", engine_reply),
 ];
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -626,4 +627,17 @@ pub fn cgroup_path(data: &[u8]) {
         parent.starts_with(&format!("{job_dir}/")) || parent == job_dir,
         "{parent} outside {job_dir}"
     );
+}
+
+/// What the engine's socket answers (or anything posing as it): the HTTP
+/// reply parser and the chunked decoder never panic, and never produce
+/// more body than the bytes they were given.
+pub fn engine_reply(data: &[u8]) {
+    if let Some(r) = berth::engine::parse_response(data, false) {
+        assert!(r.body.len() <= data.len());
+    }
+    let _ = berth::engine::parse_response(data, true);
+    if let Some(b) = berth::engine::dechunk(data) {
+        assert!(b.len() <= data.len());
+    }
 }

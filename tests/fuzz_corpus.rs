@@ -223,4 +223,5 @@ fuzz_tests!(
     job_file,
     policy_toml,
     cgroup_path,
+    engine_reply,
 );

@@ -35,6 +35,16 @@ pub struct Wait {
 }
 
 impl Wait {
+    /// A wait whose reply (after its head) arrives on `stream`: for
+    /// engines other than dockerd's socket (the launcher's test fake).
+    pub fn from_stream(stream: UnixStream, chunked: bool) -> Wait {
+        Wait {
+            stream,
+            buf: Vec::new(),
+            chunked,
+        }
+    }
+
     /// Block until the container exits and is removed; its exit status
     /// (128+N for a signal, as the engine reports it).
     pub fn result(mut self) -> Result<i32> {
@@ -65,6 +75,43 @@ impl Wait {
                     .collect::<String>()
             ))),
         }
+    }
+}
+
+/// The container calls the launcher makes: the Engine API on its socket
+/// ([`Engine`]), or a recording fake in the launcher's unit tests.
+pub trait ContainerApi {
+    fn create(&self, name: &str, body: &Value) -> Result<String>;
+    fn attach(&self, id: &str) -> Result<Attach>;
+    fn wait(&self, id: &str) -> Result<Wait>;
+    fn start(&self, id: &str) -> Result<()>;
+    /// `Ok(false)`: no such container, or not running.
+    fn kill(&self, id: &str, signal: &str) -> Result<bool>;
+    fn unpause(&self, id: &str) -> Result<bool>;
+    fn remove(&self, id: &str) -> Result<bool>;
+}
+
+impl ContainerApi for Engine {
+    fn create(&self, name: &str, body: &Value) -> Result<String> {
+        Engine::create(self, name, body)
+    }
+    fn attach(&self, id: &str) -> Result<Attach> {
+        Engine::attach(self, id)
+    }
+    fn wait(&self, id: &str) -> Result<Wait> {
+        Engine::wait(self, id)
+    }
+    fn start(&self, id: &str) -> Result<()> {
+        Engine::start(self, id)
+    }
+    fn kill(&self, id: &str, signal: &str) -> Result<bool> {
+        Engine::kill(self, id, signal)
+    }
+    fn unpause(&self, id: &str) -> Result<bool> {
+        Engine::unpause(self, id)
+    }
+    fn remove(&self, id: &str) -> Result<bool> {
+        Engine::remove(self, id)
     }
 }
 

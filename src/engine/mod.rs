@@ -12,7 +12,7 @@ use std::time::Duration;
 pub mod check;
 mod container;
 pub mod facts;
-pub use container::{Attach, Wait};
+pub use container::{Attach, ContainerApi, Wait};
 
 /// The Engine API version berth speaks, pinned: what it sends and reads
 /// never changes under it when the engine is upgraded. 1.41 is Docker
@@ -581,7 +581,7 @@ pub(crate) fn parse_head(head: &[u8]) -> Option<(u16, Vec<(String, String)>)> {
 }
 
 /// Decode a chunked body (RFC 9112 §7.1); `None` if it is cut short.
-pub(crate) fn dechunk(mut p: &[u8]) -> Option<Vec<u8>> {
+pub fn dechunk(mut p: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let le = p.windows(2).position(|w| w == b"\r\n")?;
@@ -598,7 +598,7 @@ pub(crate) fn dechunk(mut p: &[u8]) -> Option<Vec<u8>> {
 
 /// Parse an HTTP/1.1 reply read to EOF (Connection: close), decoding a
 /// chunked body.
-fn parse_response(raw: &[u8], head: bool) -> Option<Response> {
+pub fn parse_response(raw: &[u8], head: bool) -> Option<Response> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let (status, headers) = parse_head(&raw[..end])?;
     let rest = &raw[end + 4..];

@@ -8,7 +8,7 @@
 use super::streams::{self, Sink};
 use crate::core::error::{Error, Result};
 use crate::core::plan::LaunchPlan;
-use crate::engine::Engine;
+use crate::engine::ContainerApi;
 use nix::sys::signal::Signal;
 use std::os::fd::OwnedFd;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -61,7 +61,7 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(10);
 /// container runs.
 pub fn run(
     plan: &LaunchPlan,
-    engine: &Engine,
+    engine: &dyn ContainerApi,
     stdio: Stdio,
     tx: Sender<Event>,
     events: &Receiver<Event>,
@@ -109,7 +109,7 @@ fn placement_error(e: Error) -> Error {
 
 fn run_created(
     plan: &LaunchPlan,
-    engine: &Engine,
+    engine: &dyn ContainerApi,
     id: &str,
     stdio: Stdio,
     tx: Sender<Event>,
@@ -267,7 +267,7 @@ impl Killer {
         }
     }
 
-    fn forward(&mut self, engine: &Engine, id: &str, sig: Signal) {
+    fn forward(&mut self, engine: &dyn ContainerApi, id: &str, sig: Signal) {
         log::info!("forwarding {sig} to container {id}");
         let _ = engine.kill(id, sig.as_str());
         if is_termination(sig) {
@@ -278,7 +278,7 @@ impl Killer {
         }
     }
 
-    fn escalate(&mut self, engine: &Engine, id: &str) {
+    fn escalate(&mut self, engine: &dyn ContainerApi, id: &str) {
         if self.kill_at.is_some_and(|at| Instant::now() >= at) {
             let _ = engine.unpause(id);
             let _ = engine.kill(id, "KILL");
@@ -288,10 +288,272 @@ impl Killer {
 }
 
 /// Kill and remove a container (it may be paused, running or created).
-pub fn destroy(engine: &Engine, id: &str) {
+pub fn destroy(engine: &dyn ContainerApi, id: &str) {
     let _ = engine.unpause(id);
     let _ = engine.kill(id, "KILL");
     if let Err(e) = engine.remove(id) {
         log::warn!("cannot remove container {id}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The launcher against a recording fake engine: the order of calls,
+    //! streams, exit status, signals, termination before start, refusal.
+    use super::*;
+    use crate::core::plan::{Context, HostFs, LaunchPlan};
+    use crate::engine::{Attach, Wait};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::{Path, PathBuf};
+    use std::sync::mpsc::channel;
+    use std::sync::Mutex;
+
+    struct AnyFs;
+    impl HostFs for AnyFs {
+        fn canonicalize(&self, p: &Path) -> std::io::Result<PathBuf> {
+            Ok(p.to_path_buf())
+        }
+        fn is_dir(&self, _: &Path) -> std::io::Result<bool> {
+            Ok(true)
+        }
+        fn user_can_access(
+            &self,
+            _: &crate::core::identity::Identity,
+            p: &[PathBuf],
+        ) -> Result<Vec<bool>> {
+            Ok(vec![true; p.len()])
+        }
+    }
+
+    fn plan() -> LaunchPlan {
+        let policy = crate::core::policy::Policy::parse(
+            "[cgroup]\nrequire_job = false\n[images]\nallow = [\"docker.io/library/*\"]\n[[volumes]]\nroot = \"/storage1/fs1\"\nmode = \"rw\"\n[mounts]\npin = false\n[docker]\nstop_timeout = 1\n",
+            "test",
+        )
+        .unwrap();
+        let id = crate::core::identity::Identity {
+            name: "alice".into(),
+            uid: 2001,
+            gid: 2001,
+            groups: vec![],
+            primary_group_name: "alice".into(),
+            home: "/home/alice".into(),
+            shell: "/bin/sh".into(),
+        };
+        let env = std::collections::BTreeMap::from([
+            ("LSB_CONTAINER_IMAGE".to_string(), "alpine".to_string()),
+            ("LS_SUBCWD".to_string(), "/storage1/fs1/alice".to_string()),
+        ]);
+        let req = crate::core::request::from_env(&env, None, vec!["true".into()]).unwrap();
+        let facts = crate::core::facts::ImageFacts {
+            id: format!("sha256:{}", "ab".repeat(32)),
+            entrypoint: vec![],
+            cmd: vec![],
+            workdir: "/".into(),
+            user: String::new(),
+            has_shell: true,
+            volumes: vec![],
+        };
+        let ctx = Context {
+            nonce: "ab".into(),
+            ..Default::default()
+        };
+        crate::core::plan::plan(&policy, &id, &req, Some(&facts), &AnyFs, &ctx).unwrap()
+    }
+
+    /// What the fake does when started: write these frames, then exit.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<String>>,
+        refuse_create: bool,
+        /// Exit status reported once started (None: run until killed).
+        exit: Option<i32>,
+        output: Vec<(u8, Vec<u8>)>,
+        engine_side: Mutex<Option<(UnixStream, UnixStream)>>,
+    }
+
+    impl Fake {
+        fn log(&self, s: String) {
+            self.calls.lock().unwrap().push(s);
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+        fn finish(&self, code: i32) {
+            if let Some((mut out, mut wait)) = self.engine_side.lock().unwrap().take() {
+                for (k, d) in &self.output {
+                    let mut f = vec![*k, 0, 0, 0];
+                    f.extend_from_slice(&(d.len() as u32).to_be_bytes());
+                    f.extend_from_slice(d);
+                    let _ = out.write_all(&f);
+                }
+                drop(out);
+                let _ = write!(wait, "{{\"StatusCode\":{code}}}");
+            }
+        }
+    }
+
+    impl ContainerApi for Fake {
+        fn create(&self, name: &str, body: &serde_json::Value) -> Result<String> {
+            self.log(format!("create {name} {}", body["HostConfig"]["CapDrop"]));
+            if self.refuse_create {
+                return Err(Error::Internal(
+                    "the docker engine refused to create the container (HTTP 500: no)".into(),
+                ));
+            }
+            Ok("cid".into())
+        }
+        fn attach(&self, id: &str) -> Result<Attach> {
+            self.log(format!("attach {id}"));
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            let (wait_ours, wait_theirs) = UnixStream::pair().unwrap();
+            *self.engine_side.lock().unwrap() = Some((theirs, wait_theirs));
+            // Park the wait end until wait() takes it.
+            WAIT.with(|w| *w.borrow_mut() = Some(wait_ours));
+            Ok(Attach {
+                stream: ours,
+                early: Vec::new(),
+            })
+        }
+        fn wait(&self, id: &str) -> Result<Wait> {
+            self.log(format!("wait {id}"));
+            let s = WAIT.with(|w| w.borrow_mut().take()).unwrap();
+            Ok(Wait::from_stream(s, false))
+        }
+        fn start(&self, id: &str) -> Result<()> {
+            self.log(format!("start {id}"));
+            if let Some(c) = self.exit {
+                self.finish(c);
+            }
+            Ok(())
+        }
+        fn kill(&self, id: &str, signal: &str) -> Result<bool> {
+            self.log(format!("kill {id} {signal}"));
+            if signal == "SIGTERM" || signal == "KILL" {
+                self.finish(if signal == "KILL" { 137 } else { 143 });
+            }
+            Ok(true)
+        }
+        fn unpause(&self, id: &str) -> Result<bool> {
+            self.log(format!("unpause {id}"));
+            Ok(false)
+        }
+        fn remove(&self, id: &str) -> Result<bool> {
+            self.log(format!("remove {id}"));
+            Ok(true)
+        }
+    }
+
+    thread_local! {
+        static WAIT: std::cell::RefCell<Option<UnixStream>> = const { std::cell::RefCell::new(None) };
+    }
+
+    fn pipe() -> (std::fs::File, OwnedFd) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        (std::fs::File::from(r), w)
+    }
+
+    #[test]
+    fn creates_attaches_waits_then_starts_and_returns_the_status() {
+        let fake = Fake {
+            exit: Some(3),
+            output: vec![(1, b"out".to_vec()), (2, b"err".to_vec())],
+            ..Default::default()
+        };
+        let (mut out_r, out_w) = pipe();
+        let (mut err_r, err_w) = pipe();
+        let stdio = Stdio {
+            stdin: None,
+            stdout: Some(out_w),
+            stderr: Some(err_w),
+        };
+        let (tx, rx) = channel();
+        let mut started = 0;
+        let r = run(&plan(), &fake, stdio, tx, &rx, &mut || started += 1).unwrap();
+        assert_eq!(r, Outcome::Exited(3));
+        assert_eq!(started, 1);
+        let c = fake.calls();
+        assert!(
+            c[0].starts_with("create berth-local-0-ab [\"ALL\"]"),
+            "{c:?}"
+        );
+        assert_eq!(&c[1..], ["attach cid", "wait cid", "start cid"]);
+        let (mut o, mut e) = (String::new(), String::new());
+        out_r.read_to_string(&mut o).unwrap();
+        err_r.read_to_string(&mut e).unwrap();
+        assert_eq!((o.as_str(), e.as_str()), ("out", "err"));
+    }
+
+    #[test]
+    fn a_termination_before_start_never_starts_and_removes() {
+        let fake = Fake::default();
+        let (tx, rx) = channel();
+        tx.send(Event::Signal(Signal::SIGTERM)).unwrap();
+        let r = run(&plan(), &fake, Stdio::default(), tx, &rx, &mut || {}).unwrap();
+        assert_eq!(r, Outcome::Exited(143));
+        let c = fake.calls();
+        assert!(!c.iter().any(|x| x.starts_with("start")), "{c:?}");
+        assert!(c.iter().any(|x| x == "remove cid"), "{c:?}");
+    }
+
+    #[test]
+    fn a_refused_create_is_the_engines_error_and_starts_nothing() {
+        let fake = Fake {
+            refuse_create: true,
+            ..Default::default()
+        };
+        let (tx, rx) = channel();
+        let e = run(&plan(), &fake, Stdio::default(), tx, &rx, &mut || {}).unwrap_err();
+        assert_eq!(e.exit_code(), crate::core::error::exit::INTERNAL);
+        assert_eq!(fake.calls().len(), 1);
+    }
+
+    #[test]
+    fn signals_are_forwarded_coalesced_and_thaw_a_paused_container() {
+        let fake = Fake::default();
+        let (tx, rx) = channel();
+        let sender = tx.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            for _ in 0..50 {
+                sender.send(Event::Signal(Signal::SIGUSR1)).unwrap();
+            }
+            sender.send(Event::Signal(Signal::SIGTERM)).unwrap();
+        });
+        let r = run(&plan(), &fake, Stdio::default(), tx, &rx, &mut || {}).unwrap();
+        t.join().unwrap();
+        assert_eq!(r, Outcome::Exited(143));
+        let c = fake.calls();
+        let usr1 = c.iter().filter(|x| *x == "kill cid SIGUSR1").count();
+        assert!(
+            (1..50).contains(&usr1),
+            "50 signals cost {usr1} engine calls: {c:?}"
+        );
+        let term = c.iter().position(|x| x == "kill cid SIGTERM").unwrap();
+        assert_eq!(c[term + 1], "unpause cid");
+    }
+
+    #[test]
+    fn an_abandoned_job_is_killed_and_removed() {
+        let fake = Fake::default();
+        let (tx, rx) = channel();
+        let sender = tx.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            sender.send(Event::Abandon).unwrap();
+        });
+        let r = run(&plan(), &fake, Stdio::default(), tx, &rx, &mut || {}).unwrap();
+        t.join().unwrap();
+        assert_eq!(r, Outcome::Abandoned);
+        let c = fake.calls();
+        assert!(
+            c.ends_with(&[
+                "unpause cid".into(),
+                "kill cid KILL".into(),
+                "remove cid".into()
+            ]),
+            "{c:?}"
+        );
     }
 }
