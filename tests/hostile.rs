@@ -2337,6 +2337,64 @@ fn idle_connections_do_not_lock_other_users_out(ctx: &Ctx) -> R {
     field_is(&out, "U", "2002")
 }
 
+/// Issue 17, item 3 (slowloris): several users together hold as many idle
+/// connections as they may. They can never fill the broker (pending
+/// connections of all users are capped at half its job limit), a job
+/// already sent runs on, and each idle connection is dropped at the
+/// request deadline, after which newcomers are served again.
+fn colluding_idle_connections_expire(ctx: &Ctx) -> R {
+    use std::io::Read;
+    let b = brokered(ctx, |_| {});
+    let socket = b.bed.path().join("sock").join("berth.sock");
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(1 << 16);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    // bob's job is under way before the idle connections arrive.
+    let running = ctx.job(&b.bed).env("LSFUSER", "berth-bob");
+    let bob = TestUser::get("berth-bob");
+    let mut child = user_command(&running, &bob, &b.bin, &["run"], &["sleep 3; echo DONE"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    wait_running(&running.id, T60);
+    let t = Instant::now();
+    let mut held = Vec::new();
+    for u in ["berth-alice", "berth-carol", "berth-relay", "berth-low"] {
+        let user = TestUser::get(u);
+        for _ in 0..128 {
+            held.push(broker::connect_as(&user, &socket));
+        }
+    }
+    let status = wait_child(&mut child, T60).ok_or("bob's running job hung")?;
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).ok();
+    if status.code() != Some(0) || !out.contains("DONE") {
+        return Err(format!("bob's running job ended {status:?} {out:?}"));
+    }
+    // The broker drops each idle connection at its deadline.
+    let first = &held[0];
+    first.set_read_timeout(Some(T60)).ok();
+    let mut buf = [0u8; 64];
+    let _ = (&**first).read(&mut buf);
+    let dropped_after = t.elapsed();
+    if dropped_after > Duration::from_secs(20) {
+        return Err(format!("an idle connection was held {dropped_after:?}"));
+    }
+    drop(held);
+    let job = ctx.job(&b.bed).env("LSFUSER", "berth-bob");
+    let out = as_user(&b, &job, &bob, "echo U=$(id -u)")?;
+    expect_code(&out, 0)?;
+    field_is(&out, "U", "2002")
+}
+
 fn other_users_job_cannot_be_controlled(ctx: &Ctx) -> R {
     // bob asks the broker to kill alice's running job (the LSF control
     // path, as `berth lsf control` would): refused, the job runs on.
@@ -3136,6 +3194,11 @@ const SPECIAL: &[Special] = &[
         name: "image-volumes-stay-off-the-nodes-disk",
         cat: Cat::Images,
         run: image_volumes_stay_off_the_nodes_disk,
+    },
+    Special {
+        name: "colluding-idle-connections-expire",
+        cat: Cat::Resources,
+        run: colluding_idle_connections_expire,
     },
     Special {
         name: "broker-partial-frame-does-not-freeze-the-job",
