@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cgroup;
+pub mod devices;
 pub mod envfilter;
 pub mod error;
 pub mod facts;

@@ -1,0 +1,325 @@
+//! The GPUs a job holds (SPEC §12), from trusted sources only: the job's
+//! device cgroup as the kernel states it, or the scheduler's own record of
+//! the allocation. Pure: text in, facts out. Not wired into the planner
+//! yet: on cgroup v1 docker 20.10 writes `c *:* m` into every container's
+//! device cgroup, which the kernel refuses under Slurm's GRES deny rules
+//! (see the issue-12 notes), so GPU placement needs another design first. Nothing here looks at the job's environment
+//! (`CUDA_VISIBLE_DEVICES`, `NVIDIA_VISIBLE_DEVICES`, `SLURM_JOB_GPUS` are
+//! the user's to set).
+
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// A character device node on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceNode {
+    pub path: PathBuf,
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DeviceNode {
+    /// The GPU's index as NVIDIA's tools name it: the `N` of `/dev/nvidiaN`
+    /// (the device's minor number), falling back to the minor.
+    pub fn index(&self) -> u32 {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.trim_start_matches(|c: char| !c.is_ascii_digit()))
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(self.minor)
+    }
+}
+
+/// The devices of a job, as a launch needs them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Gpus {
+    /// The GPU nodes the job holds, in index order.
+    pub nodes: Vec<DeviceNode>,
+    /// Control devices (`/dev/nvidiactl`, …) present and allowed to the job.
+    pub control: Vec<DeviceNode>,
+    /// Where the allocation was read from (shown by `berth explain`).
+    pub source: String,
+}
+
+/// One side of a v1 `devices.list` line: a number or `*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Num {
+    Any,
+    N(u32),
+}
+
+/// A line of a v1 `devices.list`: `c 195:0 rwm`, `a *:* rwm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// `a` (all), `c` (char) or `b` (block).
+    pub kind: char,
+    pub major: Num,
+    pub minor: Num,
+    pub read: bool,
+    pub write: bool,
+    pub mknod: bool,
+}
+
+/// What a job's v1 device cgroup says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceList {
+    /// `a *:* rwm`: the cgroup allows everything not explicitly denied, and
+    /// the kernel does not list the denials (Slurm's ConstrainDevices on v1
+    /// writes only denials, so a constrained job reads like this too). The
+    /// list alone allocates nothing: see [`super::gpuprobe`].
+    DefaultAllow,
+    /// Default deny: exactly these are allowed.
+    Allow(Vec<Rule>),
+}
+
+fn num(s: &str) -> Option<Num> {
+    if s == "*" {
+        return Some(Num::Any);
+    }
+    (!s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok().map(Num::N))
+        .flatten()
+}
+
+/// Parse one `devices.list` line.
+pub fn parse_rule(line: &str) -> Option<Rule> {
+    let mut it = line.split_whitespace();
+    let kind = it.next()?;
+    let (maj, min) = it.next()?.split_once(':')?;
+    let access = it.next()?;
+    if it.next().is_some() || !matches!(kind, "a" | "b" | "c") || access.is_empty() {
+        return None;
+    }
+    if !access.bytes().all(|b| b"rwm".contains(&b)) {
+        return None;
+    }
+    Some(Rule {
+        kind: kind.chars().next()?,
+        major: num(maj)?,
+        minor: num(min)?,
+        read: access.contains('r'),
+        write: access.contains('w'),
+        mknod: access.contains('m'),
+    })
+}
+
+/// Parse a whole v1 `devices.list`. `None`: not the kernel's format.
+pub fn parse_devices_list(text: &str) -> Option<DeviceList> {
+    let mut rules = Vec::new();
+    for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        rules.push(parse_rule(l)?);
+    }
+    // The kernel prints `a *:* rwm` alone for a default-allow cgroup.
+    if rules.iter().any(|r| r.kind == 'a') {
+        return Some(DeviceList::DefaultAllow);
+    }
+    Some(DeviceList::Allow(rules))
+}
+
+/// Whether a default-deny list lets the job read and write char device
+/// `major:minor` (what a GPU needs).
+pub fn allows(rules: &[Rule], major: u32, minor: u32) -> bool {
+    let hit = |n: Num, v: u32| n == Num::Any || n == Num::N(v);
+    rules
+        .iter()
+        .any(|r| r.kind == 'c' && hit(r.major, major) && hit(r.minor, minor) && r.read && r.write)
+}
+
+/// GPU indices in a `scontrol show job -d` GRES value, the scheduler's
+/// record of a node's allocation: `gpu:a100:2(IDX:0-1)`, `gpu(IDX:0,2)`,
+/// `gpu:1(IDX:1)`, several comma-separated at top level
+/// (`gpu:a100:1(IDX:0),gpu:v100:1(IDX:3)`). Other GRES are ignored.
+/// `None`: a gpu entry whose indices cannot be read (say nothing rather
+/// than guess). Indices are the node's GRES indices (gres.conf order).
+pub fn parse_gres_indices(gres: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    // Split at top-level commas (IDX lists hold commas too).
+    let mut depth = 0i32;
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, ch) in gres.char_indices() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&gres[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            return None;
+        }
+    }
+    parts.push(&gres[start..]);
+    for p in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let (name, rest) = p.split_once('(').unwrap_or((p, ""));
+        if name.split(':').next() != Some("gpu") {
+            continue;
+        }
+        let idx = rest.strip_suffix(')')?.strip_prefix("IDX:")?;
+        if idx == "N/A" {
+            continue;
+        }
+        for r in idx.split(',') {
+            let (lo, hi) = r.split_once('-').unwrap_or((r, r));
+            let (Some(Num::N(lo)), Some(Num::N(hi))) = (num(lo), num(hi)) else {
+                return None;
+            };
+            if hi < lo || hi - lo > 1024 {
+                return None;
+            }
+            out.extend(lo..=hi);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+/// The GRES of the `Nodes=<node> … GRES=…` line of `scontrol show job -d`
+/// for `node` (a job on several nodes has one such line per node group).
+pub fn gres_of_node(scontrol: &str, node: &str) -> Option<String> {
+    for l in scontrol.lines() {
+        let l = l.trim();
+        let Some(nodes) = l
+            .strip_prefix("Nodes=")
+            .and_then(|r| r.split_whitespace().next())
+        else {
+            continue;
+        };
+        if !node_in(nodes, node) {
+            continue;
+        }
+        let g = l.split_whitespace().find_map(|w| w.strip_prefix("GRES="))?;
+        return Some(g.to_string());
+    }
+    None
+}
+
+/// Whether Slurm's hostlist `list` (`vm`, `n[1-3,7]`) names `node`.
+fn node_in(list: &str, node: &str) -> bool {
+    let Some((prefix, rest)) = list.split_once('[') else {
+        return list.split(',').any(|n| n == node);
+    };
+    let Some(ranges) = rest.strip_suffix(']') else {
+        return false;
+    };
+    let Some(suffix) = node.strip_prefix(prefix) else {
+        return false;
+    };
+    ranges.split(',').any(|r| {
+        let (lo, hi) = r.split_once('-').unwrap_or((r, r));
+        match (lo.parse::<u64>(), hi.parse::<u64>(), suffix.parse::<u64>()) {
+            (Ok(l), Ok(h), Ok(n)) => {
+                (l..=h).contains(&n) && (suffix.len() == lo.len() || !lo.starts_with('0'))
+            }
+            _ => false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_list_forms() {
+        assert_eq!(
+            parse_devices_list("a *:* rwm\n"),
+            Some(DeviceList::DefaultAllow)
+        );
+        let Some(DeviceList::Allow(r)) =
+            parse_devices_list("c 1:3 rwm\nc 195:1 rw\nc 195:255 rwm\nb *:* m\nc 136:* rwm\n")
+        else {
+            panic!("not parsed")
+        };
+        assert!(allows(&r, 195, 1));
+        assert!(allows(&r, 195, 255));
+        assert!(!allows(&r, 195, 0));
+        // Block devices and mknod-only rules give no access.
+        assert!(!allows(&r, 8, 0));
+        assert!(allows(&r, 136, 4));
+        let Some(DeviceList::Allow(m)) = parse_devices_list("c 195:0 m\nc 195:1 r\n") else {
+            panic!()
+        };
+        assert!(!allows(&m, 195, 0) && !allows(&m, 195, 1));
+        // An empty list is default deny with nothing allowed.
+        assert_eq!(parse_devices_list(""), Some(DeviceList::Allow(vec![])));
+        for bad in [
+            "x 1:1 rwm",
+            "c 1:1",
+            "c 1-1 rwm",
+            "c 1:1 rwx",
+            "c a:1 rwm",
+            "c 1:1 rwm extra",
+            "c 99999999999:1 rwm",
+            "c -1:1 rwm",
+        ] {
+            assert!(parse_devices_list(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gres_forms() {
+        assert_eq!(parse_gres_indices("gpu:a100:2(IDX:0-1)"), Some(vec![0, 1]));
+        assert_eq!(parse_gres_indices("gpu(IDX:0,2)"), Some(vec![0, 2]));
+        assert_eq!(parse_gres_indices("gpu:1(IDX:1)"), Some(vec![1]));
+        assert_eq!(
+            parse_gres_indices("gpu:a100:1(IDX:0),gpu:v100:2(IDX:3,5-6)"),
+            Some(vec![0, 3, 5, 6])
+        );
+        assert_eq!(
+            parse_gres_indices("mps:100(0/100,0/100),gpu:1(IDX:2)"),
+            Some(vec![2])
+        );
+        assert_eq!(parse_gres_indices(""), Some(vec![]));
+        assert_eq!(parse_gres_indices("gpu:0(IDX:N/A)"), Some(vec![]));
+        for bad in [
+            "gpu:1",
+            "gpu(IDX:1-0)",
+            "gpu(IDX:a)",
+            "gpu(IDX:0-99999)",
+            "gpu(0)",
+            "gpu(IDX:1))",
+        ] {
+            assert!(parse_gres_indices(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scontrol_node_lines() {
+        let text = "JobId=5 JobName=x\n   JOB_GRES=gpu:1\n     Nodes=vm CPU_IDs=0 Mem=50 GRES=gpu:1(IDX:0)\n";
+        assert_eq!(gres_of_node(text, "vm").as_deref(), Some("gpu:1(IDX:0)"));
+        assert_eq!(gres_of_node(text, "other"), None);
+        let multi = "     Nodes=n[1-2] CPU_IDs=0 Mem=50 GRES=gpu:2(IDX:0-1)\n     Nodes=n3 CPU_IDs=0 Mem=50 GRES=gpu(IDX:3)\n";
+        assert_eq!(gres_of_node(multi, "n2").as_deref(), Some("gpu:2(IDX:0-1)"));
+        assert_eq!(gres_of_node(multi, "n3").as_deref(), Some("gpu(IDX:3)"));
+        assert_eq!(gres_of_node(multi, "n4"), None);
+        assert_eq!(
+            gres_of_node("     Nodes=vm CPU_IDs=0 Mem=50 GRES=\n", "vm").as_deref(),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn index_of_a_node() {
+        let n = |p: &str, m| DeviceNode {
+            path: p.into(),
+            major: 195,
+            minor: m,
+        };
+        assert_eq!(n("/dev/nvidia3", 3).index(), 3);
+        assert_eq!(n("/dev/gpu", 7).index(), 7);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(s in "\\PC{0,200}") {
+            let _ = parse_devices_list(&s);
+            let _ = parse_gres_indices(&s);
+            let _ = gres_of_node(&s, "vm");
+        }
+    }
+}
