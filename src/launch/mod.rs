@@ -477,6 +477,15 @@ pub fn require_root() -> Result<()> {
 pub fn run(plan: &LaunchPlan) -> Result<i32> {
     require_root()?;
     let engine = Engine::new(&plan.socket);
+    // Job-control signals are held from here on (the signal thread takes
+    // them once the job is prepared): a SIGTERM while berth prepares or
+    // creates the container ends the job as 143, never berth by the
+    // signal's default action.
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    let _ = set.thread_block();
     // The reaper first: berth killed while it prepares must leave nothing.
     let mut reaper = Reaper::spawn(plan)?;
     if let Err(e) = prepare(plan).and_then(|()| pin(plan)) {
@@ -484,11 +493,6 @@ pub fn run(plan: &LaunchPlan) -> Result<i32> {
         reaper.tell("D\n");
         return Err(e);
     }
-    let mut set = SigSet::empty();
-    for s in FORWARDED {
-        set.add(s);
-    }
-    let _ = set.thread_block();
     let (tx, rx) = std::sync::mpsc::channel();
     let sig_tx = tx.clone();
     let spawned = std::thread::Builder::new()
