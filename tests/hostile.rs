@@ -2359,11 +2359,9 @@ fn colluding_idle_connections_expire(ctx: &Ctx) -> R {
     // bob's job is under way before the idle connections arrive.
     let running = ctx.job(&b.bed).env("LSFUSER", "berth-bob");
     let bob = TestUser::get("berth-bob");
-    let mut child = user_command(&running, &bob, &b.bin, &["run"], &["sleep 3; echo DONE"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let mut cmd = user_command(&running, &bob, &b.bin, &["run"], &["sleep 3; echo DONE"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = spawn_retrying(&mut cmd)?;
     wait_running(&running.id, T60);
     let t = Instant::now();
     let mut held = Vec::new();
