@@ -31,6 +31,9 @@ pub struct Record {
     /// The job's cgroup the container was placed in (SPEC §11).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// The GPU device nodes the container was given (SPEC §12).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
     pub decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,

@@ -161,14 +161,29 @@ fn decide_inner(
     });
 
     let nonce = crate::sys::random_hex(4)?;
+    let hostname = crate::sys::hostname();
+    let node_gpus = crate::sys::devices::on_node(&policy.gpus);
+    let job_cgroup = locate_job(policy, caller, &id, !node_gpus.0.is_empty())?;
+    let has_gpus = !node_gpus.0.is_empty();
+    let gpus = has_gpus
+        .then(|| {
+            let job = job_cgroup.as_ref().map(|f| &f.0);
+            let node = job
+                .and_then(|j| j.slurm_node())
+                .unwrap_or_else(|| hostname.split('.').next().unwrap_or(&hostname))
+                .to_string();
+            crate::sys::devices::allocation(&policy.gpus, node_gpus, job, &node)
+        })
+        .flatten();
     let ctx = Context {
         env_file_vars: read_env_files(&id, &req)?,
         nonce: nonce.clone(),
         tmp_files,
         slurm_id: caller.slurm_id.clone(),
-        hostname: Some(crate::sys::hostname()),
-        job_cgroup: locate_job(policy, caller, &id)?,
+        hostname: Some(hostname),
+        job_cgroup,
         env_slurm_job_id: caller.env.get("SLURM_JOB_ID").cloned(),
+        gpus,
     };
     // An image policy refuses is never asked about (nor pulled).
     plan::check_image(policy, &req)?;
@@ -188,6 +203,12 @@ fn decide_inner(
     record.container = Some(p.name.clone());
     record.job = Some(p.job.id.clone());
     record.cgroup = p.placement.as_ref().map(|pl| pl.parent.clone());
+    record.gpus = p
+        .gpus
+        .given
+        .iter()
+        .map(|g| g.path.display().to_string())
+        .collect();
     record.mounts = p
         .mounts
         .iter()
@@ -204,14 +225,16 @@ fn decide_inner(
 }
 
 /// The job the caller is in, from the kernel (SPEC §11); not looked up
-/// when the policy neither places containers nor requires a job.
+/// when the policy neither places containers nor requires a job, and the
+/// node has no GPU whose allocation it would tell (`gpus`).
 fn locate_job(
     policy: &Policy,
     caller: &Caller,
     id: &Identity,
+    gpus: bool,
 ) -> Result<Option<crate::core::cgroup::Found>> {
     use crate::core::policy::PlacementRule;
-    if policy.cgroup.placement == PlacementRule::None && !policy.cgroup.require_job {
+    if policy.cgroup.placement == PlacementRule::None && !policy.cgroup.require_job && !gpus {
         return Ok(None);
     }
     crate::sys::cgroup::locate(&caller.peer, id.uid)
@@ -381,6 +404,7 @@ pub fn describe(p: &LaunchPlan, facts_checked: bool) -> String {
         }
         None => s += "cgroup     none: the container is not placed in a job's allocation\n",
     }
+    s += &format!("gpus       {}\n", p.gpus.describe());
     for m in &p.mounts {
         s += &format!(
             "mount      {} -> {} ({}, {:?})\n",

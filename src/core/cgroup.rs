@@ -38,6 +38,25 @@ pub struct JobCgroup {
     /// memory controller's, which Slurm and LSF both constrain; v2: the
     /// unified one).
     pub path: String,
+    /// v1: the process's cgroup in the devices hierarchy, when it is in
+    /// the same job (where the job's device allocation is read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<String>,
+}
+
+impl JobCgroup {
+    /// The node name a multiple-slurmd v1 layout carries (`/slurm_<node>/…`).
+    pub fn slurm_node(&self) -> Option<&str> {
+        (self.scheduler == Scheduler::Slurm && self.version == Version::V1)
+            .then(|| {
+                self.path
+                    .trim_start_matches('/')
+                    .split('/')
+                    .next()?
+                    .strip_prefix("slurm_")
+            })
+            .flatten()
+    }
 }
 
 /// A job found from the kernel, with the caller's allowed CPUs and the
@@ -54,6 +73,14 @@ pub struct Placement {
     pub cpus: Option<String>,
     /// The job's memory limit in bytes (`None`: unlimited).
     pub memory: Option<u64>,
+    /// v1: the node's GPU and control device nodes, whose mknod bit the
+    /// launcher lifts from the scheduler's deny rules on the way down to
+    /// `parent`. docker writes `c *:* m` into every container's device
+    /// cgroup, which the kernel refuses under a parent denying `c 195:1
+    /// rwm` (Slurm's ConstrainDevices). Read and write stay denied, and no
+    /// job process can mknod (CAP_MKNOD is never given).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mknod: Vec<crate::core::devices::DeviceNode>,
 }
 
 /// Longest job id accepted (Slurm's are 32-bit, LSF's below 10^10).
@@ -128,6 +155,7 @@ fn slurm_v1(path: &str, uid: u32) -> Option<JobCgroup> {
         index: None,
         step: Some(step.to_string()),
         path: path.to_string(),
+        devices: None,
     })
 }
 
@@ -152,6 +180,7 @@ fn slurm_v2(path: &str) -> Option<JobCgroup> {
         index: None,
         step: Some(step.to_string()),
         path: path.to_string(),
+        devices: None,
     })
 }
 
@@ -189,6 +218,7 @@ fn lsf(path: &str, v2: bool) -> Option<JobCgroup> {
         index: Some(index),
         step: None,
         path: path.to_string(),
+        devices: None,
     })
 }
 
@@ -201,7 +231,18 @@ pub fn find_job(text: &str, uid: u32) -> Option<JobCgroup> {
         .find(|(_, c, _)| c.iter().any(|x| x == "memory"))
         .map(|(_, _, p)| p.as_str());
     if let Some(p) = v1_memory {
-        return slurm_v1(p, uid).or_else(|| lsf(p, false));
+        let mut job = slurm_v1(p, uid).or_else(|| lsf(p, false))?;
+        job.devices = lines
+            .iter()
+            .find(|(_, c, _)| c.iter().any(|x| x == "devices"))
+            .map(|(_, _, d)| d.as_str())
+            .filter(|d| {
+                slurm_v1(d, uid)
+                    .or_else(|| lsf(d, false))
+                    .is_some_and(|j| j.job_id == job.job_id && j.scheduler == job.scheduler)
+            })
+            .map(str::to_string);
+        return Some(job);
     }
     // Pure v2: the one line `0::/path`.
     let unified = lines

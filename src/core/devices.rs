@@ -1,12 +1,13 @@
 //! The GPUs a job holds (SPEC §12), from trusted sources only: the job's
 //! device cgroup as the kernel states it, or the scheduler's own record of
-//! the allocation. Pure: text in, facts out. Not wired into the planner
-//! yet: on cgroup v1 docker 20.10 writes `c *:* m` into every container's
-//! device cgroup, which the kernel refuses under Slurm's GRES deny rules
-//! (see the issue-12 notes), so GPU placement needs another design first. Nothing here looks at the job's environment
+//! the allocation, and what its container gets from them. Pure: the
+//! launcher's findings in, a decision out (`sys::devices` reads the
+//! kernel). Nothing here looks at the job's environment
 //! (`CUDA_VISIBLE_DEVICES`, `NVIDIA_VISIBLE_DEVICES`, `SLURM_JOB_GPUS` are
-//! the user's to set).
+//! the user's to set, and never widen anything).
 
+use crate::core::error::{Denial, Error, Result};
+use crate::core::policy::{GpuMode, GpuPolicy};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -31,15 +32,142 @@ impl DeviceNode {
     }
 }
 
-/// The devices of a job, as a launch needs them.
+/// What the launcher found about a job's GPUs: an input fact of the plan.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Gpus {
-    /// The GPU nodes the job holds, in index order.
-    pub nodes: Vec<DeviceNode>,
-    /// Control devices (`/dev/nvidiactl`, …) present and allowed to the job.
+    /// Every GPU node on this node (`gpus.devices`), in index order.
+    pub present: Vec<DeviceNode>,
+    /// The control devices on this node (`gpus.control_devices`).
     pub control: Vec<DeviceNode>,
-    /// Where the allocation was read from (shown by `berth explain`).
+    /// The GPU nodes the job holds (a subset of `present`), in index order.
+    pub allocated: Vec<DeviceNode>,
+    /// Where the allocation was read from, or why it could not be.
     pub source: String,
+}
+
+/// What the container gets (`berth explain` shows it, the audit record
+/// carries it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuPlan {
+    pub mode: GpuMode,
+    /// The GPUs given: the container's GPU `i` is `given[i]`.
+    pub given: Vec<DeviceNode>,
+    /// Control devices given with them (`devices` mode).
+    pub control: Vec<DeviceNode>,
+    pub source: String,
+}
+
+impl GpuPlan {
+    /// `CUDA_VISIBLE_DEVICES` inside: numbered from 0, as Slurm does under
+    /// ConstrainDevices (the container sees only the nodes it was given).
+    pub fn cuda_visible(&self) -> Option<String> {
+        (!self.given.is_empty()).then(|| {
+            (0..self.given.len())
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    /// The host indices of the GPUs given (`--gpus device=…`, CDI names).
+    pub fn host_indices(&self) -> Vec<String> {
+        self.given.iter().map(|g| g.index().to_string()).collect()
+    }
+
+    /// `NVIDIA_VISIBLE_DEVICES` inside. An NVIDIA runtime on the host reads
+    /// it (an image's `ENV NVIDIA_VISIBLE_DEVICES=all` would otherwise give
+    /// every GPU of the node when the NVIDIA runtime is docker's default):
+    /// `void` unless the toolkit is the way GPUs are given, and then the
+    /// host indices docker itself passes to the toolkit's hook.
+    pub fn nvidia_visible(&self) -> String {
+        if self.mode == GpuMode::Nvidia && !self.given.is_empty() {
+            self.host_indices().join(",")
+        } else {
+            "void".into()
+        }
+    }
+
+    /// One line for `berth explain`.
+    pub fn describe(&self) -> String {
+        if self.given.is_empty() {
+            return format!("none ({})", self.source);
+        }
+        let gpus: Vec<String> = self
+            .given
+            .iter()
+            .enumerate()
+            .map(|(i, g)| format!("{} as {i}", g.path.display()))
+            .collect();
+        let how = match self.mode {
+            GpuMode::Nvidia => ", through the NVIDIA container toolkit",
+            GpuMode::Cdi => ", as CDI devices",
+            _ => "",
+        };
+        format!("{} ({}{how})", gpus.join(", "), self.source)
+    }
+}
+
+/// Decide what the container gets from the job's GPUs. A job that holds
+/// GPUs on a node whose policy gives none is denied (`gpus.mode`) rather
+/// than run without them.
+pub fn plan_gpus(policy: &GpuPolicy, found: Option<&Gpus>) -> Result<GpuPlan> {
+    let none = |source: String| GpuPlan {
+        mode: policy.mode,
+        given: Vec::new(),
+        control: Vec::new(),
+        source,
+    };
+    let Some(found) = found else {
+        return Ok(none("no GPU device nodes on this node".into()));
+    };
+    if found.allocated.is_empty() {
+        return Ok(none(found.source.clone()));
+    }
+    if policy.mode == GpuMode::None {
+        let held: Vec<String> = found
+            .allocated
+            .iter()
+            .map(|g| g.path.display().to_string())
+            .collect();
+        return Err(Error::Denied(Denial::new(
+            "gpus.mode",
+            held.join(","),
+            format!(
+                "the job holds GPUs ({}, {}) but this node's policy gives containers none (gpus.mode = \"none\")",
+                held.join(", "),
+                found.source
+            ),
+            "submit the job without GPUs, or ask the site to set [gpus] mode in the berth policy of this node",
+        )));
+    }
+    // Only the allocated nodes that are GPUs by the policy, never more.
+    let given: Vec<DeviceNode> = found
+        .allocated
+        .iter()
+        .filter(|a| found.present.contains(a))
+        .cloned()
+        .collect();
+    Ok(GpuPlan {
+        mode: policy.mode,
+        control: if policy.mode == GpuMode::Devices {
+            found.control.clone()
+        } else {
+            Vec::new()
+        },
+        given,
+        source: found.source.clone(),
+    })
+}
+
+/// The nodes of `present` whose GRES index is in `indices`: Slurm numbers
+/// a node's GPUs in gres.conf order, which for `File=/dev/nvidia[0-N]` (and
+/// for AutoDetect=nvml) is the device's own number.
+pub fn by_indices(present: &[DeviceNode], indices: &[u32]) -> Vec<DeviceNode> {
+    present
+        .iter()
+        .filter(|d| indices.contains(&d.index()))
+        .cloned()
+        .collect()
 }
 
 /// One side of a v1 `devices.list` line: a number or `*`.
@@ -67,7 +195,7 @@ pub enum DeviceList {
     /// `a *:* rwm`: the cgroup allows everything not explicitly denied, and
     /// the kernel does not list the denials (Slurm's ConstrainDevices on v1
     /// writes only denials, so a constrained job reads like this too). The
-    /// list alone allocates nothing: see [`super::gpuprobe`].
+    /// list alone allocates nothing: `sys::devices` probes the kernel.
     DefaultAllow,
     /// Default deny: exactly these are allowed.
     Allow(Vec<Rule>),
@@ -198,6 +326,28 @@ pub fn gres_of_node(scontrol: &str, node: &str) -> Option<String> {
     None
 }
 
+/// The GRES of this node in `scontrol show job -d` (`--oneliner` output
+/// split at its node groups): the group naming `node`, or the job's only
+/// group (all of a job's nodes then hold the same indices, and the caller
+/// is on one of them, so the node's own name need not match Slurm's).
+pub fn gres_for(scontrol: &str, node: &str) -> Option<String> {
+    if let Some(g) = gres_of_node(scontrol, node) {
+        return Some(g);
+    }
+    let groups: Vec<&str> = scontrol
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("Nodes="))
+        .collect();
+    match groups.as_slice() {
+        [one] => one
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("GRES="))
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
 /// Whether Slurm's hostlist `list` (`vm`, `n[1-3,7]`) names `node`.
 fn node_in(list: &str, node: &str) -> bool {
     let Some((prefix, rest)) = list.split_once('[') else {
@@ -297,6 +447,13 @@ mod tests {
         assert_eq!(gres_of_node(multi, "n2").as_deref(), Some("gpu:2(IDX:0-1)"));
         assert_eq!(gres_of_node(multi, "n3").as_deref(), Some("gpu(IDX:3)"));
         assert_eq!(gres_of_node(multi, "n4"), None);
+        // One node group: its GRES, whatever the node calls itself.
+        assert_eq!(
+            gres_for(text, "vm.cluster").as_deref(),
+            Some("gpu:1(IDX:0)")
+        );
+        assert_eq!(gres_for(multi, "n4"), None);
+        assert_eq!(gres_for(multi, "n3").as_deref(), Some("gpu(IDX:3)"));
         assert_eq!(
             gres_of_node("     Nodes=vm CPU_IDs=0 Mem=50 GRES=\n", "vm").as_deref(),
             Some("")

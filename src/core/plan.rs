@@ -60,6 +60,10 @@ pub struct Context {
     /// `SLURM_JOB_ID` as the job's environment has it (checked against the
     /// cgroup, never trusted).
     pub env_slurm_job_id: Option<String>,
+    /// The node's GPUs and the ones the job holds, as the launcher read
+    /// them from the kernel or the scheduler (SPEC §12); `None`: the node
+    /// has no GPU device node.
+    pub gpus: Option<crate::core::devices::Gpus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -148,6 +152,8 @@ pub struct LaunchPlan {
     pub hosts: Option<String>,
     /// Where the container lives in the job's allocation (SPEC §11).
     pub placement: Option<crate::core::cgroup::Placement>,
+    /// The GPUs the container gets (SPEC §12).
+    pub gpus: crate::core::devices::GpuPlan,
     /// The container, as the engine is asked to create it.
     pub spec: ContainerSpec,
     /// The equivalent docker command line, argv[0] the docker binary
@@ -424,7 +430,15 @@ pub fn plan(
         );
     }
 
-    let (env, env_dropped) = plan_env(policy, req, ctx);
+    let (mut env, env_dropped) = plan_env(policy, req, ctx);
+    // GPUs come from the allocation only; berth owns the variables that
+    // name them inside (the job's own are replaced, never trusted).
+    let gpus = crate::core::devices::plan_gpus(&policy.gpus, ctx.gpus.as_ref())?;
+    env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES" && k != "NVIDIA_VISIBLE_DEVICES");
+    if let Some(c) = gpus.cuda_visible() {
+        env.push(("CUDA_VISIBLE_DEVICES".into(), c));
+    }
+    env.push(("NVIDIA_VISIBLE_DEVICES".into(), gpus.nvidia_visible()));
 
     // The command, run under /bin/sh -c like every LSF job.
     let (entrypoint, tail) = plan_command(policy, req, facts)?;
@@ -460,6 +474,12 @@ pub fn plan(
                 parent: crate::core::cgroup::parent_for(job, &name),
                 cpus: cpus.clone().filter(|c| valid_cpu_list(c)),
                 memory: *memory,
+                mknod: match (job.version, &ctx.gpus) {
+                    (crate::core::cgroup::Version::V1, Some(g)) => {
+                        g.present.iter().chain(&g.control).cloned().collect()
+                    }
+                    _ => Vec::new(),
+                },
             })
         }
         _ => None,
@@ -530,6 +550,31 @@ pub fn plan(
         cpuset_cpus: placement.as_ref().and_then(|p| p.cpus.clone()),
         memory: placement.as_ref().and_then(|p| p.memory),
         env_names: env.iter().map(|(k, _)| k.clone()).collect(),
+        devices: match gpus.mode {
+            crate::core::policy::GpuMode::Devices => gpus
+                .given
+                .iter()
+                .chain(&gpus.control)
+                .map(|d| d.path.clone())
+                .collect(),
+            _ => Vec::new(),
+        },
+        device_requests: match gpus.mode {
+            _ if gpus.given.is_empty() => Vec::new(),
+            crate::core::policy::GpuMode::Nvidia => vec![spec::DeviceRequest {
+                driver: "nvidia".into(),
+                ids: gpus.host_indices(),
+            }],
+            crate::core::policy::GpuMode::Cdi => vec![spec::DeviceRequest {
+                driver: "cdi".into(),
+                ids: gpus
+                    .host_indices()
+                    .iter()
+                    .map(|i| format!("{}={i}", policy.gpus.cdi_kind))
+                    .collect(),
+            }],
+            _ => Vec::new(),
+        },
     };
     let argv = spec.argv(&policy.docker.path.display().to_string());
 
@@ -561,6 +606,7 @@ pub fn plan(
         slurm_id,
         hosts,
         placement,
+        gpus,
         spec,
         argv,
         socket: policy.docker.socket.clone(),

@@ -24,6 +24,7 @@ pub struct Policy {
     pub broker: BrokerPolicy,
     pub audit: AuditPolicy,
     pub cgroup: CgroupPolicy,
+    pub gpus: GpuPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -326,6 +327,54 @@ impl Default for CgroupPolicy {
     }
 }
 
+/// How a job's GPUs reach its container (SPEC §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuMode {
+    /// No GPU is ever given; a job that holds GPUs is denied (`gpus.mode`).
+    None,
+    /// The allocated device nodes and the control devices, passed as
+    /// devices (the image or a volume brings the driver's libraries).
+    Devices,
+    /// The NVIDIA container toolkit (`--gpus device=<index>`).
+    Nvidia,
+    /// CDI device names (`<cdi_kind>=<index>`, docker 25 and later).
+    Cdi,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuPolicy {
+    pub mode: GpuMode,
+    /// Which device nodes are GPUs (glob patterns under /dev). The job's
+    /// allocation is read for these, and only these are ever given.
+    pub devices: Vec<String>,
+    /// Given with any GPU, when present on the node (glob patterns).
+    pub control_devices: Vec<String>,
+    /// The CDI kind GPUs are named with in `cdi` mode.
+    pub cdi_kind: String,
+    /// Slurm's scontrol, asked for the job's GRES indices when the job's
+    /// device cgroup cannot tell (cgroup v2, or a node without
+    /// ConstrainDevices).
+    pub scontrol: PathBuf,
+}
+
+impl Default for GpuPolicy {
+    fn default() -> Self {
+        GpuPolicy {
+            mode: GpuMode::None,
+            devices: vec!["/dev/nvidia[0-9]*".into()],
+            control_devices: vec![
+                "/dev/nvidiactl".into(),
+                "/dev/nvidia-uvm".into(),
+                "/dev/nvidia-uvm-tools".into(),
+            ],
+            cdi_kind: "nvidia.com/gpu".into(),
+            scontrol: PathBuf::from("/usr/bin/scontrol"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerPolicy {
@@ -567,6 +616,32 @@ impl Policy {
                 self.audit.log
             )));
         }
+        for (key, pats) in [
+            ("gpus.devices", &self.gpus.devices),
+            ("gpus.control_devices", &self.gpus.control_devices),
+        ] {
+            for pat in pats {
+                let under_dev = normalize_abs(Path::new(pat))
+                    .is_some_and(|p| p.starts_with("/dev") && p != Path::new("/dev"));
+                if !under_dev || glob::Pattern::new(pat).is_err() || pat.contains("**") {
+                    out.push(Finding::error(format!(
+                        "{key} {pat:?} must be a glob of device nodes under /dev, such as /dev/nvidia[0-9]*"
+                    )));
+                }
+            }
+        }
+        if !valid_cdi_kind(&self.gpus.cdi_kind) {
+            out.push(Finding::error(format!(
+                "gpus.cdi_kind {:?} must be a CDI kind such as nvidia.com/gpu",
+                self.gpus.cdi_kind
+            )));
+        }
+        if normalize_abs(&self.gpus.scontrol).is_none() {
+            out.push(Finding::error(format!(
+                "gpus.scontrol {:?} must be an absolute path",
+                self.gpus.scontrol
+            )));
+        }
         if self.audit.log == "none" {
             out.push(Finding::warning(
                 "audit.log = \"none\": launches are not recorded".into(),
@@ -574,6 +649,21 @@ impl Policy {
         }
         out
     }
+}
+
+/// A CDI kind: `vendor/class`, the vendor a domain name (CDI spec).
+pub fn valid_cdi_kind(k: &str) -> bool {
+    let Some((vendor, class)) = k.split_once('/') else {
+        return false;
+    };
+    let label = |s: &str, extra: &[u8]| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || extra.contains(&b))
+    };
+    label(vendor, b"-.") && label(class, b"-_")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

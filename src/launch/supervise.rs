@@ -76,6 +76,16 @@ pub fn run(
         .as_ref()
         .map(|p| crate::sys::cgroup::missing_dirs(p.job.version, &p.parent))
         .unwrap_or_default();
+    if let Some(p) = &plan.placement {
+        // Before the engine makes the container's device cgroup under the
+        // job's (see Placement::mknod).
+        crate::sys::devices::unmask_mknod(&p.parent, &p.mknod).map_err(|e| {
+            Error::Internal(format!(
+                "the job's device cgroup {} cannot be prepared for its container: {e}",
+                p.parent
+            ))
+        })?;
+    }
     let id = match engine.create(&plan.name, &body) {
         Ok(id) => id,
         Err(e) => {
@@ -101,6 +111,19 @@ fn placement_error(e: Error) -> Error {
         Error::Internal(m) if m.contains("systemd cgroup") || m.contains(".slice") => {
             Error::Config(format!(
                 "dockerd uses the systemd cgroup driver, which cannot place a container inside the job's cgroup ({m}); set \"exec-opts\": [\"native.cgroupdriver=cgroupfs\"] in /etc/docker/daemon.json and restart dockerd, or set [cgroup] placement = \"none\""
+            ))
+        }
+        _ => e,
+    }
+}
+
+/// runc's `c *:* m` refused under a job whose device cgroup denies a device
+/// berth does not know as a GPU: say which keys make it known.
+fn device_error(e: Error) -> Error {
+    match &e {
+        Error::Internal(m) if m.contains("devices.allow") && m.contains("not permitted") => {
+            Error::Config(format!(
+                "the kernel refused the container's device rules under the job's device cgroup, which denies a device berth does not know ({m}); add that device's nodes to [gpus] devices or control_devices in the berth policy, or set [cgroup] placement = \"none\""
             ))
         }
         _ => e,
@@ -183,7 +206,7 @@ fn run_created(
     )?;
     drop(tx);
 
-    engine.start(id)?;
+    engine.start(id).map_err(device_error)?;
     started();
 
     let mut killer = Killer::new(plan.stop_timeout);

@@ -4,6 +4,7 @@
 
 pub mod as_user;
 pub mod cgroup;
+pub mod devices;
 pub mod nss;
 pub mod process;
 pub mod trusted;

@@ -68,6 +68,19 @@ pub struct ContainerSpec {
     pub memory: Option<u64>,
     /// Names of the variables passed (values travel in the create body).
     pub env_names: Vec<String>,
+    /// Host device nodes given at the same path, read-write without mknod
+    /// (SPEC §12, `devices` mode).
+    pub devices: Vec<PathBuf>,
+    /// GPUs given by a device driver of the engine (`nvidia`, `cdi`).
+    pub device_requests: Vec<DeviceRequest>,
+}
+
+/// `HostConfig.DeviceRequests[]`: `--gpus device=1,3` (driver `nvidia`,
+/// the host indices) or CDI names (driver `cdi`, `nvidia.com/gpu=1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceRequest {
+    pub driver: String,
+    pub ids: Vec<String>,
 }
 
 impl ContainerSpec {
@@ -137,6 +150,47 @@ impl ContainerSpec {
         }
         if let Some(c) = &self.cgroup_parent {
             host.insert("CgroupParent".into(), c.clone().into());
+        }
+        if !self.devices.is_empty() {
+            host.insert(
+                "Devices".into(),
+                Value::Array(
+                    self.devices
+                        .iter()
+                        .map(|d| {
+                            json!({
+                                "PathOnHost": d,
+                                "PathInContainer": d,
+                                "CgroupPermissions": "rw",
+                            })
+                        })
+                        .collect(),
+                ),
+            );
+        }
+        if !self.device_requests.is_empty() {
+            host.insert(
+                "DeviceRequests".into(),
+                Value::Array(
+                    self.device_requests
+                        .iter()
+                        .map(|r| {
+                            let caps = if r.driver == "nvidia" {
+                                json!([["gpu"]])
+                            } else {
+                                json!([])
+                            };
+                            json!({
+                                "Driver": r.driver,
+                                "Count": 0,
+                                "DeviceIDs": r.ids,
+                                "Capabilities": caps,
+                                "Options": {},
+                            })
+                        })
+                        .collect(),
+                ),
+            );
         }
         if let Some(c) = &self.cpuset_cpus {
             host.insert("CpusetCpus".into(), c.clone().into());
@@ -235,6 +289,17 @@ impl ContainerSpec {
             a.push(format!("--memory={m}"));
             a.push(format!("--memory-swap={m}"));
         }
+        for d in &self.devices {
+            a.push(format!("--device={0}:{0}:rw", d.display()));
+        }
+        for r in &self.device_requests {
+            if r.driver == "nvidia" {
+                // docker reads --gpus as CSV: several ids need the quotes.
+                a.push(format!("--gpus=\"device={}\"", r.ids.join(",")));
+            } else {
+                a.extend(r.ids.iter().map(|i| format!("--device={i}")));
+            }
+        }
         for b in &self.binds {
             let mut s = format!(
                 "--mount=type=bind,src={},dst={}",
@@ -320,6 +385,8 @@ mod tests {
             cpuset_cpus: None,
             memory: None,
             env_names: vec!["A".into()],
+            devices: vec![],
+            device_requests: vec![],
         }
     }
 
@@ -351,6 +418,52 @@ mod tests {
         assert_eq!(&a[a.len() - 3..], &["sha256:x", "-c", "id"]);
         // Shown bodies never carry values.
         assert_eq!(s.shown_body()["Env"], json!(["A=…"]));
+    }
+
+    #[test]
+    fn devices_and_gpu_requests_render_alike() {
+        let mut s = spec();
+        s.devices = vec!["/dev/nvidia1".into(), "/dev/nvidiactl".into()];
+        let b = s.create_body(&[]);
+        assert_eq!(
+            b["HostConfig"]["Devices"][0],
+            json!({"PathOnHost": "/dev/nvidia1", "PathInContainer": "/dev/nvidia1", "CgroupPermissions": "rw"})
+        );
+        assert!(b["HostConfig"].get("DeviceRequests").is_none());
+        let a = s.argv("docker");
+        assert!(
+            a.contains(&"--device=/dev/nvidia1:/dev/nvidia1:rw".to_string()),
+            "{a:?}"
+        );
+        s.devices.clear();
+        s.device_requests = vec![DeviceRequest {
+            driver: "nvidia".into(),
+            ids: vec!["1".into(), "3".into()],
+        }];
+        let b = s.create_body(&[]);
+        assert_eq!(
+            b["HostConfig"]["DeviceRequests"][0]["DeviceIDs"],
+            json!(["1", "3"])
+        );
+        assert_eq!(
+            b["HostConfig"]["DeviceRequests"][0]["Capabilities"],
+            json!([["gpu"]])
+        );
+        assert!(b["HostConfig"].get("Devices").is_none());
+        assert!(s
+            .argv("docker")
+            .contains(&"--gpus=\"device=1,3\"".to_string()));
+        s.device_requests[0] = DeviceRequest {
+            driver: "cdi".into(),
+            ids: vec!["nvidia.com/gpu=1".into()],
+        };
+        assert_eq!(
+            s.create_body(&[])["HostConfig"]["DeviceRequests"][0]["Driver"],
+            "cdi"
+        );
+        assert!(s
+            .argv("docker")
+            .contains(&"--device=nvidia.com/gpu=1".to_string()));
     }
 
     #[test]

@@ -590,21 +590,21 @@ fn environment_is_filtered_and_never_in_argv() {
     .unwrap();
     let names: Vec<&str> = p.env.iter().map(|(k, _)| k.as_str()).collect();
     assert!(names.contains(&"SECRET_TOKEN"));
-    for bad in [
-        "LD_PRELOAD",
-        "DOCKER_HOST",
-        "NVIDIA_VISIBLE_DEVICES",
-        "BASH_FUNC_x%%",
-        "MULTI",
-    ] {
+    for bad in ["LD_PRELOAD", "DOCKER_HOST", "BASH_FUNC_x%%", "MULTI"] {
         assert!(!names.contains(&bad), "{bad} passed");
     }
+    // The job's NVIDIA_VISIBLE_DEVICES is replaced by berth's own.
+    assert_eq!(env_of(&p, "NVIDIA_VISIBLE_DEVICES"), ["void"]);
     assert!(
         p.argv.iter().all(|a| !a.contains("hunter2")),
         "values never reach argv"
     );
     let p = try_plan(&[("LSF_DOCKER_PRESERVE_ENVIRONMENT", "false"), ("FOO", "1")]).unwrap();
-    assert!(p.env.is_empty());
+    // Only what berth itself sets.
+    assert_eq!(
+        p.env,
+        [("NVIDIA_VISIBLE_DEVICES".to_string(), "void".to_string())]
+    );
     // Env files override, and pass through the same filter.
     let policy = Policy::parse(POLICY, "t").unwrap();
     let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
@@ -836,7 +836,8 @@ proptest! {
         for (k, v) in &p.env {
             prop_assert!(crate::core::envfilter::valid_name(k));
             prop_assert!(!v.contains('\n'));
-            prop_assert!(!k.starts_with("LD_") && !k.starts_with("DOCKER_") && !k.starts_with("NVIDIA_"));
+            prop_assert!(!k.starts_with("LD_") && !k.starts_with("DOCKER_"));
+            prop_assert!(!k.starts_with("NVIDIA_") || (k == "NVIDIA_VISIBLE_DEVICES" && v == "void"));
         }
         for a in &p.argv {
             for (k, v) in &p.env {
@@ -989,4 +990,170 @@ fn image_volumes_get_per_job_directories_never_anonymous_volumes() {
         other => panic!("{other:?}"),
     };
     assert_eq!(d.rule, "images.volumes");
+}
+
+fn gpu(n: u32) -> crate::core::devices::DeviceNode {
+    crate::core::devices::DeviceNode {
+        path: format!("/dev/nvidia{n}").into(),
+        major: 195,
+        minor: n,
+    }
+}
+
+/// A plan for a job in TASK that holds `held` of the node's GPUs 0 and 1.
+fn plan_with_gpus(mode: &str, held: &[u32], env: &[(&str, &str)]) -> Result<LaunchPlan> {
+    let policy = Policy::parse(&format!("{POLICY}\n[gpus]\nmode = \"{mode}\"\n"), "test").unwrap();
+    let mut e: BTreeMap<String, String> = BTreeMap::from([
+        ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
+        ("LS_SUBCWD".into(), "/storage1/fs1/alice/proj".into()),
+    ]);
+    for (k, v) in env {
+        e.insert(k.to_string(), v.to_string());
+    }
+    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
+    let req = from_env(&e, None, vec!["x".into()]).unwrap();
+    let ctl = crate::core::devices::DeviceNode {
+        path: "/dev/nvidiactl".into(),
+        major: 195,
+        minor: 255,
+    };
+    let c = Context {
+        nonce: "cafe".into(),
+        job_cgroup: Some((
+            crate::core::cgroup::find_job(&format!("4:memory:{TASK}\n"), 2001).unwrap(),
+            None,
+            None,
+        )),
+        gpus: Some(crate::core::devices::Gpus {
+            present: vec![gpu(0), gpu(1)],
+            control: vec![ctl],
+            allocated: held.iter().map(|&n| gpu(n)).collect(),
+            source: "from the job's device cgroup".into(),
+        }),
+        ..Default::default()
+    };
+    plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c)
+}
+
+fn env_of<'a>(p: &'a LaunchPlan, k: &str) -> Vec<&'a str> {
+    p.env
+        .iter()
+        .filter(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+#[test]
+fn devices_mode_gives_exactly_the_allocated_gpu_renumbered_from_0() {
+    let hostile = [
+        ("CUDA_VISIBLE_DEVICES", "0,1"),
+        ("NVIDIA_VISIBLE_DEVICES", "all"),
+        ("SLURM_JOB_GPUS", "0,1"),
+        (
+            "LSF_DOCKER_OPTIONS",
+            "--gpus all --device /dev/nvidia0 --privileged",
+        ),
+    ];
+    let p = plan_with_gpus("devices", &[1], &hostile).unwrap();
+    assert_eq!(p.gpus.given, vec![gpu(1)]);
+    let h = &p.spec.create_body(&p.env)["HostConfig"];
+    let devs: Vec<&str> = h["Devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["PathOnHost"].as_str().unwrap())
+        .collect();
+    assert_eq!(devs, ["/dev/nvidia1", "/dev/nvidiactl"]);
+    assert!(h.get("DeviceRequests").is_none() && h.get("Privileged").is_none());
+    assert!(h.get("Runtime").is_none());
+    assert_eq!(env_of(&p, "CUDA_VISIBLE_DEVICES"), ["0"]);
+    assert_eq!(env_of(&p, "NVIDIA_VISIBLE_DEVICES"), ["void"]);
+    assert_eq!(
+        p.gpus.describe(),
+        "/dev/nvidia1 as 0 (from the job's device cgroup)"
+    );
+    // v1 placement lifts mknod for every GPU and control node on the way.
+    assert_eq!(p.placement.as_ref().unwrap().mknod.len(), 3);
+    assert!(has(&p, "--device=/dev/nvidia1:/dev/nvidia1:rw"));
+}
+
+#[test]
+fn a_job_without_gpus_gets_none_whatever_its_environment_says() {
+    let hostile = [
+        ("CUDA_VISIBLE_DEVICES", "0,1"),
+        ("NVIDIA_VISIBLE_DEVICES", "all"),
+        ("SLURM_JOB_GPUS", "0,1"),
+    ];
+    for mode in ["none", "devices", "nvidia", "cdi"] {
+        let p = plan_with_gpus(mode, &[], &hostile).unwrap();
+        let h = &p.spec.create_body(&p.env)["HostConfig"];
+        assert!(
+            h.get("Devices").is_none() && h.get("DeviceRequests").is_none(),
+            "{mode}"
+        );
+        assert!(env_of(&p, "CUDA_VISIBLE_DEVICES").is_empty(), "{mode}");
+        // An image's NVIDIA_VISIBLE_DEVICES=all cannot reach a default NVIDIA runtime.
+        assert_eq!(env_of(&p, "NVIDIA_VISIBLE_DEVICES"), ["void"], "{mode}");
+        assert!(p.gpus.describe().starts_with("none ("), "{mode}");
+    }
+}
+
+#[test]
+fn nvidia_and_cdi_modes_name_the_host_gpu() {
+    let p = plan_with_gpus("nvidia", &[0, 1], &[]).unwrap();
+    let h = &p.spec.create_body(&p.env)["HostConfig"];
+    assert_eq!(h["DeviceRequests"][0]["Driver"], "nvidia");
+    assert_eq!(
+        h["DeviceRequests"][0]["DeviceIDs"],
+        serde_json::json!(["0", "1"])
+    );
+    assert!(h.get("Devices").is_none());
+    assert_eq!(env_of(&p, "CUDA_VISIBLE_DEVICES"), ["0,1"]);
+    // The toolkit's hook reads host indices, as docker itself passes them.
+    assert_eq!(env_of(&p, "NVIDIA_VISIBLE_DEVICES"), ["0,1"]);
+    assert!(has(&p, "--gpus=\"device=0,1\""));
+    let p = plan_with_gpus("cdi", &[1], &[]).unwrap();
+    let h = &p.spec.create_body(&p.env)["HostConfig"];
+    assert_eq!(h["DeviceRequests"][0]["Driver"], "cdi");
+    assert_eq!(
+        h["DeviceRequests"][0]["DeviceIDs"],
+        serde_json::json!(["nvidia.com/gpu=1"])
+    );
+    assert_eq!(env_of(&p, "CUDA_VISIBLE_DEVICES"), ["0"]);
+    assert_eq!(env_of(&p, "NVIDIA_VISIBLE_DEVICES"), ["void"]);
+}
+
+#[test]
+fn a_gpu_job_on_a_node_that_gives_none_is_denied_naming_the_rule() {
+    let d = match plan_with_gpus("none", &[1], &[]) {
+        Err(Error::Denied(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(d.rule, "gpus.mode");
+    assert!(d.message.contains("/dev/nvidia1"), "{}", d.message);
+    assert!(d.hint.contains("[gpus] mode"), "{}", d.hint);
+}
+
+#[test]
+fn gpu_policy_keys_are_checked() {
+    for bad in [
+        "[gpus]\ndevices = [\"/etc/passwd\"]",
+        "[gpus]\ndevices = [\"/dev/../etc/x\"]",
+        "[gpus]\ncontrol_devices = [\"nvidiactl\"]",
+        "[gpus]\ncdi_kind = \"gpu\"",
+        "[gpus]\ncdi_kind = \"Nvidia.com/gpu\"",
+        "[gpus]\nscontrol = \"scontrol\"",
+        "[gpus]\nmode = \"all\"",
+    ] {
+        assert!(
+            Policy::parse(&format!("{POLICY}\n{bad}\n"), "t").is_err(),
+            "{bad}"
+        );
+    }
+    let p = Policy::parse(
+        &format!("{POLICY}\n[gpus]\nmode = \"cdi\"\ncdi_kind = \"amd.com/gpu\"\ndevices = [\"/dev/dri/renderD*\"]\n"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(p.gpus.mode, crate::core::policy::GpuMode::Cdi);
 }

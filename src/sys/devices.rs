@@ -1,0 +1,245 @@
+//! The kernel's and the scheduler's side of GPUs (SPEC §12): the node's
+//! GPU and control device nodes, which of them the job holds, and the
+//! device-cgroup preparation a container under a constrained job needs.
+//!
+//! The allocation is read from trusted sources only, in this order:
+//! 1. the job's v1 device cgroup. Under Slurm's ConstrainDevices (or LSF's
+//!    GPU enforcement) it is default-allow with deny rules the kernel does
+//!    not list (`devices.list` reads `a *:* rwm`), so berth asks the kernel
+//!    itself: a scratch child cgroup set to deny-all, then `c M:N rw`
+//!    allowed for each GPU, which the kernel accepts only if the job's
+//!    cgroup allows it;
+//! 2. when that cannot tell (cgroup v2, or a device cgroup that allows
+//!    every GPU, as on a node without ConstrainDevices), Slurm's own record:
+//!    `scontrol show job -d`'s GRES indices for this node;
+//! 3. otherwise the job is given no GPU, and the reason says so.
+
+use crate::core::cgroup::{JobCgroup, Scheduler, Version};
+use crate::core::devices::{self, DeviceNode, Gpus};
+use crate::core::policy::GpuPolicy;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DEVICES: &str = "/sys/fs/cgroup/devices";
+
+/// The character device nodes matching `patterns`, sorted by index.
+/// Symbolic links and other files are not devices.
+fn nodes(patterns: &[String]) -> Vec<DeviceNode> {
+    let mut out: Vec<DeviceNode> = Vec::new();
+    for pat in patterns {
+        let Ok(paths) = glob::glob(pat) else { continue };
+        for p in paths.flatten() {
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if !m.file_type().is_char_device() {
+                continue;
+            }
+            let rdev = m.rdev();
+            let node = DeviceNode {
+                path: p,
+                major: libc::major(rdev),
+                minor: libc::minor(rdev),
+            };
+            if !out.contains(&node) {
+                out.push(node);
+            }
+        }
+    }
+    out.sort_by_key(|d| (d.index(), d.path.clone()));
+    out
+}
+
+/// The GPU and control device nodes of this node.
+pub fn on_node(policy: &GpuPolicy) -> (Vec<DeviceNode>, Vec<DeviceNode>) {
+    let gpus = nodes(&policy.devices);
+    let control = nodes(&policy.control_devices)
+        .into_iter()
+        .filter(|c| !gpus.contains(c))
+        .collect();
+    (gpus, control)
+}
+
+/// Which of `gpus` the v1 device cgroup `cgroup` (a path under the devices
+/// hierarchy) lets its processes read and write, asked of the kernel
+/// through a scratch child that is removed again.
+fn probe(cgroup: &str, gpus: &[DeviceNode]) -> std::io::Result<Vec<DeviceNode>> {
+    let base = Path::new(DEVICES).join(cgroup.trim_start_matches('/'));
+    let scratch = base.join(format!("berth-probe-{}", std::process::id()));
+    std::fs::create_dir(&scratch)?;
+    let result = (|| {
+        write_rule(&scratch.join("devices.deny"), "a")?;
+        let mut held = Vec::new();
+        for g in gpus {
+            match write_rule(
+                &scratch.join("devices.allow"),
+                &format!("c {}:{} rw", g.major, g.minor),
+            ) {
+                Ok(()) => held.push(g.clone()),
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(held)
+    })();
+    let _ = std::fs::remove_dir(&scratch);
+    result
+}
+
+/// One write to a device cgroup file (the kernel takes one rule per write).
+fn write_rule(file: &Path, rule: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).open(file)?;
+    f.write_all(rule.as_bytes())
+}
+
+/// What the job holds of the node's GPUs (`on_node`). `job`: the caller's
+/// job, as its cgroup says (`None`: in no job, which holds no GPU).
+pub fn allocation(
+    policy: &GpuPolicy,
+    (present, control): (Vec<DeviceNode>, Vec<DeviceNode>),
+    job: Option<&JobCgroup>,
+    node: &str,
+) -> Option<Gpus> {
+    if present.is_empty() {
+        return None;
+    }
+    let mut found = Gpus {
+        present,
+        control,
+        allocated: Vec::new(),
+        source: String::new(),
+    };
+    let Some(job) = job else {
+        found.source = "the caller is in no job, which holds no GPU".into();
+        return Some(found);
+    };
+    if let (Version::V1, Some(dev)) = (job.version, &job.devices) {
+        match probe(dev, &found.present) {
+            Ok(held) if held.len() < found.present.len() => {
+                found.allocated = held;
+                found.source = "from the job's device cgroup".into();
+                return Some(found);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!(
+                    "the device cgroup of job {} cannot be probed: {e}",
+                    job.job_id
+                );
+            }
+        }
+    }
+    match job.scheduler {
+        Scheduler::Slurm => match slurm_record(policy, &job.job_id, node) {
+            Ok(idx) => {
+                found.allocated = devices::by_indices(&found.present, &idx);
+                found.source = format!("from Slurm's record of job {}", job.job_id);
+            }
+            Err(why) => {
+                log::warn!("GPUs of job {}: {why}", job.job_id);
+                found.source =
+                    format!("Slurm's record of job {} cannot be read: {why}", job.job_id);
+            }
+        },
+        Scheduler::Lsf => {
+            found.source = "the job's device cgroup does not constrain GPUs, so its allocation cannot be known (set LSB_RESOURCE_ENFORCE=\"gpu\" in lsf.conf)".into();
+        }
+    }
+    Some(found)
+}
+
+/// The GRES indices Slurm allocated to `job` on `node`, from `scontrol
+/// show job -d` run as root with a clean environment and a deadline.
+fn slurm_record(policy: &GpuPolicy, job: &str, node: &str) -> Result<Vec<u32>, String> {
+    let mut child = std::process::Command::new(&policy.scontrol)
+        .args(["--oneliner", "show", "job", "-d", job])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{} cannot be run ({e})", policy.scontrol.display()))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("scontrol did not answer within 10 s".into());
+            }
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        use std::io::Read;
+        let _ = o.by_ref().take(1 << 20).read_to_string(&mut out);
+    }
+    if !status.success() {
+        return Err(format!("scontrol show job {job} failed ({status})"));
+    }
+    // --oneliner keeps each node group's `Nodes=… GRES=…` on the one line:
+    // split it back at the node groups.
+    let text = out.replace(" Nodes=", "\n Nodes=");
+    match devices::gres_for(&text, node) {
+        None => Ok(Vec::new()),
+        Some(g) => {
+            devices::parse_gres_indices(&g).ok_or_else(|| format!("its GRES {g:?} cannot be read"))
+        }
+    }
+}
+
+/// Lift the mknod bit of `devs` from the deny rules of every default-allow
+/// device cgroup from the hierarchy's root down to `parent` (v1), so that
+/// docker's `c *:* m` rule for the container is accepted under a job whose
+/// cgroup denies some of them. Top-down, because the kernel accepts a
+/// change only if the parent already allows it. Read and write access stay
+/// as the scheduler set them, and the container is still given exactly its
+/// own devices. A level that is default-deny (its own allow list) is left
+/// as it is.
+pub fn unmask_mknod(parent: &str, devs: &[DeviceNode]) -> std::io::Result<()> {
+    if devs.is_empty() || !Path::new(DEVICES).join("devices.list").exists() {
+        return Ok(());
+    }
+    let mut dir = PathBuf::from(DEVICES);
+    for c in parent.trim_start_matches('/').split('/') {
+        dir.push(c);
+        let Ok(list) = std::fs::read_to_string(dir.join("devices.list")) else {
+            // Not made yet: the engine makes it, as a copy of its parent.
+            break;
+        };
+        if devices::parse_devices_list(&list) != Some(devices::DeviceList::DefaultAllow) {
+            continue;
+        }
+        for d in devs {
+            write_rule(
+                &dir.join("devices.allow"),
+                &format!("c {}:{} m", d.major, d.minor),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_character_devices_are_nodes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("nvidia0"), "").unwrap();
+        std::os::unix::fs::symlink("/dev/null", d.path().join("nvidia1")).unwrap();
+        let pat = format!("{}/nvidia[0-9]*", d.path().display());
+        assert!(nodes(&[pat]).is_empty());
+        let null = nodes(&["/dev/null".into(), "/dev/nul[l]".into()]);
+        assert_eq!(null.len(), 1);
+        assert_eq!((null[0].major, null[0].minor), (1, 3));
+    }
+}
