@@ -94,6 +94,8 @@ fn setup() -> Slurm {
 
     let mut bed = Bed::with(|p| {
         set(p, "docker.networks", vec!["none", "bridge"]);
+        // The testbed's node has two GPU-like device nodes as GRES.
+        set(p, "gpus.mode", "devices");
     });
     let cache = bed.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
@@ -980,4 +982,137 @@ fn a_job_id_in_the_environment_cannot_name_another_users_job() {
         "{own:?}"
     );
     let _ = Command::new("/usr/bin/scancel").arg(&bobs).status();
+}
+
+// ---------------------------------------------------------------------------
+// GPUs (SPEC §12). The testbed's node has /dev/nvidia0 and /dev/nvidia1
+// (195:0, 195:1, no driver) as `Gres=gpu:2` under ConstrainDevices. Inside
+// a container, a GPU the job holds opens with ENXIO (the device cgroup let
+// it through to a driver that is not there); one it does not hold is not
+// there at all, and could not be opened if it were.
+
+/// For each GPU-like node, what opening it inside the container gives, and
+/// the GPU variables berth set: `GPU0=absent GPU1=enxio CUDA=0 NV=void`.
+const GPU_SCRIPT: &str = "for n in 0 1; do \
+    if [ ! -e /dev/nvidia$n ]; then r=absent; \
+    elif head -c1 /dev/nvidia$n 2>&1 | grep -q 'No such device or address'; then r=enxio; \
+    else r=other; fi; echo GPU$n=$r; done; \
+    echo CUDA=${CUDA_VISIBLE_DEVICES-unset}; echo NV=${NVIDIA_VISIBLE_DEVICES-unset}; \
+    echo CTL=$([ -e /dev/nvidiactl ] && echo yes || echo no); echo JOB=$SLURM_JOB_ID";
+
+#[test]
+fn a_gpu_job_gets_exactly_its_gpu_whatever_its_environment_says() {
+    let s = slurm();
+    // The job's own variables ask for both GPUs: they widen nothing.
+    let hostile = [
+        ("CUDA_VISIBLE_DEVICES", "0,1"),
+        ("NVIDIA_VISIBLE_DEVICES", "all"),
+        ("SLURM_JOB_GPUS", "0,1"),
+        (
+            "LSF_DOCKER_OPTIONS",
+            "--gpus all --device /dev/nvidia0 --privileged",
+        ),
+    ];
+    // ENXIO is the proof it is the one Slurm gave: the job's device cgroup
+    // (the container's parent) denies the other with EPERM.
+    let script = GPU_SCRIPT.to_string();
+    let out = s.srun(
+        &hostile,
+        Path::new(ALICE_DIR),
+        &["--gres=gpu:1", "sh", "-c", &script],
+        None,
+    );
+    out.expect_ok();
+    let t = &out.stdout;
+    let held: Vec<&str> = ["GPU0", "GPU1"]
+        .into_iter()
+        .filter(|g| field(t, g) == Some("enxio"))
+        .collect();
+    assert_eq!(held.len(), 1, "exactly one GPU opens: {t}");
+    let other = if held[0] == "GPU0" { "GPU1" } else { "GPU0" };
+    assert_eq!(field(t, other), Some("absent"), "{t}");
+    assert_eq!(field(t, "CUDA"), Some("0"), "{t}");
+    assert_eq!(field(t, "NV"), Some("void"), "{t}");
+    assert_eq!(field(t, "CTL"), Some("yes"), "{t}");
+    let job = field(t, "JOB").unwrap();
+    let rec = s.bed.audit_for(job);
+    let want = format!("/dev/nvidia{}", &held[0][3..]);
+    assert!(
+        rec.iter().any(|r| r["gpus"] == serde_json::json!([want])),
+        "{rec:?}"
+    );
+}
+
+#[test]
+fn two_concurrent_gpu_jobs_get_different_gpus_and_a_job_without_gres_none() {
+    let s = slurm();
+    let script = format!("{GPU_SCRIPT}; sleep 4");
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let s = s.clone();
+            let script = script.clone();
+            std::thread::spawn(move || {
+                s.srun(
+                    &[],
+                    Path::new(ALICE_DIR),
+                    &["--gres=gpu:1", "sh", "-c", &script],
+                    None,
+                )
+            })
+        })
+        .collect();
+    let none = s.srun(&[], Path::new(ALICE_DIR), &["sh", "-c", GPU_SCRIPT], None);
+    let mut seen = Vec::new();
+    for r in runs {
+        let out = r.join().unwrap();
+        out.expect_ok();
+        let t = out.stdout.clone();
+        let held: Vec<&str> = ["GPU0", "GPU1"]
+            .into_iter()
+            .filter(|g| field(&t, g) == Some("enxio"))
+            .collect();
+        assert_eq!(held.len(), 1, "{t}");
+        let job = field(&t, "JOB").unwrap().to_string();
+        // The audit record agrees with what the container could open.
+        let want = format!("/dev/nvidia{}", &held[0][3..]);
+        let rec = s.bed.audit_for(&job);
+        assert!(
+            rec.iter().any(|r| r["gpus"] == serde_json::json!([want])),
+            "{rec:?}"
+        );
+        seen.push(held[0].to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, ["GPU0", "GPU1"], "the two jobs share a GPU");
+    none.expect_ok();
+    let t = &none.stdout;
+    assert_eq!(field(t, "GPU0"), Some("absent"), "{t}");
+    assert_eq!(field(t, "GPU1"), Some("absent"), "{t}");
+    assert_eq!(field(t, "CUDA"), Some("unset"), "{t}");
+    assert_eq!(field(t, "CTL"), Some("no"), "{t}");
+}
+
+#[test]
+fn a_job_holding_every_gpu_gets_both_from_slurms_record() {
+    // Its device cgroup allows both GPUs, which cannot tell an allocation
+    // from an unconstrained node: berth asks Slurm.
+    let s = slurm();
+    let out = s.srun(
+        &[],
+        Path::new(ALICE_DIR),
+        &["--gres=gpu:2", "sh", "-c", GPU_SCRIPT],
+        None,
+    );
+    out.expect_ok();
+    let t = &out.stdout;
+    assert_eq!(field(t, "GPU0"), Some("enxio"), "{t}");
+    assert_eq!(field(t, "GPU1"), Some("enxio"), "{t}");
+    assert_eq!(field(t, "CUDA"), Some("0,1"), "{t}");
+    let job = field(t, "JOB").unwrap();
+    let rec = s.bed.audit_for(job);
+    assert!(
+        rec.iter()
+            .any(|r| r["gpus"] == serde_json::json!(["/dev/nvidia0", "/dev/nvidia1"])),
+        "{rec:?}"
+    );
 }

@@ -515,6 +515,11 @@ readonly SLURM_PACKAGES=(slurmctld slurmd slurm-client munge)
 readonly SLURM_DIR=/var/lib/berth-testbed/slurm
 readonly SLURM_CONF=/etc/slurm/slurm.conf
 readonly CGROUP_CONF=/etc/slurm/cgroup.conf
+readonly GRES_CONF=/etc/slurm/gres.conf
+# GPU-like device nodes (SPEC §12): NVIDIA's numbers, no driver behind them,
+# so opening one the device cgroup allows fails with ENXIO and one it
+# denies with EPERM. Real GPU nodes (a loaded nvidia driver) are left alone.
+readonly GPU_NODES=("nvidia0 195 0" "nvidia1 195 1" "nvidiactl 195 255")
 readonly SLURM_MARK='# managed by berth tests/setup/testbed.sh'
 readonly SLURMCTLD=/usr/sbin/slurmctld SLURMD=/usr/sbin/slurmd MUNGED=/usr/sbin/munged
 readonly MUNGE_KEY=/etc/munge/munge.key
@@ -605,7 +610,8 @@ SlurmctldLogFile=$SLURM_DIR/log/slurmctld.log
 SlurmdLogFile=$SLURM_DIR/log/slurmd.log
 SlurmctldPidFile=$SLURM_DIR/run/slurmctld.pid
 SlurmdPidFile=$SLURM_DIR/run/slurmd.pid
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=1000 State=UNKNOWN
+GresTypes=gpu
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=1000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:16
 CONF
 }
@@ -622,6 +628,35 @@ ConstrainCores=yes
 ConstrainRAMSpace=yes
 ConstrainDevices=yes
 CONF
+}
+
+# Two GPUs as GRES (no AutoDetect: there is no driver), constrained by
+# ConstrainDevices like a production GPU node.
+gres_conf_text() {
+  cat <<CONF
+$SLURM_MARK: two GPU-like device nodes (ensure_gpu_nodes) as GRES.
+AutoDetect=off
+Name=gpu File=/dev/nvidia[0-1]
+CONF
+}
+
+ensure_gpu_nodes() {
+  local spec name maj min path
+  if [[ -d /proc/driver/nvidia ]]; then
+    log "an NVIDIA driver is loaded: using the node's own /dev/nvidia* nodes"
+    return 0
+  fi
+  for spec in "${GPU_NODES[@]}"; do
+    read -r name maj min <<<"$spec"
+    path=/dev/$name
+    if [[ -e $path || -L $path ]]; then
+      [[ -c $path && ! -L $path && $(stat -c '%t:%T' "$path") == "$(printf '%x:%x' "$maj" "$min")" ]] \
+        || die "$path exists but is not the character device $maj:$min; remove it"
+      continue
+    fi
+    log "creating GPU-like device node $path ($maj:$min, no driver)"
+    mknod -m 0666 "$path" c "$maj" "$min" || die "mknod $path"
+  done
 }
 
 slurm_state() { timeout 10 sinfo -h -o %T 2>/dev/null | head -n1 || true; }
@@ -646,12 +681,19 @@ ensure_slurm() {
       rm -f "$oci"
     fi
   fi
-  if [[ -e $CGROUP_CONF ]] && ! grep -qF "$SLURM_MARK" "$CGROUP_CONF"; then
-    die "$CGROUP_CONF exists and was not written by this script; move it away"
-  fi
   local want changed=0 f
-  for f in "$SLURM_CONF" "$CGROUP_CONF"; do
-    if [[ $f == "$SLURM_CONF" ]]; then want=$(slurm_conf_text); else want=$(cgroup_conf_text); fi
+  for f in "$CGROUP_CONF" "$GRES_CONF"; do
+    if [[ -e $f ]] && ! grep -qF "$SLURM_MARK" "$f"; then
+      die "$f exists and was not written by this script; move it away"
+    fi
+  done
+  ensure_gpu_nodes
+  for f in "$SLURM_CONF" "$CGROUP_CONF" "$GRES_CONF"; do
+    case $f in
+      "$SLURM_CONF") want=$(slurm_conf_text) ;;
+      "$CGROUP_CONF") want=$(cgroup_conf_text) ;;
+      *) want=$(gres_conf_text) ;;
+    esac
     if [[ ! -f $f || $(<"$f") != "$want" ]]; then
       log "writing $f"
       printf '%s\n' "$want" >"$f.tmp"
