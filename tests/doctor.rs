@@ -377,3 +377,42 @@ fn the_systemd_cgroup_driver_is_reported_with_the_fix() {
     let r = berth(Path::new(BERTH), &p, &["policy", "check"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
+
+#[test]
+fn the_gpu_mode_and_the_nodes_gpu_devices_are_reported() {
+    // The test bed's node has /dev/nvidia0, /dev/nvidia1 and /dev/nvidiactl
+    // (tests/setup/testbed.sh), but no NVIDIA toolkit and no CDI spec.
+    let report = |gpus: &str| {
+        let (_d, p) = site(&format!("{GOOD}\n[gpus]\n{gpus}\n"));
+        json(&berth(Path::new(BERTH), &p, &["doctor", "--json"]))
+    };
+    let v = report("mode = \"devices\"");
+    assert_eq!(status(&v, "gpus"), "ok", "{v:#}");
+    let m = message(&v, "gpus");
+    for want in [
+        "/dev/nvidia0 (195:0)",
+        "/dev/nvidia1 (195:1)",
+        "/dev/nvidiactl (195:255)",
+    ] {
+        assert!(m.contains(want), "{want}: {m}");
+    }
+    let v = report("mode = \"none\"");
+    assert_eq!(status(&v, "gpus"), "warn", "{v:#}");
+    assert!(message(&v, "gpus").contains("gpus.mode"), "{v:#}");
+    if !Path::new("/usr/bin/nvidia-container-runtime-hook").exists() {
+        let v = report("mode = \"nvidia\"");
+        assert_eq!(status(&v, "gpus"), "fail", "{v:#}");
+        assert!(
+            message(&v, "gpus").contains("NVIDIA container toolkit"),
+            "{v:#}"
+        );
+    }
+    let v = report("mode = \"cdi\"\ncdi_kind = \"example.org/none\"");
+    assert_eq!(status(&v, "gpus"), "fail", "{v:#}");
+    assert!(
+        message(&v, "gpus").contains("nvidia-ctk cdi generate"),
+        "{v:#}"
+    );
+    let v = report("mode = \"devices\"\ndevices = [\"/dev/nogpu[0-9]*\"]");
+    assert_eq!(status(&v, "gpus"), "warn", "{v:#}");
+}

@@ -106,6 +106,7 @@ pub fn run(policy_path: &Path) -> Vec<Check> {
     check_docker_client(&mut r, &policy);
     check_engine(&mut r, &policy);
     check_cgroup(&mut r, &policy);
+    check_gpus(&mut r, &policy);
     check_tmp(&mut r, &policy);
     check_owned_dir(
         &mut r,
@@ -385,6 +386,119 @@ fn check_cgroup(r: &mut Report, policy: &Policy) {
             "cgroup",
             "cannot ask the engine for its cgroup driver; placement needs native.cgroupdriver=cgroupfs".into(),
         ),
+    }
+}
+
+/// The GPU mode (SPEC §12), the device nodes this node has, and what the
+/// mode needs of the engine.
+fn check_gpus(r: &mut Report, policy: &Policy) {
+    use crate::core::policy::GpuMode;
+    let (gpus, control) = crate::sys::devices::on_node(&policy.gpus);
+    let list = |v: &[crate::core::devices::DeviceNode]| {
+        v.iter()
+            .map(|d| format!("{} ({}:{})", d.path.display(), d.major, d.minor))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let seen = if gpus.is_empty() {
+        format!(
+            "no device node matches [gpus] devices {:?}",
+            policy.gpus.devices
+        )
+    } else {
+        format!(
+            "GPU nodes {}; control devices {}",
+            list(&gpus),
+            if control.is_empty() {
+                "none".into()
+            } else {
+                list(&control)
+            }
+        )
+    };
+    match policy.gpus.mode {
+        GpuMode::None if gpus.is_empty() => r.ok("gpus", format!("mode none; {seen}")),
+        GpuMode::None => r.warn(
+            "gpus",
+            format!("mode none, but this node has GPUs ({seen}): jobs that hold GPUs are denied (gpus.mode); set [gpus] mode = \"devices\", \"nvidia\" or \"cdi\" to give them"),
+        ),
+        _ if gpus.is_empty() => r.warn(
+            "gpus",
+            format!("mode {:?}, but {seen}: no job here can get a GPU", policy.gpus.mode),
+        ),
+        GpuMode::Devices => r.ok(
+            "gpus",
+            format!("mode devices; {seen}; the image (or a volume) must bring the driver's user-space libraries"),
+        ),
+        GpuMode::Nvidia => {
+            let engine = Engine::new(&policy.docker.socket);
+            let runtime = engine
+                .info()
+                .and_then(|i| i.get("Runtimes").and_then(Value::as_object).map(|o| o.contains_key("nvidia")))
+                .unwrap_or(false);
+            let hook = ["/usr/bin", "/usr/local/bin", "/usr/sbin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join("nvidia-container-runtime-hook"))
+                .find(|p| p.is_file());
+            match hook {
+                Some(h) => r.ok(
+                    "gpus",
+                    format!(
+                        "mode nvidia; {seen}; the NVIDIA container toolkit's hook is {}{}",
+                        h.display(),
+                        if runtime { " and dockerd has the nvidia runtime" } else { "" }
+                    ),
+                ),
+                None => r.fail(
+                    "gpus",
+                    format!("mode nvidia; {seen}; but nvidia-container-runtime-hook is not installed, so dockerd cannot give --gpus: install the NVIDIA container toolkit, or set [gpus] mode = \"devices\""),
+                ),
+            }
+        }
+        GpuMode::Cdi => {
+            let kind = &policy.gpus.cdi_kind;
+            let specs: Vec<PathBuf> = ["/etc/cdi", "/var/run/cdi"]
+                .iter()
+                .filter_map(|d| std::fs::read_dir(d).ok())
+                .flat_map(|rd| rd.flatten().map(|e| e.path()))
+                .filter(|p| {
+                    std::fs::read_to_string(p).is_ok_and(|t| {
+                        t.contains(&format!("kind: {kind}"))
+                            || t.contains(&format!("\"kind\": \"{kind}\""))
+                            || t.contains(&format!("\"kind\":\"{kind}\""))
+                    })
+                })
+                .collect();
+            let version = Engine::new(&policy.docker.socket)
+                .version()
+                .ok()
+                .and_then(|v| v.get("Version").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_default();
+            let major: u32 = version
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            if specs.is_empty() {
+                r.fail(
+                    "gpus",
+                    format!("mode cdi; {seen}; but no CDI spec in /etc/cdi or /var/run/cdi names kind {kind}: generate one (nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml)"),
+                );
+            } else if major < 25 {
+                r.fail(
+                    "gpus",
+                    format!("mode cdi; {seen}; but Docker Engine {version} has no CDI support (25 and later, with \"features\": {{\"cdi\": true}} before 28): upgrade it, or set [gpus] mode = \"nvidia\""),
+                );
+            } else {
+                r.ok(
+                    "gpus",
+                    format!(
+                        "mode cdi; {seen}; CDI specs for {kind}: {}",
+                        specs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -143,15 +143,19 @@ impl Engine {
 
     /// The engine's cgroup driver (`cgroupfs`, `systemd`) from `GET /info`.
     pub fn cgroup_driver(&self) -> Option<String> {
+        self.info()?
+            .get("CgroupDriver")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    /// `GET /info`; `None` when the engine does not answer it.
+    pub fn info(&self) -> Option<Value> {
         let r = self.get("/info").ok()?;
         if r.status != 200 {
             return None;
         }
-        r.json()
-            .ok()?
-            .get("CgroupDriver")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        r.json().ok()
     }
 
     /// Inspect an image by reference or id; `None` when the engine has none.
