@@ -233,6 +233,25 @@ fn tmpfs_8m(p: &mut toml::Table) {
     set(p, "tmp.size", "8m");
 }
 
+/// What opening each GPU-like node of the test bed (/dev/nvidia0, 1 and
+/// ctl: no driver) gives inside: absent, enxio (the device cgroup let it
+/// through), eperm, or other; and the GPU variables inside.
+const GPU_SCRIPT: &str = "for n in 0 1 ctl; do \
+    if [ ! -e /dev/nvidia$n ]; then r=absent; \
+    else m=$(head -c1 /dev/nvidia$n 2>&1); case $m in \
+      *'No such device or address'*) r=enxio;; *'not permitted'*) r=eperm;; *) r=other;; esac; fi; \
+    echo GPU$n=$r; done; \
+    echo CUDA=${CUDA_VISIBLE_DEVICES-unset}; echo NV=${NVIDIA_VISIBLE_DEVICES-unset}";
+
+/// No GPU node in the container, and berth's own GPU variables.
+fn gpu_free(o: &Out) -> R {
+    for g in ["GPU0", "GPU1", "GPUctl"] {
+        field_is(o, g, "absent")?;
+    }
+    field_is(o, "CUDA", "unset")?;
+    field_is(o, "NV", "void")
+}
+
 fn field_is(out: &Out, key: &str, want: &str) -> R {
     match out.field(key) {
         Some(v) if v.trim() == want => Ok(()),
@@ -355,6 +374,40 @@ const CONTAIN: &[Contain] = &[
         check: |o| field_is(o, "RAN", "yes"),
     },
     Contain {
+        name: "gpu-variables-give-no-gpu-to-a-job-that-holds-none",
+        cat: Cat::Environment,
+        env: &[
+            ("CUDA_VISIBLE_DEVICES", "0,1"),
+            ("NVIDIA_VISIBLE_DEVICES", "all"),
+            ("NVIDIA_DRIVER_CAPABILITIES", "all"),
+            ("SLURM_JOB_GPUS", "0,1"),
+            ("SLURM_STEP_GPUS", "0,1"),
+            ("GPU_DEVICE_ORDINAL", "0,1"),
+            ("LSB_GPU_ALLOC_INFO", "0,1"),
+            ("LSF_DOCKER_OPTIONS", "--gpus all --device /dev/nvidia0 --privileged --runtime nvidia"),
+            ("LSF_DOCKER_DEVICES", "/dev/nvidia0"),
+            ("LSF_DOCKER_RUNTIME", "nvidia"),
+        ],
+        // The node gives GPUs: the job, in no scheduler job, holds none.
+        policy: |p| set(p, "gpus.mode", "devices"),
+        script: GPU_SCRIPT,
+        code: 0,
+        check: gpu_free,
+    },
+    Contain {
+        name: "gpu-variables-give-nothing-where-gpus-are-off",
+        cat: Cat::Environment,
+        env: &[
+            ("CUDA_VISIBLE_DEVICES", "0"),
+            ("NVIDIA_VISIBLE_DEVICES", "0"),
+            ("SLURM_JOB_GPUS", "0"),
+        ],
+        policy: no_policy_change,
+        script: GPU_SCRIPT,
+        code: 0,
+        check: gpu_free,
+    },
+    Contain {
         name: "preload-and-docker-variables-never-reach-the-job",
         cat: Cat::Environment,
         env: &[
@@ -367,12 +420,14 @@ const CONTAIN: &[Contain] = &[
             ("KEEP_ME", "yes"),
         ],
         policy: no_policy_change,
-        script: "env | cut -d= -f1 | sort | tr '\\n' ' ' | sed 's/^/NAMES= /'; echo; echo KEEP=$KEEP_ME",
+        script: "env | cut -d= -f1 | sort | tr '\\n' ' ' | sed 's/^/NAMES= /'; echo; echo KEEP=$KEEP_ME; echo NV=$NVIDIA_VISIBLE_DEVICES",
         code: 0,
         check: |o| {
             field_is(o, "KEEP", "yes")?;
+            // berth's own value, not the job's "all".
+            field_is(o, "NV", "void")?;
             let names = o.field("NAMES").unwrap_or("");
-            for bad in ["LD_PRELOAD", "LD_LIBRARY_PATH", "DOCKER_HOST", "DOCKER_CONFIG", "NVIDIA_VISIBLE_DEVICES"] {
+            for bad in ["LD_PRELOAD", "LD_LIBRARY_PATH", "DOCKER_HOST", "DOCKER_CONFIG"] {
                 if names.split_whitespace().any(|n| n == bad) {
                     return Err(format!("{bad} reached the job: {names}"));
                 }
@@ -821,6 +876,17 @@ fn locked_down(c: &EngineCall) -> R {
         Some("PidMode/UsernsMode")
     } else if h["NetworkMode"] != "none" {
         Some("NetworkMode")
+    } else if ["Devices", "DeviceRequests", "DeviceCgroupRules"]
+        .iter()
+        .any(|k| {
+            h.get(*k)
+                .is_some_and(|v| !v.as_array().is_some_and(|a| a.is_empty()))
+        })
+    {
+        // No hostile case runs in a job that holds a device.
+        Some("Devices/DeviceRequests/DeviceCgroupRules")
+    } else if h.get("Runtime").is_some_and(|r| !r.is_null() && r != "") {
+        Some("Runtime")
     } else {
         None
     };

@@ -226,6 +226,8 @@ base = "{d}/jobs"
 stop_timeout = 3
 [bundles]
 cache = "{d}/bundles"
+[gpus]
+mode = "devices"
 [broker]
 socket = "{d}/run/berth.sock"
 [audit]
@@ -1295,15 +1297,27 @@ fn raw_args_run_the_images_own_command() {
 struct LsfCgroup {
     rel: String,
     dirs: Vec<PathBuf>,
+    ctrls: Vec<&'static str>,
 }
 
 const LSF_CONTROLLERS: &[&str] = &["memory", "cpuset", "cpuacct", "freezer"];
 
 impl LsfCgroup {
     fn new(job: &Job, memory: u64) -> LsfCgroup {
+        Self::with_devices(job, memory, None)
+    }
+
+    /// With LSF's GPU enforcement (`LSB_RESOURCE_ENFORCE="gpu"`): a devices
+    /// cgroup denying `deny` (the GPUs the job was not given). `None`: no
+    /// devices cgroup, as without enforcement.
+    fn with_devices(job: &Job, memory: u64, deny: Option<&[&str]>) -> LsfCgroup {
         let rel = format!("lsf/berthtest/job.{}.{}.1795238400", job.id, job.index);
         let mut dirs = Vec::new();
-        for c in LSF_CONTROLLERS {
+        let mut ctrls = LSF_CONTROLLERS.to_vec();
+        if deny.is_some() {
+            ctrls.push("devices");
+        }
+        for c in &ctrls {
             let root = Path::new("/sys/fs/cgroup").join(c);
             let mut d = root.clone();
             for part in rel.split('/') {
@@ -1325,12 +1339,18 @@ impl LsfCgroup {
         let mem = Path::new("/sys/fs/cgroup/memory").join(&rel);
         std::fs::write(mem.join("memory.limit_in_bytes"), memory.to_string()).unwrap();
         let _ = std::fs::write(mem.join("memory.memsw.limit_in_bytes"), memory.to_string());
-        LsfCgroup { rel, dirs }
+        for rule in deny.unwrap_or_default() {
+            let f = Path::new("/sys/fs/cgroup/devices")
+                .join(&rel)
+                .join("devices.deny");
+            std::fs::write(&f, rule).unwrap_or_else(|e| panic!("{rule} > {}: {e}", f.display()));
+        }
+        LsfCgroup { rel, dirs, ctrls }
     }
 
     /// The cgroup.procs files a process joins to enter the job.
     fn procs(&self) -> Vec<std::ffi::CString> {
-        LSF_CONTROLLERS
+        self.ctrls
             .iter()
             .map(|c| {
                 std::ffi::CString::new(format!("/sys/fs/cgroup/{c}/{}/cgroup.procs", self.rel))
@@ -1469,6 +1489,61 @@ fn control_still_works_for_a_job_in_its_cgroup() {
         "{:?}",
         cg.left()
     );
+}
+
+/// Opening each GPU-like node inside the container (see tests/slurm.rs).
+const GPU_SCRIPT: &str = "for n in 0 1; do \
+    if [ ! -e /dev/nvidia$n ]; then r=absent; \
+    elif head -c1 /dev/nvidia$n 2>&1 | grep -q 'No such device or address'; then r=enxio; \
+    else r=other; fi; echo GPU$n=$r; done; \
+    echo CUDA=${CUDA_VISIBLE_DEVICES-unset}; echo NV=${NVIDIA_VISIBLE_DEVICES-unset}";
+
+/// GPU_SCRIPT as the starter's `"…"` argument: expanded in the container.
+fn gpu_script() -> String {
+    GPU_SCRIPT.replace('$', "\\$")
+}
+
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[test]
+fn an_lsf_gpu_job_gets_the_gpu_its_device_cgroup_allows_and_no_other() {
+    let bed = Bed::new(false);
+    // LSF gave the job GPU 1: its device cgroup denies GPU 0.
+    let job = Job::new(ALICE, IMAGE)
+        .env("CUDA_VISIBLE_DEVICES", "0,1")
+        .env("NVIDIA_VISIBLE_DEVICES", "all")
+        .env("LSB_GPU_ALLOC_INFO", "0,1");
+    let cg = LsfCgroup::with_devices(&job, 256 << 20, Some(&["c 195:0 rwm"]));
+    let out = output(start_in_cgroup(&job, &bed, &cg, &gpu_script()));
+    out.expect(0);
+    let t = &out.stdout;
+    assert_eq!(field(t, "GPU0"), Some("absent"), "{t}");
+    assert_eq!(field(t, "GPU1"), Some("enxio"), "{t}");
+    assert_eq!(field(t, "CUDA"), Some("0"), "{t}");
+    assert_eq!(field(t, "NV"), Some("void"), "{t}");
+    let rec = bed.audit(&job.id);
+    assert!(
+        rec.iter()
+            .any(|r| r["gpus"] == serde_json::json!(["/dev/nvidia1"])),
+        "{rec:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || cg.left().is_empty()),
+        "{:?}",
+        cg.left()
+    );
+    // Without GPU enforcement the allocation cannot be known: none, not all.
+    let job = Job::new(ALICE, IMAGE);
+    let cg = LsfCgroup::with_devices(&job, 256 << 20, None);
+    let out = output(start_in_cgroup(&job, &bed, &cg, &gpu_script()));
+    out.expect(0);
+    let t = &out.stdout;
+    assert_eq!(field(t, "GPU0"), Some("absent"), "{t}");
+    assert_eq!(field(t, "GPU1"), Some("absent"), "{t}");
+    assert_eq!(field(t, "CUDA"), Some("unset"), "{t}");
 }
 
 fn inspect_name(name: &str) -> serde_json::Value {

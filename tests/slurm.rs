@@ -1116,3 +1116,69 @@ fn a_job_holding_every_gpu_gets_both_from_slurms_record() {
         "{rec:?}"
     );
 }
+
+#[test]
+fn explain_in_a_gpu_job_shows_its_gpu_and_where_it_came_from() {
+    // `berth explain` in a plain (non-container) step, through the broker:
+    // the peer is in the job's cgroup, so the broker reads its GPUs.
+    let s = slurm();
+    let bin = s.bed.path().join("berth");
+    let policy = s.bed.policy_path();
+    let mut c = client(
+        &alice(),
+        "/usr/bin/srun",
+        &[
+            ("LSB_CONTAINER_IMAGE", IMAGE),
+            ("CUDA_VISIBLE_DEVICES", "0,1"),
+        ],
+        Path::new(ALICE_DIR),
+    );
+    c.arg(format!("--job-name={}", unique("explain")))
+        .arg("--gres=gpu:1")
+        .arg(&bin)
+        .arg("--policy")
+        .arg(&policy)
+        .args(["explain", "--", "nvidia-smi"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = broker::finish(c.spawn().expect("srun"), Duration::from_secs(60));
+    out.expect_ok();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("gpus "))
+        .unwrap_or_else(|| panic!("no gpus line: {}", out.stdout));
+    assert!(
+        line.contains(" as 0 (from the job's device cgroup)")
+            && (line.contains("/dev/nvidia0") ^ line.contains("/dev/nvidia1")),
+        "{line}"
+    );
+    assert!(
+        out.stdout
+            .contains("--device=/dev/nvidiactl:/dev/nvidiactl:rw"),
+        "{}",
+        out.stdout
+    );
+    // Without GPUs: none, and why.
+    let mut c = client(
+        &alice(),
+        "/usr/bin/srun",
+        &[("LSB_CONTAINER_IMAGE", IMAGE)],
+        Path::new(ALICE_DIR),
+    );
+    c.arg(format!("--job-name={}", unique("explain")))
+        .arg(&bin)
+        .arg("--policy")
+        .arg(&policy)
+        .args(["explain", "--", "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = broker::finish(c.spawn().expect("srun"), Duration::from_secs(60));
+    out.expect_ok();
+    assert!(
+        out.stdout
+            .contains("gpus       none (from the job's device cgroup)"),
+        "{}",
+        out.stdout
+    );
+}
