@@ -344,7 +344,13 @@ pub fn check_plan(p: &Policy, lp: &LaunchPlan, f: &ImageFacts) {
     for (k, v) in &lp.env {
         assert!(berth::core::envfilter::valid_name(k), "env name {k:?}");
         assert!(!v.contains(['\n', '\r', '\0']), "env value of {k}");
-        assert!(!deny.iter().any(|d| d.matches(k)), "denied {k} passed");
+        // berth's own NVIDIA_VISIBLE_DEVICES (SPEC §12) is the one name the
+        // deny list matches that is passed; the job's never is.
+        let berths_own = k == "NVIDIA_VISIBLE_DEVICES" && *v == lp.gpus.nvidia_visible();
+        assert!(
+            berths_own || !deny.iter().any(|d| d.matches(k)),
+            "denied {k} passed"
+        );
     }
     for m in &lp.mounts {
         assert!(!docker_unsafe(&m.src.to_string_lossy()), "{m:?}");
