@@ -67,7 +67,10 @@ pub fn on_node(policy: &GpuPolicy) -> (Vec<DeviceNode>, Vec<DeviceNode>) {
 /// through a scratch child that is removed again.
 fn probe(cgroup: &str, gpus: &[DeviceNode]) -> std::io::Result<Vec<DeviceNode>> {
     let base = Path::new(DEVICES).join(cgroup.trim_start_matches('/'));
-    let scratch = base.join(format!("berth-probe-{}", std::process::id()));
+    // Unique per probe: the broker may probe one job for two clients at once.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch = base.join(format!("berth-probe-{}-{n}", std::process::id()));
     std::fs::create_dir(&scratch)?;
     let result = (|| {
         write_rule(&scratch.join("devices.deny"), "a")?;
