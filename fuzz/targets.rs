@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("policy_toml", policy_toml),
     ("cgroup_path", cgroup_path),
     ("engine_reply", engine_reply),
+    ("gpu_record", gpu_record),
 ];
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -633,6 +634,61 @@ pub fn cgroup_path(data: &[u8]) {
         parent.starts_with(&format!("{job_dir}/")) || parent == job_dir,
         "{parent} outside {job_dir}"
     );
+    // The devices cgroup the GPU allocation is read from is the same job's.
+    if let Some(d) = &j.devices {
+        assert!(
+            d.starts_with(&format!("{job_dir}/")) || *d == job_dir,
+            "devices {d} outside {job_dir}"
+        );
+    }
+}
+
+/// What berth reads a job's GPUs from: `scontrol show job -d` text (the
+/// first line is the node's name) and a v1 `devices.list`. Indices come
+/// out sorted and unique, the GPUs given are always among the node's, and
+/// a job that holds none is given none.
+pub fn gpu_record(data: &[u8]) {
+    use berth::core::devices::{self, DeviceNode, Gpus};
+    let Some(s) = text(data) else { return };
+    let (node, rest) = s.split_once('\n').unwrap_or((s, ""));
+    let _ = devices::parse_devices_list(rest);
+    let Some(g) = devices::gres_for(rest, node) else {
+        return;
+    };
+    let Some(idx) = devices::parse_gres_indices(&g) else {
+        return;
+    };
+    assert!(idx.windows(2).all(|w| w[0] < w[1]), "{idx:?}");
+    let present: Vec<DeviceNode> = (0..4)
+        .map(|n| DeviceNode {
+            path: format!("/dev/nvidia{n}").into(),
+            major: 195,
+            minor: n,
+        })
+        .collect();
+    let held = devices::by_indices(&present, &idx);
+    assert!(held.iter().all(|h| present.contains(h)));
+    for mode in ["none", "devices", "nvidia", "cdi"] {
+        let p = berth::core::policy::Policy::parse(&format!("[gpus]\nmode = \"{mode}\"\n"), "fuzz")
+            .expect("policy");
+        let found = Gpus {
+            present: present[..2].to_vec(),
+            control: vec![],
+            allocated: held.clone(),
+            source: "fuzz".into(),
+        };
+        match devices::plan_gpus(&p.gpus, Some(&found)) {
+            Ok(plan) => {
+                assert!(plan
+                    .given
+                    .iter()
+                    .all(|g| found.present.contains(g) && held.contains(g)));
+                assert!(mode != "none" || plan.given.is_empty());
+                assert_eq!(plan.cuda_visible().is_some(), !plan.given.is_empty());
+            }
+            Err(_) => assert!(mode == "none" && !held.is_empty()),
+        }
+    }
 }
 
 /// What the engine's socket answers (or anything posing as it): the HTTP

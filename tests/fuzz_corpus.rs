@@ -224,4 +224,5 @@ fuzz_tests!(
     policy_toml,
     cgroup_path,
     engine_reply,
+    gpu_record,
 );
