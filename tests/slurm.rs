@@ -22,13 +22,77 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-const OCI_CONF: &str = "/etc/slurm/oci.conf";
 const LOCK: &str = "/run/berth-testbed/slurm-tests.lock";
+
+/// Which Slurm these tests drive: the host's 22.05 (default), or with
+/// `BERTH_SLURM=24.11` the Slurm 24.11 of the test bed's trixie tree
+/// (tests/setup/slurm24.sh), whose clients, daemons and oci.conf are inside
+/// that tree and whose node is `trixie1`. The broker, the engine and the
+/// tests' files are the host's, shared with the tree as a node shares them.
+struct Gen {
+    /// The tree Slurm's commands run in (`None`: the host).
+    root: Option<&'static str>,
+    /// Slurm's node name (its cgroups are `/slurm_<node>/…`).
+    node: String,
+    /// The oci.conf shipped for this generation (wrapper/slurm/).
+    shipped: &'static str,
+}
+
+fn gen() -> &'static Gen {
+    static G: std::sync::OnceLock<Gen> = std::sync::OnceLock::new();
+    G.get_or_init(|| match std::env::var("BERTH_SLURM").as_deref() {
+        Ok("24.11") => Gen {
+            root: Some("/var/lib/berth-testbed/trixie"),
+            node: "trixie1".into(),
+            shipped: "oci.conf.23.02-ignore-config-json",
+        },
+        Ok(other) if !other.is_empty() && other != "22.05" => {
+            panic!("BERTH_SLURM={other}: the test bed has 22.05 and 24.11")
+        }
+        _ => Gen {
+            root: None,
+            node: nix::unistd::gethostname()
+                .unwrap()
+                .into_string()
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap()
+                .to_string(),
+            shipped: "oci.conf",
+        },
+    })
+}
+
+impl Gen {
+    /// Slurm's oci.conf as slurmstepd reads it, on the host's filesystem.
+    fn oci_conf(&self) -> PathBuf {
+        Path::new(self.root.unwrap_or("/")).join("etc/slurm/oci.conf")
+    }
+
+    /// A Slurm command as root (scontrol, sinfo, sstat, scancel).
+    fn root_cmd(&self, prog: &str) -> Command {
+        match self.root {
+            None => Command::new(prog),
+            Some(r) => {
+                let mut c = Command::new("/usr/sbin/chroot");
+                c.arg(r).arg(prog);
+                c
+            }
+        }
+    }
+
+    /// Slurm 23.02+ with the IgnoreFileConfigJson oci.conf.
+    fn is_24(&self) -> bool {
+        self.root.is_some()
+    }
+}
 
 /// The shared fixture: a bed whose policy has a bundle cache and a broker
 /// socket, the broker, a bundle of berth-test/busybox:1, a copy of berth
 /// the job users may run, and /etc/slurm/oci.conf pointing at both.
 struct Slurm {
+    _relay: Option<Relay>,
     _daemon: Daemon,
     bundle: PathBuf,
     oci_conf: String,
@@ -38,9 +102,56 @@ struct Slurm {
 
 impl Drop for Slurm {
     fn drop(&mut self) {
-        if std::fs::read_to_string(OCI_CONF).ok().as_deref() == Some(self.oci_conf.as_str()) {
-            let _ = std::fs::remove_file(OCI_CONF);
+        let oci = gen().oci_conf();
+        if std::fs::read_to_string(&oci).ok().as_deref() == Some(self.oci_conf.as_str()) {
+            let _ = std::fs::remove_file(&oci);
         }
+    }
+}
+
+/// See `setup`: Slurm 24.11's job records, copied out of its chroot for the
+/// broker's scontrol while the fixture lives.
+struct Relay {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(root: &'static str, records: PathBuf) -> Relay {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(o) = Command::new("/usr/sbin/chroot")
+                    .args([root, "/usr/bin/scontrol", "--oneliner", "show", "job", "-d"])
+                    .env_clear()
+                    .env("PATH", CALLER_PATH)
+                    .output()
+                {
+                    for line in String::from_utf8_lossy(&o.stdout).lines() {
+                        let Some(id) = line
+                            .strip_prefix("JobId=")
+                            .and_then(|r| r.split_whitespace().next())
+                        else {
+                            continue;
+                        };
+                        if line.contains("JobState=RUNNING") && line.contains("(IDX:") {
+                            let tmp = records.join(format!(".{id}"));
+                            if std::fs::write(&tmp, format!("{line}\n")).is_ok() {
+                                let _ = std::fs::rename(&tmp, records.join(id));
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Relay { stop }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -59,7 +170,8 @@ fn slurm() -> Arc<Slurm> {
 
 #[track_caller]
 fn require_slurm() {
-    let st = Command::new("/usr/bin/sinfo")
+    let st = gen()
+        .root_cmd("/usr/bin/sinfo")
         .args(["-h", "-o", "%T"])
         .env_clear()
         .env("PATH", CALLER_PATH)
@@ -105,6 +217,28 @@ fn setup() -> Slurm {
         "bundles.cache",
         cache.display().to_string(),
     );
+    // The broker asks Slurm for a job's GRES (gpus.scontrol). The 24.11
+    // Slurm lives in a chroot the broker (which holds no CAP_SYS_CHROOT)
+    // cannot enter, so the fixture relays its records: a thread copies
+    // `scontrol -o show job -d` of every job into records/<id>, and the
+    // scontrol the broker runs prints the job's.
+    let relay = gen().root.map(|root| {
+        let records = bed.path().join("records");
+        std::fs::create_dir(&records).unwrap();
+        let sc = bed.path().join("scontrol");
+        std::fs::write(
+            &sc,
+            format!(
+                "#!/bin/sh\n# berth's test bed: Slurm 24.11's records, relayed (tests/slurm.rs).\n\
+                 for i in $(seq 50); do [ -s {r}/$5 ] && exec cat {r}/$5; sleep 0.1; done; exit 1\n",
+                r = records.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&sc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        set(&mut bed.policy, "gpus.scontrol", sc.display().to_string());
+        Relay::start(root, records)
+    });
     let socket = use_broker_socket(&mut bed);
     let bin = install_berth(bed.path());
 
@@ -127,10 +261,12 @@ fn setup() -> Slurm {
 
     // The shipped oci.conf, with berth under test and the test policy.
     let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("wrapper/slurm/oci.conf"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("wrapper/slurm")
+            .join(gen().shipped),
     )
     .unwrap();
-    assert!(shipped.contains("\"/usr/bin/berth slurm run %b %r %n.%u.%j.%s.%t\""));
+    assert!(shipped.contains("RunTimeRun=\"/usr/bin/berth slurm run "));
     let oci_conf = shipped.replace(
         "/usr/bin/berth ",
         &format!(
@@ -139,12 +275,14 @@ fn setup() -> Slurm {
             bed.policy_path().display()
         ),
     );
-    let tmp = format!("{OCI_CONF}.berth-test");
+    let oci = gen().oci_conf();
+    let tmp = oci.with_extension("conf.berth-test");
     std::fs::write(&tmp, &oci_conf).unwrap();
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    std::fs::rename(&tmp, OCI_CONF).unwrap();
+    std::fs::rename(&tmp, &oci).unwrap();
 
     Slurm {
+        _relay: relay,
         _daemon: daemon,
         bundle,
         oci_conf,
@@ -159,17 +297,35 @@ fn alice() -> TestUser {
 
 /// A Slurm client command (`srun`, `sbatch`, `scancel`) as `user`, with a
 /// login-like environment plus `env`, from `cwd`.
+/// On 24.11 the command runs inside the trixie tree (chroot execs a shell
+/// that execs it: still one process, so signals reach it).
 fn client(user: &TestUser, prog: &str, env: &[(&str, &str)], cwd: &Path) -> Command {
-    let mut c = Command::new(prog);
+    let mut c = match gen().root {
+        None => {
+            let mut c = Command::new(prog);
+            c.current_dir(cwd);
+            user.apply(&mut c);
+            c
+        }
+        Some(root) => {
+            let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
+            let mut c = Command::new("/usr/sbin/chroot");
+            c.arg(format!("--userspec={}:{}", user.uid, user.gid))
+                .arg(format!("--groups={}", groups.join(",")))
+                .arg(root)
+                .args(["/bin/sh", "-c", "cd \"$0\" && exec \"$@\""])
+                .arg(cwd)
+                .arg(prog);
+            c
+        }
+    };
     c.env_clear()
         .env("PATH", CALLER_PATH)
         .env("HOME", format!("/home/{}", user.name))
         .env("USER", &user.name)
         .env("LOGNAME", &user.name)
         .envs(env.iter().copied())
-        .current_dir(cwd)
         .stdin(Stdio::null());
-    user.apply(&mut c);
     c
 }
 
@@ -227,7 +383,8 @@ impl Slurm {
 
 /// `scontrol show job -o ID` as key → value.
 fn job_info(id: &str) -> BTreeMap<String, String> {
-    let out = Command::new("/usr/bin/scontrol")
+    let out = gen()
+        .root_cmd("/usr/bin/scontrol")
         .args(["show", "job", "-o", id])
         .env_clear()
         .env("PATH", CALLER_PATH)
@@ -653,8 +810,9 @@ fn query_kill_and_delete_only_touch_the_named_users_container() {
 /// Slurm 23.02+ with IgnoreFileConfigJson=true (not on this test bed):
 /// RunTimeRun="berth slurm run --env-file %e %b %r ID -- %@". The calls
 /// slurmstepd would make, made by hand as the job user: no config.json, the
-/// command from argv, the environment from a NUL-terminated file, a bare
-/// bundle NAME, and for a batch step the script's path as argv[0].
+/// command from argv, the environment from a NUL-terminated file, the image
+/// by name (`bundle:NAME` or a reference), and for a batch step the
+/// script's path as argv[0].
 #[test]
 fn the_23_02_ignore_config_json_calling_convention() {
     let s = slurm();
@@ -697,9 +855,20 @@ fn the_23_02_ignore_config_json_calling_convention() {
         s.bed.assert_no_leaks(&job);
         out
     };
-    let out = run("0", &name, &["sh", "-c", "id -u; echo \"$FOO\"; pwd"]);
+    let out = run(
+        "0",
+        &format!("bundle:{name}"),
+        &["sh", "-c", "id -u; echo \"$FOO\"; pwd"],
+    );
     out.expect_ok();
     assert_eq!(out.lines(), ["2001", "bar baz", dir.display().as_str()]);
+    // An image by name, under the same policy.
+    let out = run("0", IMAGE, &["id", "-u"]);
+    out.expect_ok();
+    assert_eq!(out.lines(), ["2001"]);
+    let out = run("0", "docker.io/library/alpine:3.19", &["true"]);
+    out.expect_code(77);
+    assert!(out.stderr.contains("images.allow"), "{}", out.stderr);
     let bundle_dir = s.bundle.display().to_string();
     let out = run(
         "4294967291",
@@ -709,7 +878,7 @@ fn the_23_02_ignore_config_json_calling_convention() {
     out.expect_ok();
     assert_eq!(out.lines(), ["batch bar baz arg1", dir.display().as_str()]);
     // A name that is not a bundle in the cache is refused.
-    run("0", "no-such-bundle", &["true"]).expect_code(77);
+    run("0", "bundle:no-such-bundle", &["true"]).expect_code(77);
     // argv without the environment file is a configuration mistake.
     let mut c = Command::new(berth_bin());
     c.arg("--policy")
@@ -728,15 +897,13 @@ fn the_23_02_ignore_config_json_calling_convention() {
 
 /// Slurm's v1 cgroup of a job's step, relative to a controller's mount.
 fn step_cgroup(job: &str, step: &str) -> String {
-    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
-    let short = host.split('.').next().unwrap().to_string();
+    let short = &gen().node;
     format!("/slurm_{short}/uid_{ALICE_UID}/job_{job}/step_{step}")
 }
 
 /// Every cgroup directory of job `job` left under any controller.
 fn job_cgroup_dirs(job: &str) -> Vec<String> {
-    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
-    let short = host.split('.').next().unwrap().to_string();
+    let short = &gen().node;
     let mut left = Vec::new();
     for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let p = e
@@ -833,7 +1000,8 @@ fn the_container_is_placed_under_the_step_and_counted_in_its_accounting() {
     );
     let ns = usage(&parent);
     assert!(ns > 1_000_000_000, "the step's cpuacct saw {ns} ns");
-    let sstat = Command::new("/usr/bin/sstat")
+    let sstat = gen()
+        .root_cmd("/usr/bin/sstat")
         .args([
             "-n",
             "-P",
@@ -981,7 +1149,7 @@ fn a_job_id_in_the_environment_cannot_name_another_users_job() {
         own.stdout.contains("RAN") && own.stdout.contains("rc=0"),
         "{own:?}"
     );
-    let _ = Command::new("/usr/bin/scancel").arg(&bobs).status();
+    let _ = gen().root_cmd("/usr/bin/scancel").arg(&bobs).status();
 }
 
 // ---------------------------------------------------------------------------
@@ -991,11 +1159,13 @@ fn a_job_id_in_the_environment_cannot_name_another_users_job() {
 // it through to a driver that is not there); one it does not hold is not
 // there at all, and could not be opened if it were.
 
+/// No single quote in it: Slurm 23.02+ quotes `%@`'s arguments in '…'
+/// without escaping (wrapper/slurm/README.md).
 /// For each GPU-like node, what opening it inside the container gives, and
 /// the GPU variables berth set: `GPU0=absent GPU1=enxio CUDA=0 NV=void`.
 const GPU_SCRIPT: &str = "for n in 0 1; do \
     if [ ! -e /dev/nvidia$n ]; then r=absent; \
-    elif head -c1 /dev/nvidia$n 2>&1 | grep -q 'No such device or address'; then r=enxio; \
+    elif head -c1 /dev/nvidia$n 2>&1 | grep -q \"No such device or address\"; then r=enxio; \
     else r=other; fi; echo GPU$n=$r; done; \
     echo CUDA=${CUDA_VISIBLE_DEVICES-unset}; echo NV=${NVIDIA_VISIBLE_DEVICES-unset}; \
     echo CTL=$([ -e /dev/nvidiactl ] && echo yes || echo no); echo JOB=$SLURM_JOB_ID";
@@ -1180,5 +1350,132 @@ fn explain_in_a_gpu_job_shows_its_gpu_and_where_it_came_from() {
             .contains("gpus       none (from the job's device cgroup)"),
         "{}",
         out.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Slurm 23.02+ (run with BERTH_SLURM=24.11): `--container=IMAGE` by name,
+// through the shipped oci.conf.23.02-ignore-config-json
+
+#[test]
+fn container_by_image_name_runs_under_the_policy_on_current_slurm() {
+    if !gen().is_24() {
+        // 22.05 has no IgnoreFileConfigJson: --container is a bundle path
+        // there (the_23_02_ignore_config_json_calling_convention drives the
+        // calling convention by hand on every generation).
+        return;
+    }
+    let s = slurm();
+    let srun = |container: &str, args: &[&str]| {
+        let mut c = client(&alice(), "/usr/bin/srun", &[], Path::new(ALICE_DIR));
+        c.arg(format!("--job-name={}", unique("byname")))
+            .arg(format!("--container={container}"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        broker::finish(c.spawn().expect("srun"), Duration::from_secs(90))
+    };
+    // Allowed: the registry image by name, as alice, in the submit dir.
+    let out = srun(
+        "docker.io/berth-test/busybox:1",
+        &["sh", "-c", "id -u; pwd"],
+    );
+    out.expect_ok();
+    assert_eq!(out.lines(), ["2001", ALICE_DIR]);
+    // The short form is the same image.
+    srun("berth-test/busybox:1", &["true"]).expect_ok();
+    // A bundle by name.
+    let name = s.bundle.file_name().unwrap().to_str().unwrap().to_string();
+    let out = srun(&format!("bundle:{name}"), &["id", "-u"]);
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "2001");
+    // Denied: not in images.allow. The step fails with berth's one line.
+    let out = srun("docker.io/library/alpine:3.19", &["true"]);
+    out.expect_code(77);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("berth: denied"))
+        .unwrap_or_else(|| panic!("no berth line: {}", out.stderr));
+    assert!(line.contains("[rule images.allow]"), "{line}");
+    // And a bundle that is not in the cache.
+    srun("bundle:no-such-bundle", &["true"]).expect_code(77);
+}
+
+#[test]
+fn a_job_array_runs_each_element_in_its_own_container_and_tmp() {
+    // The distpy pattern: one image, one container per data chunk, a
+    // shared scratch root for inputs and outputs.
+    let s = slurm();
+    let dir = AliceDir::new("array");
+    // (/scratch1/fs1 is read-only in the test policy: the shared data
+    // directory is under the read-write root.)
+    let scratch = dir.path.join("data");
+    std::fs::create_dir(&scratch).unwrap();
+    for i in 1..=4 {
+        std::fs::write(scratch.join(format!("chunk{i}")), format!("{}\n", i * 10)).unwrap();
+    }
+    for e in std::fs::read_dir(&scratch).unwrap().flatten() {
+        std::os::unix::fs::chown(e.path(), Some(ALICE_UID), Some(ALICE_GID)).unwrap();
+    }
+    std::os::unix::fs::chown(&scratch, Some(ALICE_UID), Some(ALICE_GID)).unwrap();
+    let container = if gen().is_24() {
+        "--container=docker.io/berth-test/busybox:1".to_string()
+    } else {
+        s.container_arg()
+    };
+    let name = unique("array");
+    let script = "set -e; i=$SLURM_ARRAY_TASK_ID; (ls /tmp | grep -c mine || true) > /data/tmpcount$i; touch /tmp/mine$i; \
+                  echo $(( $(cat /data/chunk$i) + 1 )) > /data/out$i; \
+                  grep :memory: /proc/self/cgroup > /data/cg$i; sleep 1";
+    let out = broker::output({
+        let mut c = client(
+            &alice(),
+            "/usr/bin/sbatch",
+            &[(
+                "LSF_DOCKER_VOLUMES",
+                &format!("{}:/data", scratch.display()),
+            )],
+            &dir.path,
+        );
+        c.arg("--parsable")
+            .arg("--array=1-4")
+            .arg(format!("--job-name={name}"))
+            .arg(format!("--output={}/{name}-%a.out", dir.display()))
+            .arg(&container)
+            .arg("--wrap")
+            .arg(script);
+        c
+    });
+    out.expect_ok();
+    let id = out.stdout.trim().split(';').next().unwrap().to_string();
+    for i in 1..=4 {
+        let (state, code) = wait_job(&format!("{id}_{i}"), Duration::from_secs(90));
+        assert_eq!(
+            (state.as_str(), code.as_str()),
+            ("COMPLETED", "0:0"),
+            "element {i}"
+        );
+        let got = std::fs::read_to_string(scratch.join(format!("out{i}"))).unwrap_or_else(|e| {
+            panic!(
+                "element {i} wrote no output ({e}); its log: {}",
+                read_output(&dir.path.join(format!("{name}-{i}.out")))
+            )
+        });
+        assert_eq!(got.trim(), (i * 10 + 1).to_string(), "element {i}");
+        // Its own /tmp: empty when it started, whatever the others wrote.
+        let n = std::fs::read_to_string(scratch.join(format!("tmpcount{i}"))).unwrap();
+        assert_eq!(n.trim(), "0", "element {i} saw another's /tmp");
+    }
+    // Four containers, one per element: four memory cgroups of their own.
+    let cgroups: std::collections::BTreeSet<String> = (1..=4)
+        .map(|i| std::fs::read_to_string(scratch.join(format!("cg{i}"))).unwrap())
+        .collect();
+    assert_eq!(cgroups.len(), 4, "{cgroups:?}");
+    assert!(
+        cgroups
+            .iter()
+            .all(|c| c.contains(&format!("/slurm_{}/", gen().node))),
+        "{cgroups:?}"
     );
 }

@@ -87,11 +87,6 @@ pub fn bundle_name(policy: &Policy, rootfs: &Path) -> Result<String> {
             "ask your administrator to set [bundles] cache",
         ))
     })?;
-    if let Some(name) = rootfs.to_str().filter(|n| !n.contains('/')) {
-        if crate::core::image::valid_bundle_name(name) {
-            return Ok(name.to_string());
-        }
-    }
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let real_cache = canon(cache);
     let bundle = if canon(rootfs).parent() == Some(real_cache.as_path()) {
@@ -165,18 +160,76 @@ pub fn job_from_argv(env_file: &[u8], mut args: Vec<String>, id: &str) -> Result
         args[0] = STARTUP.into();
         Some(script)
     } else {
+        // slurmstepd resolved the command in the job's PATH on the node
+        // before handing it over; inside the image that path may not exist
+        // (`/usr/bin/id` on the node, `/bin/id` in a busybox image). Undo
+        // exactly that resolution, so that the image's own PATH decides.
+        let path = env.get("PATH").map(String::as_str).unwrap_or("");
+        args[0] = unresolve(&args[0], path, |p| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
         None
     };
     Ok(SlurmJob { args, env, startup })
 }
 
+/// `arg0` back to the bare name it was resolved from, when it is exactly
+/// what a PATH search for that name finds first on the node
+/// (`executable`); anything else (a path the user wrote that a search would
+/// not give) is left as it is.
+pub fn unresolve(arg0: &str, path: &str, executable: impl Fn(&Path) -> bool) -> String {
+    let Some((_, base)) = arg0.rsplit_once('/') else {
+        return arg0.to_string();
+    };
+    if base.is_empty() || !arg0.starts_with('/') {
+        return arg0.to_string();
+    }
+    for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let candidate = Path::new(dir).join(base);
+        if executable(&candidate) {
+            return if candidate == Path::new(arg0) {
+                base.to_string()
+            } else {
+                arg0.to_string()
+            };
+        }
+    }
+    arg0.to_string()
+}
+
+/// The image a task names with `--container` (`%r`), as berth's request
+/// names images (`LSB_CONTAINER_IMAGE`): an absolute path is an OCI bundle
+/// in the site's cache (`bundle:NAME`); on Slurm 23.02+ with
+/// IgnoreFileConfigJson, where `--container` reaches berth unchanged,
+/// `bundle:NAME` names a bundle and anything else is an image reference
+/// (`docker.io/library/alpine:3.19`), checked by the policy like any job's.
+pub fn image_of(policy: &Policy, container: &Path) -> Result<String> {
+    if container.is_absolute() {
+        return Ok(format!("bundle:{}", bundle_name(policy, container)?));
+    }
+    let text = container.to_str().ok_or_else(|| {
+        Error::Malformed(format!("--container {} is not UTF-8", container.display()))
+    })?;
+    if let Some(name) = text.strip_prefix("bundle:") {
+        // The same check as LSB_CONTAINER_IMAGE=bundle:NAME.
+        return Ok(format!("bundle:{name}"));
+    }
+    if text.starts_with('.') {
+        return Err(Error::Malformed(format!(
+            "--container={text}: a bundle must be named by its absolute path, or as bundle:NAME"
+        )));
+    }
+    Ok(text.to_string())
+}
+
 /// The request berth sends the broker for a Slurm task.
 pub fn hello(policy: &Policy, job: SlurmJob, rootfs: &Path, id: &str) -> Result<Hello> {
-    let name = bundle_name(policy, rootfs)?;
+    let image = image_of(policy, rootfs)?;
     let mut env = job.env;
-    // The image is the bundle the user named; nothing in the job's
-    // environment chooses another.
-    env.insert("LSB_CONTAINER_IMAGE".into(), format!("bundle:{name}"));
+    // The image is the one the user named with --container; nothing in the
+    // job's environment chooses another.
+    env.insert("LSB_CONTAINER_IMAGE".into(), image);
     let fields: Vec<&str> = id.rsplitn(4, '.').collect();
     // id = %n.%u.%j.%s.%t (the node name may hold dots): j, s from the end.
     let (step, jobid) = match fields.as_slice() {
@@ -379,6 +432,21 @@ mod tests {
     }
 
     #[test]
+    fn a_node_resolved_command_goes_back_to_its_name() {
+        let on_node =
+            |p: &Path| ["/usr/bin/id", "/bin/id", "/opt/x/run"].contains(&p.to_str().unwrap());
+        let path = "/usr/local/bin:/usr/bin:/bin";
+        assert_eq!(unresolve("/usr/bin/id", path, on_node), "id");
+        // Not what a search finds first: the user's own path.
+        assert_eq!(unresolve("/bin/id", path, on_node), "/bin/id");
+        assert_eq!(unresolve("/opt/x/run", path, on_node), "/opt/x/run");
+        assert_eq!(unresolve("id", path, on_node), "id");
+        assert_eq!(unresolve("./run", path, on_node), "./run");
+        assert_eq!(unresolve("/usr/bin/", path, on_node), "/usr/bin/");
+        assert_eq!(unresolve("/usr/bin/id", "", on_node), "/usr/bin/id");
+    }
+
+    #[test]
     fn a_task_from_argv_and_an_env_file() {
         let env = b"PATH=/bin\0SLURM_SUBMIT_DIR=/storage1/fs1/alice\0A=1\0A=2\0\0";
         let j = job_from_argv(env, vec!["id".into(), "-u".into()], "vm.alice.17.0.0").unwrap();
@@ -417,22 +485,28 @@ mod tests {
         std::fs::create_dir_all(cache.join("pt2/rootfs")).unwrap();
         let mut p = Policy::default();
         p.bundles.cache = Some(cache.clone());
-        for r in [
-            cache.join("pt2/rootfs"),
-            cache.join("pt2"),
-            PathBuf::from("pt2"),
-        ] {
+        for r in [cache.join("pt2/rootfs"), cache.join("pt2")] {
             assert_eq!(bundle_name(&p, &r).unwrap(), "pt2", "{}", r.display());
+            assert_eq!(image_of(&p, &r).unwrap(), "bundle:pt2");
         }
         for r in [
-            PathBuf::from(".hidden"),
-            PathBuf::from("a/b"),
             dir.path().to_path_buf(),
             cache.clone(),
             PathBuf::from("/"),
+            cache.join("pt2/rootfs/x"),
         ] {
-            assert!(bundle_name(&p, &r).is_err(), "{}", r.display());
+            assert!(image_of(&p, &r).is_err(), "{}", r.display());
         }
+        // By name (23.02+): a bundle, or an image reference the policy checks.
+        let by_name = |s: &str| image_of(&p, Path::new(s));
+        assert_eq!(by_name("bundle:pt2").unwrap(), "bundle:pt2");
+        assert_eq!(by_name("alpine:3.19").unwrap(), "alpine:3.19");
+        assert_eq!(
+            by_name("docker.io/library/alpine:3.19").unwrap(),
+            "docker.io/library/alpine:3.19"
+        );
+        assert_eq!(by_name("pt2").unwrap(), "pt2");
+        assert!(by_name("./pt2").is_err() && by_name("../x").is_err());
     }
 
     #[test]

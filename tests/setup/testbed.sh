@@ -781,6 +781,13 @@ wait_pidfile() {
 }
 
 # ---------------------------------------------------------------------------
+# 7. Slurm 24.11 beside it, in a trixie tree (tests/setup/slurm24.sh)
+# ---------------------------------------------------------------------------
+# shellcheck source=tests/setup/slurm24.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm24.sh"
+slurm24_wanted() { [[ ${BERTH_TESTBED_SLURM24:-1} != 0 ]]; }
+
+# ---------------------------------------------------------------------------
 # subcommands
 # ---------------------------------------------------------------------------
 cmd_up() {
@@ -796,6 +803,7 @@ cmd_up() {
   verify_images
   smoke_test
   ensure_slurm   # after ensure_users: slurmctld caches group lists
+  if slurm24_wanted; then ensure_slurm24; fi
   local pid how
   pid=$(read_pid "$DOCKERD_PIDFILE")
   if [[ -n $pid ]]; then how="started by testbed, pid $pid"; else how="not started by testbed"; fi
@@ -838,6 +846,8 @@ cmd_down() {
   [[ -s $DOCKERD_PIDFILE || -s $CONTAINERD_PIDFILE ]] && had=1
   [[ -s $SLURMD_PIDFILE || -s $SLURMCTLD_PIDFILE || -s $MUNGED_PIDFILE ]] && had=1
   # Slurm first (its steps may hold containers), then munge, then the engine.
+  [[ -d $S24_ROOT/proc ]] && mountpoint -q "$S24_ROOT/proc" && had=1
+  stop_slurm24
   stop_pid slurmd "$SLURMD_PIDFILE" "$(exe "$SLURMD")"
   stop_pid slurmctld "$SLURMCTLD_PIDFILE" "$(exe "$SLURMCTLD")"
   stop_pid munged "$MUNGED_PIDFILE" "$MUNGED"
@@ -899,6 +909,14 @@ cmd_status() {
   else
     echo "slurm:      ${st:-down}${ctld:+ (slurmctld pid $ctld)}${d:+ (slurmd pid $d)}"
     rc=1
+  fi
+  if slurm24_wanted; then
+    st=$(s24_state)
+    if [[ $st == idle || $st == mixed || $st == allocated ]]; then
+      echo "slurm 24.11: node $S24_NODE $st (trixie tree $S24_ROOT)"
+    else
+      echo "slurm 24.11: ${st:-down} (trixie tree $S24_ROOT)"; rc=1
+    fi
   fi
   return $rc
 }
