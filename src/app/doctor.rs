@@ -363,6 +363,21 @@ fn check_engine(r: &mut Report, policy: &Policy) {
     }
 }
 
+/// The installed Slurm's `(major, minor)`, from `slurmd -V` (or `sinfo -V`).
+fn slurm_version() -> Option<(u32, u32)> {
+    ["/usr/sbin/slurmd", "/usr/bin/sinfo"].iter().find_map(|b| {
+        let out = std::process::Command::new(b)
+            .arg("-V")
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        crate::sched::slurm::parse_slurm_version(&String::from_utf8_lossy(&out.stdout))
+    })
+}
+
 /// Placement in the job's cgroup (SPEC §11) needs dockerd's cgroupfs
 /// driver: the systemd driver takes only `*.slice` parents.
 fn check_cgroup(r: &mut Report, policy: &Policy) {
@@ -809,7 +824,19 @@ fn check_glue(r: &mut Report) {
     let oci = Path::new("/etc/slurm/oci.conf");
     if let Ok(t) = std::fs::read_to_string(oci) {
         if t.contains("berth") {
-            r.ok("slurm", format!("{} runs berth", oci.display()));
+            match slurm_version() {
+                None => r.ok(
+                    "slurm",
+                    format!(
+                        "{} runs berth (Slurm's version unknown: no slurmd -V)",
+                        oci.display()
+                    ),
+                ),
+                Some(v) => match crate::sched::slurm::oci_conf_fit(v, &t) {
+                    Ok(m) => r.ok("slurm", format!("{} runs berth; {m}", oci.display())),
+                    Err(m) => r.fail("slurm", format!("{}: {m}", oci.display())),
+                },
+            }
         } else {
             r.warn(
                 "slurm",

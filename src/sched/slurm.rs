@@ -308,6 +308,45 @@ pub fn run(
     crate::broker::client::launch(&policy.broker.socket, &h)
 }
 
+/// `(major, minor)` of `slurmd -V` / `sinfo -V` output (`slurm 22.05.8`,
+/// `slurm-wlm 24.11.5`).
+pub fn parse_slurm_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split_whitespace().nth(1)?;
+    let mut it = v.split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Whether an oci.conf suits the installed Slurm: `Ok(what it gives)` or
+/// `Err(what to change)`.
+pub fn oci_conf_fit(version: (u32, u32), text: &str) -> std::result::Result<String, String> {
+    let ignore = text.lines().any(|l| {
+        let l = l.trim();
+        !l.starts_with('#')
+            && l.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("IgnoreFileConfigJson")
+                    && v.trim().eq_ignore_ascii_case("true")
+            })
+    });
+    let (maj, min) = version;
+    let current = (maj, min) >= (23, 2);
+    match (current, ignore) {
+        (false, true) => Err(format!(
+            "Slurm {maj}.{min:02} refuses IgnoreFileConfigJson and fails every --container step: install /usr/share/berth/wrapper/slurm/oci.conf instead"
+        )),
+        (false, false) => Ok(format!(
+            "fits Slurm {maj}.{min:02}: users give a bundle's path with --container"
+        )),
+        (true, true) => Ok(format!(
+            "fits Slurm {maj}.{min:02}: --container takes a bundle's path, bundle:NAME or an image by name"
+        )),
+        (true, false) => Ok(format!(
+            "works on Slurm {maj}.{min:02} for bundle paths; oci.conf.23.02-ignore-config-json would also let users name an image (--container=IMAGE)"
+        )),
+    }
+}
+
 /// The containers of Slurm's container id `%n.%u.%j.%s.%t`. The label is
 /// whatever the client sent (any user can run `berth slurm run` with any
 /// id), so only a container the broker started for the user the id names
@@ -476,6 +515,25 @@ mod tests {
         assert!(job_from_argv(b"LSB_X=\xff\0", vec!["id".into()], "vm.a.1.0.0").is_err());
         let j = job_from_argv(b"X=\xff\0Y=1\0", vec!["id".into()], "vm.a.1.0.0").unwrap();
         assert_eq!(j.env.keys().collect::<Vec<_>>(), ["Y"]);
+    }
+
+    #[test]
+    fn the_oci_conf_in_place_fits_the_installed_slurm() {
+        assert_eq!(parse_slurm_version("slurm 22.05.8\n"), Some((22, 5)));
+        assert_eq!(parse_slurm_version("slurm-wlm 24.11.5"), Some((24, 11)));
+        assert_eq!(parse_slurm_version("nonsense"), None);
+        let plain = include_str!("../../wrapper/slurm/oci.conf");
+        let named = include_str!("../../wrapper/slurm/oci.conf.23.02-ignore-config-json");
+        assert!(oci_conf_fit((22, 5), plain).is_ok());
+        assert!(oci_conf_fit((22, 5), named)
+            .unwrap_err()
+            .contains("refuses"));
+        assert!(oci_conf_fit((24, 11), named).unwrap().contains("by name"));
+        assert!(oci_conf_fit((23, 2), plain)
+            .unwrap()
+            .contains("23.02-ignore"));
+        // A commented-out key is not set.
+        assert!(oci_conf_fit((22, 5), "#IgnoreFileConfigJson=true\n").is_ok());
     }
 
     #[test]

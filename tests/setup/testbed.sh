@@ -813,6 +813,10 @@ cmd_up() {
   printf 'testbed up: slurm %s, node %s %s (munged pid %s, slurmctld pid %s, slurmd pid %s)\n' \
     "$(sinfo -V 2>/dev/null | awk '{print $2}')" "$(slurm_host)" "$(slurm_state)" \
     "$(read_pid "$MUNGED_PIDFILE")" "$(read_pid "$SLURMCTLD_PIDFILE")" "$(read_pid "$SLURMD_PIDFILE")"
+  if slurm24_wanted; then
+    printf 'testbed up: slurm %s in %s, node %s %s (ports %s)\n' \
+      "$(s24_in sinfo -V 2>/dev/null | awk '{print $2}')" "$S24_ROOT" "$S24_NODE" "$(s24_state)" "${S24_PORTS[*]}"
+  fi
 }
 
 # stop_pid NAME PIDFILE EXE
