@@ -1347,7 +1347,7 @@ fn explain_in_a_gpu_job_shows_its_gpu_and_where_it_came_from() {
     out.expect_ok();
     assert!(
         out.stdout
-            .contains("gpus       none (from the job's device cgroup)"),
+            .contains("gpus       none (the job holds none, by the job's device cgroup)"),
         "{}",
         out.stdout
     );

@@ -121,7 +121,11 @@ pub fn plan_gpus(policy: &GpuPolicy, found: Option<&Gpus>) -> Result<GpuPlan> {
         return Ok(none("no GPU device nodes on this node".into()));
     };
     if found.allocated.is_empty() {
-        return Ok(none(found.source.clone()));
+        return Ok(none(match found.source.strip_prefix("from ") {
+            // "none (the job holds none, by the job's device cgroup)"
+            Some(src) => format!("the job holds none, by {src}"),
+            None => found.source.clone(),
+        }));
     }
     if policy.mode == GpuMode::None {
         let held: Vec<String> = found
