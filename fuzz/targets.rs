@@ -643,7 +643,7 @@ pub fn cgroup_path(data: &[u8]) {
     }
 }
 
-/// What berth reads a job's GPUs from: `scontrol show job -d` text (the
+/// What berth reads a job's GPUs from: `scontrol show job -d 5` text (the
 /// first line is the node's name) and a v1 `devices.list`. Indices come
 /// out sorted and unique, the GPUs given are always among the node's, and
 /// a job that holds none is given none.
@@ -652,7 +652,7 @@ pub fn gpu_record(data: &[u8]) {
     let Some(s) = text(data) else { return };
     let (node, rest) = s.split_once('\n').unwrap_or((s, ""));
     let _ = devices::parse_devices_list(rest);
-    let Some(g) = devices::gres_for(rest, node) else {
+    let Ok(g) = devices::gres_for(rest, "5", node) else {
         return;
     };
     let Some(idx) = devices::parse_gres_indices(&g) else {

@@ -116,28 +116,39 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(root: &'static str, records: PathBuf) -> Relay {
+    fn start(root: &'static str, records_dir: PathBuf) -> Relay {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::spawn(move || {
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(o) = Command::new("/usr/sbin/chroot")
-                    .args([root, "/usr/bin/scontrol", "--oneliner", "show", "job", "-d"])
+                    .args([root, "/usr/bin/scontrol", "show", "job", "-d"])
                     .env_clear()
                     .env("PATH", CALLER_PATH)
                     .output()
                 {
-                    for line in String::from_utf8_lossy(&o.stdout).lines() {
-                        let Some(id) = line
+                    // One record per job, each starting with its JobId= line.
+                    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                    let mut records: Vec<String> = Vec::new();
+                    for line in text.lines() {
+                        if line.starts_with("JobId=") || records.is_empty() {
+                            records.push(String::new());
+                        }
+                        let r = records.last_mut().unwrap();
+                        r.push_str(line);
+                        r.push('\n');
+                    }
+                    for r in records {
+                        let Some(id) = r
                             .strip_prefix("JobId=")
-                            .and_then(|r| r.split_whitespace().next())
+                            .and_then(|x| x.split_whitespace().next())
                         else {
                             continue;
                         };
-                        if line.contains("JobState=RUNNING") && line.contains("(IDX:") {
-                            let tmp = records.join(format!(".{id}"));
-                            if std::fs::write(&tmp, format!("{line}\n")).is_ok() {
-                                let _ = std::fs::rename(&tmp, records.join(id));
+                        if r.contains("JobState=RUNNING") && r.contains("(IDX:") {
+                            let tmp = records_dir.join(format!(".{id}"));
+                            if std::fs::write(&tmp, &r).is_ok() {
+                                let _ = std::fs::rename(&tmp, records_dir.join(id));
                             }
                         }
                     }
@@ -230,7 +241,7 @@ fn setup() -> Slurm {
             &sc,
             format!(
                 "#!/bin/sh\n# berth's test bed: Slurm 24.11's records, relayed (tests/slurm.rs).\n\
-                 for i in $(seq 50); do [ -s {r}/$5 ] && exec cat {r}/$5; sleep 0.1; done; exit 1\n",
+                 for i in $(seq 50); do [ -s {r}/$4 ] && exec cat {r}/$4; sleep 0.1; done; exit 1\n",
                 r = records.display()
             ),
         )

@@ -310,45 +310,73 @@ pub fn parse_gres_indices(gres: &str) -> Option<Vec<u32>> {
     Some(out)
 }
 
-/// The GRES of the `Nodes=<node> … GRES=…` line of `scontrol show job -d`
-/// for `node` (a job on several nodes has one such line per node group).
-pub fn gres_of_node(scontrol: &str, node: &str) -> Option<String> {
-    for l in scontrol.lines() {
-        let l = l.trim();
-        let Some(nodes) = l
-            .strip_prefix("Nodes=")
-            .and_then(|r| r.split_whitespace().next())
-        else {
-            continue;
-        };
-        if !node_in(nodes, node) {
-            continue;
-        }
-        let g = l.split_whitespace().find_map(|w| w.strip_prefix("GRES="))?;
-        return Some(g.to_string());
-    }
-    None
-}
-
-/// The GRES of this node in `scontrol show job -d` (`--oneliner` output
-/// split at its node groups): the group naming `node`, or the job's only
-/// group (all of a job's nodes then hold the same indices, and the caller
-/// is on one of them, so the node's own name need not match Slurm's).
-pub fn gres_for(scontrol: &str, node: &str) -> Option<String> {
-    if let Some(g) = gres_of_node(scontrol, node) {
-        return Some(g);
-    }
-    let groups: Vec<&str> = scontrol
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("Nodes="))
+/// The GRES of `node` in job `job`'s record, from `scontrol show job -d
+/// <job>` (its multi-line form). Fields the user controls (JobName,
+/// Comment, WorkDir, Command, …) share that text, and may hold newlines,
+/// so the record is read strictly: exactly one record whose first line is
+/// `JobId=<job> …` (an array's or a het job's siblings are others'),
+/// exactly one `JOB_GRES=` line in it, and the node groups are the
+/// `Nodes=` lines right after that one, which Slurm writes between lines
+/// no user controls. The group naming `node` is used, or the job's only
+/// group (all of a job's nodes in one group hold the same indices).
+/// Anything else is an error: GPUs are then not given.
+pub fn gres_for(scontrol: &str, job: &str, node: &str) -> std::result::Result<String, String> {
+    let lines: Vec<&str> = scontrol.lines().collect();
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("JobId="))
         .collect();
-    match groups.as_slice() {
-        [one] => one
+    let ours: Vec<usize> = starts
+        .iter()
+        .copied()
+        .filter(|&i| lines[i].split_whitespace().next() == Some(&format!("JobId={job}")))
+        .collect();
+    let [start] = ours.as_slice() else {
+        return Err(format!("{} records of job {job}, not one", ours.len()));
+    };
+    let end = starts
+        .iter()
+        .copied()
+        .find(|&i| i > *start)
+        .unwrap_or(lines.len());
+    let record = &lines[*start..end];
+    let gres_lines: Vec<usize> = (0..record.len())
+        .filter(|&i| record[i].trim_start().starts_with("JOB_GRES="))
+        .collect();
+    let [at] = gres_lines.as_slice() else {
+        return Err(format!(
+            "{} JOB_GRES lines in job {job}'s record, not one",
+            gres_lines.len()
+        ));
+    };
+    let groups: Vec<&str> = record[at + 1..]
+        .iter()
+        .map(|l| l.trim())
+        .take_while(|l| l.starts_with("Nodes="))
+        .collect();
+    let gres_of = |l: &str| -> std::result::Result<String, String> {
+        let g: Vec<&str> = l
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("GRES="))
-            .map(str::to_string),
-        _ => None,
+            .filter_map(|w| w.strip_prefix("GRES="))
+            .collect();
+        match g.as_slice() {
+            [one] => Ok(one.to_string()),
+            _ => Err(format!("node group {l:?} has {} GRES fields", g.len())),
+        }
+    };
+    for l in &groups {
+        let nodes = l
+            .trim_start_matches("Nodes=")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if node_in(nodes, node) {
+            return gres_of(l);
+        }
+    }
+    match groups.as_slice() {
+        [one] => gres_of(one),
+        [] => Err(format!("job {job}'s record has no node groups")),
+        _ => Err(format!("no node group of job {job} names node {node}")),
     }
 }
 
@@ -443,25 +471,52 @@ mod tests {
     }
 
     #[test]
-    fn scontrol_node_lines() {
-        let text = "JobId=5 JobName=x\n   JOB_GRES=gpu:1\n     Nodes=vm CPU_IDs=0 Mem=50 GRES=gpu:1(IDX:0)\n";
-        assert_eq!(gres_of_node(text, "vm").as_deref(), Some("gpu:1(IDX:0)"));
-        assert_eq!(gres_of_node(text, "other"), None);
-        let multi = "     Nodes=n[1-2] CPU_IDs=0 Mem=50 GRES=gpu:2(IDX:0-1)\n     Nodes=n3 CPU_IDs=0 Mem=50 GRES=gpu(IDX:3)\n";
-        assert_eq!(gres_of_node(multi, "n2").as_deref(), Some("gpu:2(IDX:0-1)"));
-        assert_eq!(gres_of_node(multi, "n3").as_deref(), Some("gpu(IDX:3)"));
-        assert_eq!(gres_of_node(multi, "n4"), None);
-        // One node group: its GRES, whatever the node calls itself.
+    fn scontrol_records_are_read_strictly() {
+        let rec = |name: &str, groups: &str| {
+            format!(
+                "JobId=5 JobName={name}\n   UserId=a(1) GroupId=a(1)\n   NodeList=vm\n   JOB_GRES=gpu:1\n{groups}   MinCPUsNode=1 MinMemoryCPU=100M\n   Command=/bin/x\n   WorkDir=/w\n"
+            )
+        };
+        let one = rec("x", "     Nodes=vm CPU_IDs=0 Mem=50 GRES=gpu:1(IDX:0)\n");
+        assert_eq!(gres_for(&one, "5", "vm").as_deref(), Ok("gpu:1(IDX:0)"));
+        // One group: its GRES, whatever the node calls itself.
         assert_eq!(
-            gres_for(text, "vm.cluster").as_deref(),
-            Some("gpu:1(IDX:0)")
+            gres_for(&one, "5", "vm.cluster").as_deref(),
+            Ok("gpu:1(IDX:0)")
         );
-        assert_eq!(gres_for(multi, "n4"), None);
-        assert_eq!(gres_for(multi, "n3").as_deref(), Some("gpu(IDX:3)"));
-        assert_eq!(
-            gres_of_node("     Nodes=vm CPU_IDs=0 Mem=50 GRES=\n", "vm").as_deref(),
-            Some("")
+        assert!(gres_for(&one, "6", "vm").is_err());
+        let multi = rec(
+            "x",
+            "     Nodes=n[1-2] CPU_IDs=0 Mem=50 GRES=gpu:2(IDX:0-1)\n     Nodes=n3 CPU_IDs=0 Mem=50 GRES=gpu(IDX:3)\n",
         );
+        assert_eq!(gres_for(&multi, "5", "n2").as_deref(), Ok("gpu:2(IDX:0-1)"));
+        assert_eq!(gres_for(&multi, "5", "n3").as_deref(), Ok("gpu(IDX:3)"));
+        assert!(gres_for(&multi, "5", "n4").is_err());
+        // Forgeries through user fields: on the first line, or with newlines.
+        let forged = rec(
+            "x Nodes=vm GRES=gpu:2(IDX:0-1)",
+            "     Nodes=vm CPU_IDs=0 Mem=50 GRES=\n",
+        );
+        assert_eq!(gres_for(&forged, "5", "vm").as_deref(), Ok(""));
+        let forged = rec(
+            "x\n   JOB_GRES=gpu:2\n     Nodes=vm CPU_IDs=0 Mem=50 GRES=gpu:2(IDX:0-1)",
+            "     Nodes=vm CPU_IDs=0 Mem=50 GRES=\n",
+        );
+        assert!(gres_for(&forged, "5", "vm").is_err());
+        let forged = rec(
+            "x\nJobId=5 JobName=y",
+            "     Nodes=vm CPU_IDs=0 Mem=50 GRES=\n",
+        );
+        assert!(gres_for(&forged, "5", "vm").is_err());
+        let two = rec(
+            "x",
+            "     Nodes=vm CPU_IDs=0 Mem=50 GRES=gpu(IDX:0) GRES=gpu(IDX:1)\n",
+        );
+        assert!(gres_for(&two, "5", "vm").is_err());
+        // An array's siblings are other records.
+        let array = format!("{one}JobId=6 ArrayJobId=5\n   JOB_GRES=gpu:1\n     Nodes=vm CPU_IDs=1 Mem=50 GRES=gpu:1(IDX:1)\n");
+        assert_eq!(gres_for(&array, "5", "vm").as_deref(), Ok("gpu:1(IDX:0)"));
+        assert_eq!(gres_for(&array, "6", "vm").as_deref(), Ok("gpu:1(IDX:1)"));
     }
 
     #[test]
@@ -480,7 +535,7 @@ mod tests {
         fn parsers_never_panic(s in "\\PC{0,200}") {
             let _ = parse_devices_list(&s);
             let _ = parse_gres_indices(&s);
-            let _ = gres_of_node(&s, "vm");
+            let _ = gres_for(&s, "5", "vm");
         }
     }
 }

@@ -154,10 +154,12 @@ pub fn allocation(
 }
 
 /// The GRES indices Slurm allocated to `job` on `node`, from `scontrol
-/// show job -d` run as root with a clean environment and a deadline.
+/// show job -d` run as root with a clean environment and a deadline, read
+/// strictly (`devices::gres_for`: user-controlled fields share the text).
 fn slurm_record(policy: &GpuPolicy, job: &str, node: &str) -> Result<Vec<u32>, String> {
+    use std::io::Read;
     let mut child = std::process::Command::new(&policy.scontrol)
-        .args(["--oneliner", "show", "job", "-d", job])
+        .args(["show", "job", "-d", job])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(std::process::Stdio::null())
@@ -165,6 +167,13 @@ fn slurm_record(policy: &GpuPolicy, job: &str, node: &str) -> Result<Vec<u32>, S
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("{} cannot be run ({e})", policy.scontrol.display()))?;
+    // Read while it runs: a record over a pipe's 64 kB must not stall it.
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.by_ref().take(4 << 20).read_to_end(&mut out);
+        out
+    });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
         match child.try_wait() {
@@ -179,23 +188,12 @@ fn slurm_record(policy: &GpuPolicy, job: &str, node: &str) -> Result<Vec<u32>, S
             }
         }
     };
-    let mut out = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        use std::io::Read;
-        let _ = o.by_ref().take(1 << 20).read_to_string(&mut out);
-    }
+    let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
     if !status.success() {
         return Err(format!("scontrol show job {job} failed ({status})"));
     }
-    // --oneliner keeps each node group's `Nodes=… GRES=…` on the one line:
-    // split it back at the node groups.
-    let text = out.replace(" Nodes=", "\n Nodes=");
-    match devices::gres_for(&text, node) {
-        None => Ok(Vec::new()),
-        Some(g) => {
-            devices::parse_gres_indices(&g).ok_or_else(|| format!("its GRES {g:?} cannot be read"))
-        }
-    }
+    let g = devices::gres_for(&out, job, node)?;
+    devices::parse_gres_indices(&g).ok_or_else(|| format!("its GRES {g:?} cannot be read"))
 }
 
 /// Lift the mknod bit of `devs` from the deny rules of every default-allow

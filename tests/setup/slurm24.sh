@@ -36,9 +36,11 @@ ensure_s24_tree() {
     log "installing debootstrap"
     apt_retry install -y -q --no-install-recommends debootstrap || die "apt-get install debootstrap failed"
   }
-  s24_unmount
+  stop_slurm24
   log "debootstrapping Debian 13 (trixie) with Slurm 24.11 into $S24_ROOT (~300 MB, ~1 min)"
   s24_unmount_tree "$S24_ROOT.tmp"
+  s24_no_mounts "$S24_ROOT.tmp"
+  s24_no_mounts "$S24_ROOT"
   rm -rf --one-file-system "$S24_ROOT.tmp"
   debootstrap --variant=minbase --include="$S24_PACKAGES" trixie "$S24_ROOT.tmp" "$S24_MIRROR" \
     >/var/log/berth-testbed-debootstrap.log 2>&1 \
@@ -71,11 +73,11 @@ s24_sync_users() {
 s24_mount() {
   local d
   mountpoint -q "$S24_ROOT/proc" || mount --bind /proc "$S24_ROOT/proc"
+  # rslave every time (it is idempotent): a run killed between the bind
+  # and this would leave mounts whose unmounting reaches the host's.
   for d in sys dev; do
-    if ! mountpoint -q "$S24_ROOT/$d"; then
-      mount --rbind "/$d" "$S24_ROOT/$d"
-      mount --make-rslave "$S24_ROOT/$d"
-    fi
+    mountpoint -q "$S24_ROOT/$d" || mount --rbind "/$d" "$S24_ROOT/$d"
+    mount --make-rslave "$S24_ROOT/$d"
   done
   # The tree's own /run (its munge socket, its pid files), with the host's
   # engine socket in it.
@@ -89,10 +91,8 @@ s24_mount() {
   for d in "${S24_SHARED[@]}"; do
     [[ -d $d ]] || continue
     mkdir -p "$S24_ROOT$d"
-    if ! mountpoint -q "$S24_ROOT$d"; then
-      mount --rbind "$d" "$S24_ROOT$d"
-      mount --make-rslave "$S24_ROOT$d"
-    fi
+    mountpoint -q "$S24_ROOT$d" || mount --rbind "$d" "$S24_ROOT$d"
+    mount --make-rslave "$S24_ROOT$d"
   done
 }
 
@@ -104,9 +104,25 @@ s24_unmount() { s24_unmount_tree "$S24_ROOT"; }
 s24_unmount_tree() {
   local m
   [[ -d $1 ]] || return 0
+  # Slave first, so that no unmount propagates to the host's own mounts.
+  while read -r m; do
+    mount --make-rslave "$m" 2>/dev/null || true
+  done < <(s24_mounts_under "$1")
   while read -r m; do
     umount -R "$m" 2>/dev/null || umount -lR "$m" 2>/dev/null || true
-  done < <(awk -v r="$1/" 'index($5, r) == 1 {print $5}' /proc/self/mountinfo | sort -r)
+  done < <(s24_mounts_under "$1" | sort -r)
+}
+
+s24_mounts_under() { awk -v r="$1/" 'index($5, r) == 1 {print $5}' /proc/self/mountinfo; }
+
+# Refuse to go on while anything is mounted under TREE: `rm
+# --one-file-system` does not stop at a bind mount of the same filesystem
+# (/tmp, /home, the storage roots), so removing the tree then would remove
+# the host's files.
+s24_no_mounts() {
+  local left
+  left=$(s24_mounts_under "$1" | head -n 3)
+  [[ -z $left ]] || die "still mounted under $1 (${left//$'\n'/, }): unmount it before the tree is replaced"
 }
 
 s24_slurm_conf() {
@@ -196,7 +212,8 @@ ensure_slurm24() {
   s24_in install -d -o munge -g munge -m 0755 /run/munge
   if ! s24_running munged /run/munge/munged.pid; then
     log "starting the trixie tree's munged"
-    chroot --userspec=munge:munge "$S24_ROOT" /usr/sbin/munged 9>&- </dev/null || die "munged (trixie) did not start"
+    chroot --userspec=munge:munge "$S24_ROOT" /usr/sbin/munged 9>&- </dev/null >/dev/null 2>&1 \
+      || die "munged (trixie) did not start"
   fi
   if ((changed)); then
     if s24_running slurmd /run/slurmd.pid; then kill "$(read_pid "$S24_ROOT/run/slurmd.pid")" || true; fi
