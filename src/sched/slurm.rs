@@ -322,12 +322,13 @@ pub fn parse_slurm_version(text: &str) -> Option<(u32, u32)> {
 /// `Err(what to change)`.
 pub fn oci_conf_fit(version: (u32, u32), text: &str) -> std::result::Result<String, String> {
     let ignore = text.lines().any(|l| {
-        let l = l.trim();
-        !l.starts_with('#')
-            && l.split_once('=').is_some_and(|(k, v)| {
-                k.trim().eq_ignore_ascii_case("IgnoreFileConfigJson")
-                    && v.trim().eq_ignore_ascii_case("true")
-            })
+        // Comments run to the end of the line, as in slurm.conf.
+        let l = l.split('#').next().unwrap_or("").trim();
+        l.split_once('=').is_some_and(|(k, v)| {
+            let v = v.trim().trim_matches('"');
+            k.trim().eq_ignore_ascii_case("IgnoreFileConfigJson")
+                && ["true", "yes", "1"].iter().any(|t| v.eq_ignore_ascii_case(t))
+        })
     });
     let (maj, min) = version;
     let current = (maj, min) >= (23, 2);
@@ -532,8 +533,11 @@ mod tests {
         assert!(oci_conf_fit((23, 2), plain)
             .unwrap()
             .contains("23.02-ignore"));
-        // A commented-out key is not set.
+        // A commented-out key is not set; Slurm's other spellings of true are.
         assert!(oci_conf_fit((22, 5), "#IgnoreFileConfigJson=true\n").is_ok());
+        for on in ["IgnoreFileConfigJson=yes", "ignorefileconfigjson = 1 # on", "IgnoreFileConfigJson=\"True\""] {
+            assert!(oci_conf_fit((22, 5), on).is_err(), "{on}");
+        }
     }
 
     #[test]
