@@ -664,6 +664,7 @@ pub fn gpu_record(data: &[u8]) {
             path: format!("/dev/nvidia{n}").into(),
             major: 195,
             minor: n,
+            uuid: None,
         })
         .collect();
     let held = devices::by_indices(&present, &idx);

@@ -17,6 +17,10 @@ pub struct DeviceNode {
     pub path: PathBuf,
     pub major: u32,
     pub minor: u32,
+    /// The GPU's UUID as the NVIDIA driver states it for this minor
+    /// (`/proc/driver/nvidia/gpus/*/information`); `None` without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
 }
 
 impl DeviceNode {
@@ -30,6 +34,14 @@ impl DeviceNode {
             .and_then(|d| d.parse().ok())
             .unwrap_or(self.minor)
     }
+}
+
+/// A GPU UUID as NVIDIA's driver prints it (`GPU-` and hex with dashes),
+/// safe in an argv and a CDI name.
+pub fn valid_gpu_uuid(u: &str) -> bool {
+    u.strip_prefix("GPU-").is_some_and(|h| {
+        (8..=64).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    })
 }
 
 /// What the launcher found about a job's GPUs: an input fact of the plan.
@@ -69,9 +81,15 @@ impl GpuPlan {
         })
     }
 
-    /// The host indices of the GPUs given (`--gpus device=…`, CDI names).
+    /// How the host names the GPUs given, for `--gpus device=…` and CDI
+    /// names: the UUID the driver gives for the device's minor, which
+    /// cannot name another GPU (NVML's index follows PCI order, which need
+    /// not be the minor's), else the index.
     pub fn host_indices(&self) -> Vec<String> {
-        self.given.iter().map(|g| g.index().to_string()).collect()
+        self.given
+            .iter()
+            .map(|g| g.uuid.clone().unwrap_or_else(|| g.index().to_string()))
+            .collect()
     }
 
     /// `NVIDIA_VISIBLE_DEVICES` inside. An NVIDIA runtime on the host reads
@@ -520,11 +538,51 @@ mod tests {
     }
 
     #[test]
+    fn the_toolkit_and_cdi_get_the_gpus_uuid_when_the_driver_gives_it() {
+        let g = DeviceNode {
+            path: "/dev/nvidia1".into(),
+            major: 195,
+            minor: 1,
+            uuid: Some("GPU-5b3f1c2a-0000-1111-2222-333344445555".into()),
+        };
+        let found = Gpus {
+            present: vec![g.clone()],
+            control: vec![],
+            allocated: vec![g],
+            source: "from the job's device cgroup".into(),
+        };
+        let mut p = GpuPolicy {
+            mode: GpuMode::Nvidia,
+            ..Default::default()
+        };
+        let plan = plan_gpus(&p, Some(&found)).unwrap();
+        assert_eq!(
+            plan.host_indices(),
+            ["GPU-5b3f1c2a-0000-1111-2222-333344445555"]
+        );
+        assert_eq!(
+            plan.nvidia_visible(),
+            "GPU-5b3f1c2a-0000-1111-2222-333344445555"
+        );
+        assert_eq!(plan.cuda_visible().as_deref(), Some("0"));
+        p.mode = GpuMode::Devices;
+        assert_eq!(
+            plan_gpus(&p, Some(&found)).unwrap().nvidia_visible(),
+            "void"
+        );
+        assert!(valid_gpu_uuid("GPU-5b3f1c2a-0000-1111-2222-333344445555"));
+        for bad in ["GPU-", "5b3f1c2a", "GPU-x;rm", "GPU-12345678 --privileged"] {
+            assert!(!valid_gpu_uuid(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn index_of_a_node() {
         let n = |p: &str, m| DeviceNode {
             path: p.into(),
             major: 195,
             minor: m,
+            uuid: None,
         };
         assert_eq!(n("/dev/nvidia3", 3).index(), 3);
         assert_eq!(n("/dev/gpu", 7).index(), 7);

@@ -336,9 +336,9 @@ pub enum GpuMode {
     /// The allocated device nodes and the control devices, passed as
     /// devices (the image or a volume brings the driver's libraries).
     Devices,
-    /// The NVIDIA container toolkit (`--gpus device=<index>`).
+    /// The NVIDIA container toolkit (`--gpus device=<uuid>`).
     Nvidia,
-    /// CDI device names (`<cdi_kind>=<index>`, docker 25 and later).
+    /// CDI device names (`<cdi_kind>=<uuid>`, docker 25 and later).
     Cdi,
 }
 

@@ -327,7 +327,9 @@ pub fn oci_conf_fit(version: (u32, u32), text: &str) -> std::result::Result<Stri
         l.split_once('=').is_some_and(|(k, v)| {
             let v = v.trim().trim_matches('"');
             k.trim().eq_ignore_ascii_case("IgnoreFileConfigJson")
-                && ["true", "yes", "1"].iter().any(|t| v.eq_ignore_ascii_case(t))
+                && ["true", "yes", "1"]
+                    .iter()
+                    .any(|t| v.eq_ignore_ascii_case(t))
         })
     });
     let (maj, min) = version;
@@ -535,7 +537,11 @@ mod tests {
             .contains("23.02-ignore"));
         // A commented-out key is not set; Slurm's other spellings of true are.
         assert!(oci_conf_fit((22, 5), "#IgnoreFileConfigJson=true\n").is_ok());
-        for on in ["IgnoreFileConfigJson=yes", "ignorefileconfigjson = 1 # on", "IgnoreFileConfigJson=\"True\""] {
+        for on in [
+            "IgnoreFileConfigJson=yes",
+            "ignorefileconfigjson = 1 # on",
+            "IgnoreFileConfigJson=\"True\"",
+        ] {
             assert!(oci_conf_fit((22, 5), on).is_err(), "{on}");
         }
     }

@@ -42,6 +42,7 @@ fn nodes(patterns: &[String]) -> Vec<DeviceNode> {
                 path: p,
                 major: libc::major(rdev),
                 minor: libc::minor(rdev),
+                uuid: None,
             };
             if !out.contains(&node) {
                 out.push(node);
@@ -52,9 +53,46 @@ fn nodes(patterns: &[String]) -> Vec<DeviceNode> {
     out
 }
 
+/// The NVIDIA driver's minor → UUID table, from
+/// `/proc/driver/nvidia/gpus/<pci>/information` (`Device Minor: 1`,
+/// `GPU UUID: GPU-…`); empty without the driver.
+fn nvidia_uuids() -> Vec<(u32, String)> {
+    let Ok(rd) = std::fs::read_dir("/proc/driver/nvidia/gpus") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let Ok(t) = std::fs::read_to_string(e.path().join("information")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            t.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(minor), Some(uuid)) = (
+            field("Device Minor:").and_then(|m| m.parse().ok()),
+            field("GPU UUID:").filter(|u| devices::valid_gpu_uuid(u)),
+        ) {
+            out.push((minor, uuid));
+        }
+    }
+    out
+}
+
 /// The GPU and control device nodes of this node.
 pub fn on_node(policy: &GpuPolicy) -> (Vec<DeviceNode>, Vec<DeviceNode>) {
-    let gpus = nodes(&policy.devices);
+    let mut gpus = nodes(&policy.devices);
+    let uuids = nvidia_uuids();
+    for g in &mut gpus {
+        // NVIDIA's character major is 195.
+        if g.major == 195 {
+            g.uuid = uuids
+                .iter()
+                .find(|(m, _)| *m == g.minor)
+                .map(|(_, u)| u.clone());
+        }
+    }
     let control = nodes(&policy.control_devices)
         .into_iter()
         .filter(|c| !gpus.contains(c))
@@ -271,6 +309,7 @@ mod tests {
             path: format!("/dev/nvidia{m}").into(),
             major: 195,
             minor: m,
+            uuid: None,
         };
         let held = probe(&job, &[node(0), node(1)]);
         let left: Vec<_> = std::fs::read_dir(&dir)

@@ -997,6 +997,7 @@ fn gpu(n: u32) -> crate::core::devices::DeviceNode {
         path: format!("/dev/nvidia{n}").into(),
         major: 195,
         minor: n,
+        uuid: None,
     }
 }
 
@@ -1016,6 +1017,7 @@ fn plan_with_gpus(mode: &str, held: &[u32], env: &[(&str, &str)]) -> Result<Laun
         path: "/dev/nvidiactl".into(),
         major: 195,
         minor: 255,
+        uuid: None,
     };
     let c = Context {
         nonce: "cafe".into(),
