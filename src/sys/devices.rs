@@ -255,11 +255,13 @@ fn slurm_record(policy: &GpuPolicy, job: &str, node: &str) -> Result<Vec<u32>, S
 /// Lift the mknod bit of `devs` from the deny rules of every default-allow
 /// device cgroup from the hierarchy's root down to `parent` (v1), so that
 /// docker's `c *:* m` rule for the container is accepted under a job whose
-/// cgroup denies some of them. Top-down, because the kernel accepts a
-/// change only if the parent already allows it. Read and write access stay
-/// as the scheduler set them, and the container is still given exactly its
-/// own devices. A level that is default-deny (its own allow list) is left
-/// as it is.
+/// cgroup denies some of them: the kernel checks a default-deny child's new
+/// allow rule against its parent's deny rules, and a cgroup the engine
+/// makes on the way copies its parent's, so every level is cleared (on a
+/// default-allow level an allow write only removes bits from a matching
+/// deny rule). Read and write access stay as the scheduler set them, and
+/// the container is still given exactly its own devices. A level that is
+/// default-deny (its own allow list) is left as it is.
 pub fn unmask_mknod(parent: &str, devs: &[DeviceNode]) -> std::io::Result<()> {
     if devs.is_empty() || !Path::new(DEVICES).join("devices.list").exists() {
         return Ok(());
