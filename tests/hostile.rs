@@ -24,9 +24,12 @@
 #[path = "common/broker.rs"]
 mod broker;
 mod common;
+#[path = "common/gpu.rs"]
+mod gpu;
 
 use broker::{install_berth, user_command, Daemon, TestUser};
 use common::*;
+use gpu::GPU_PROBE;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -233,16 +236,6 @@ fn tmpfs_8m(p: &mut toml::Table) {
     set(p, "tmp.size", "8m");
 }
 
-/// What opening each GPU-like node of the test bed (/dev/nvidia0, 1 and
-/// ctl: no driver) gives inside: absent, enxio (the device cgroup let it
-/// through), eperm, or other; and the GPU variables inside.
-const GPU_SCRIPT: &str = "for n in 0 1 ctl; do \
-    if [ ! -e /dev/nvidia$n ]; then r=absent; \
-    else m=$(head -c1 /dev/nvidia$n 2>&1); case $m in \
-      *'No such device or address'*) r=enxio;; *'not permitted'*) r=eperm;; *) r=other;; esac; fi; \
-    echo GPU$n=$r; done; \
-    echo CUDA=${CUDA_VISIBLE_DEVICES-unset}; echo NV=${NVIDIA_VISIBLE_DEVICES-unset}";
-
 /// No GPU node in the container, and berth's own GPU variables.
 fn gpu_free(o: &Out) -> R {
     for g in ["GPU0", "GPU1", "GPUctl"] {
@@ -390,7 +383,7 @@ const CONTAIN: &[Contain] = &[
         ],
         // The node gives GPUs: the job, in no scheduler job, holds none.
         policy: |p| set(p, "gpus.mode", "devices"),
-        script: GPU_SCRIPT,
+        script: GPU_PROBE,
         code: 0,
         check: gpu_free,
     },
@@ -403,7 +396,7 @@ const CONTAIN: &[Contain] = &[
             ("SLURM_JOB_GPUS", "0"),
         ],
         policy: no_policy_change,
-        script: GPU_SCRIPT,
+        script: GPU_PROBE,
         code: 0,
         check: gpu_free,
     },

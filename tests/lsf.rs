@@ -16,6 +16,9 @@
 //! required: a missing engine FAILS, never skips. Every job id is unique
 //! (this process's pid and a counter) and every test cleans up.
 
+#[path = "common/gpu.rs"]
+mod gpu;
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -1491,16 +1494,10 @@ fn control_still_works_for_a_job_in_its_cgroup() {
     );
 }
 
-/// Opening each GPU-like node inside the container (see tests/slurm.rs).
-const GPU_SCRIPT: &str = "for n in 0 1; do \
-    if [ ! -e /dev/nvidia$n ]; then r=absent; \
-    elif head -c1 /dev/nvidia$n 2>&1 | grep -q 'No such device or address'; then r=enxio; \
-    else r=other; fi; echo GPU$n=$r; done; \
-    echo CUDA=${CUDA_VISIBLE_DEVICES-unset}; echo NV=${NVIDIA_VISIBLE_DEVICES-unset}";
-
-/// GPU_SCRIPT as the starter's `"…"` argument: expanded in the container.
+/// tests/common/gpu.rs's probe as the starter's `"…"` argument: expanded
+/// in the container, not by the starter's shell.
 fn gpu_script() -> String {
-    GPU_SCRIPT.replace('$', "\\$")
+    gpu::GPU_PROBE.replace('$', "\\$").replace('"', "\\\"")
 }
 
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {

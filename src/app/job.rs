@@ -163,8 +163,8 @@ fn decide_inner(
     let nonce = crate::sys::random_hex(4)?;
     let hostname = crate::sys::hostname();
     let node_gpus = crate::sys::devices::on_node(&policy.gpus);
-    let job_cgroup = locate_job(policy, caller, &id, !node_gpus.0.is_empty())?;
     let has_gpus = !node_gpus.0.is_empty();
+    let job_cgroup = locate_job(policy, caller, &id, has_gpus)?;
     let gpus = has_gpus
         .then(|| {
             let job = job_cgroup.as_ref().map(|f| &f.0);

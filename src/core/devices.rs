@@ -85,7 +85,7 @@ impl GpuPlan {
     /// names: the UUID the driver gives for the device's minor, which
     /// cannot name another GPU (NVML's index follows PCI order, which need
     /// not be the minor's), else the index.
-    pub fn host_indices(&self) -> Vec<String> {
+    pub fn host_ids(&self) -> Vec<String> {
         self.given
             .iter()
             .map(|g| g.uuid.clone().unwrap_or_else(|| g.index().to_string()))
@@ -99,7 +99,7 @@ impl GpuPlan {
     /// host indices docker itself passes to the toolkit's hook.
     pub fn nvidia_visible(&self) -> String {
         if self.mode == GpuMode::Nvidia && !self.given.is_empty() {
-            self.host_indices().join(",")
+            self.host_ids().join(",")
         } else {
             "void".into()
         }
@@ -557,7 +557,7 @@ mod tests {
         };
         let plan = plan_gpus(&p, Some(&found)).unwrap();
         assert_eq!(
-            plan.host_indices(),
+            plan.host_ids(),
             ["GPU-5b3f1c2a-0000-1111-2222-333344445555"]
         );
         assert_eq!(

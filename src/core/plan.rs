@@ -563,12 +563,12 @@ pub fn plan(
             _ if gpus.given.is_empty() => Vec::new(),
             crate::core::policy::GpuMode::Nvidia => vec![spec::DeviceRequest {
                 driver: "nvidia".into(),
-                ids: gpus.host_indices(),
+                ids: gpus.host_ids(),
             }],
             crate::core::policy::GpuMode::Cdi => vec![spec::DeviceRequest {
                 driver: "cdi".into(),
                 ids: gpus
-                    .host_indices()
+                    .host_ids()
                     .iter()
                     .map(|i| format!("{}={i}", policy.gpus.cdi_kind))
                     .collect(),

@@ -134,22 +134,7 @@ ClusterName=berth24
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=${S24_PORTS[0]}
 SlurmdPort=${S24_PORTS[1]}
-SlurmUser=slurm
-AuthType=auth/munge
-ProctrackType=proctrack/cgroup
-TaskPlugin=task/cgroup,task/affinity
-JobAcctGatherType=jobacct_gather/cgroup
-JobAcctGatherFrequency=task=1
-AccountingStorageType=accounting_storage/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=100
-MpiDefault=none
-MailProg=/bin/true
-ReturnToService=2
-KillWait=5
-MinJobAge=600
-InactiveLimit=0
+$(slurm_conf_common)
 StateSaveLocation=$S24_DIR/state
 SlurmdSpoolDir=$S24_DIR/spool
 SlurmctldLogFile=$S24_DIR/log/slurmctld.log
@@ -163,15 +148,7 @@ CONF
 }
 
 # 24.11: CgroupAutomount is defunct (an error line), the rest as the host's.
-s24_cgroup_conf() {
-  cat <<CONF
-$SLURM_MARK: cgroup enforcement for berth's integration tests (24.11).
-CgroupPlugin=cgroup/v1
-ConstrainCores=yes
-ConstrainRAMSpace=yes
-ConstrainDevices=yes
-CONF
-}
+s24_cgroup_conf() { cgroup_conf_text | grep -v '^CgroupAutomount='; }
 
 s24_in() { chroot "$S24_ROOT" "$@"; }
 

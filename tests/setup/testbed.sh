@@ -581,13 +581,11 @@ ensure_munge() {
   log "munged up, pid ${pid:-?}"
 }
 
-slurm_conf_text() {
-  local host
-  host=$(slurm_host)
+# What both test-bed Slurms (22.05 here, 24.11 in tests/setup/slurm24.sh)
+# run with: real enforcement and accounting through cgroups, memory as a
+# consumable, quick turnover.
+slurm_conf_common() {
   cat <<CONF
-$SLURM_MARK: a single-node cluster for berth's integration tests.
-ClusterName=berthtest
-SlurmctldHost=$host(127.0.0.1)
 SlurmUser=slurm
 AuthType=auth/munge
 ProctrackType=proctrack/cgroup
@@ -604,6 +602,17 @@ ReturnToService=2
 KillWait=5
 MinJobAge=600
 InactiveLimit=0
+CONF
+}
+
+slurm_conf_text() {
+  local host
+  host=$(slurm_host)
+  cat <<CONF
+$SLURM_MARK: a single-node cluster for berth's integration tests.
+ClusterName=berthtest
+SlurmctldHost=$host(127.0.0.1)
+$(slurm_conf_common)
 StateSaveLocation=$SLURM_DIR/state
 SlurmdSpoolDir=$SLURM_DIR/spool
 SlurmctldLogFile=$SLURM_DIR/log/slurmctld.log

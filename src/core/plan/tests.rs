@@ -850,6 +850,16 @@ proptest! {
 /// A plan for a caller the kernel puts in `cgroup` (a memory-controller
 /// path), with `env` on top of the standard request.
 fn plan_in_cgroup(policy: &str, cgroup: Option<&str>, env: &[(&str, &str)]) -> Result<LaunchPlan> {
+    plan_in(policy, cgroup, env, None)
+}
+
+/// [`plan_in_cgroup`], with the GPUs the launcher found.
+fn plan_in(
+    policy: &str,
+    cgroup: Option<&str>,
+    env: &[(&str, &str)],
+    gpus: Option<crate::core::devices::Gpus>,
+) -> Result<LaunchPlan> {
     let policy = Policy::parse(policy, "test").unwrap();
     let mut e: BTreeMap<String, String> = BTreeMap::from([
         ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
@@ -868,6 +878,7 @@ fn plan_in_cgroup(policy: &str, cgroup: Option<&str>, env: &[(&str, &str)]) -> R
             (job, Some("0-1".to_string()), Some(64 << 20))
         }),
         env_slurm_job_id: e.get("SLURM_JOB_ID").cloned(),
+        gpus,
         ..Default::default()
     };
     plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c)
@@ -1003,38 +1014,23 @@ fn gpu(n: u32) -> crate::core::devices::DeviceNode {
 
 /// A plan for a job in TASK that holds `held` of the node's GPUs 0 and 1.
 fn plan_with_gpus(mode: &str, held: &[u32], env: &[(&str, &str)]) -> Result<LaunchPlan> {
-    let policy = Policy::parse(&format!("{POLICY}\n[gpus]\nmode = \"{mode}\"\n"), "test").unwrap();
-    let mut e: BTreeMap<String, String> = BTreeMap::from([
-        ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
-        ("LS_SUBCWD".into(), "/storage1/fs1/alice/proj".into()),
-    ]);
-    for (k, v) in env {
-        e.insert(k.to_string(), v.to_string());
-    }
-    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
-    let req = from_env(&e, None, vec!["x".into()]).unwrap();
     let ctl = crate::core::devices::DeviceNode {
         path: "/dev/nvidiactl".into(),
         major: 195,
         minor: 255,
         uuid: None,
     };
-    let c = Context {
-        nonce: "cafe".into(),
-        job_cgroup: Some((
-            crate::core::cgroup::find_job(&format!("4:memory:{TASK}\n"), 2001).unwrap(),
-            None,
-            None,
-        )),
-        gpus: Some(crate::core::devices::Gpus {
+    plan_in(
+        &format!("{POLICY}\n[gpus]\nmode = \"{mode}\"\n"),
+        Some(TASK),
+        env,
+        Some(crate::core::devices::Gpus {
             present: vec![gpu(0), gpu(1)],
             control: vec![ctl],
             allocated: held.iter().map(|&n| gpu(n)).collect(),
             source: "from the job's device cgroup".into(),
         }),
-        ..Default::default()
-    };
-    plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c)
+    )
 }
 
 fn env_of<'a>(p: &'a LaunchPlan, k: &str) -> Vec<&'a str> {
