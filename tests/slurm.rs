@@ -11,9 +11,12 @@
 #[path = "common/broker.rs"]
 mod broker;
 mod common;
+#[path = "common/gpu.rs"]
+mod gpu;
 
 use broker::{install_berth, use_broker_socket, Daemon, TestUser};
 use common::*;
+use gpu::GPU_PROBE;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -277,7 +280,8 @@ fn setup() -> Slurm {
             .join(gen().shipped),
     )
     .unwrap();
-    assert!(shipped.contains("RunTimeRun=\"/usr/bin/berth slurm run "));
+    // `exec`: the task is berth itself (wrapper/slurm/README.md).
+    assert!(shipped.contains("RunTimeRun=\"exec /usr/bin/berth slurm run "));
     let oci_conf = shipped.replace(
         "/usr/bin/berth ",
         &format!(
@@ -419,6 +423,29 @@ const ENDED: &[&str] = &[
     "DEADLINE",
     "PREEMPTED",
 ];
+
+/// The id of the (one) job named `name` that Slurm still knows.
+fn job_id_named(name: &str) -> String {
+    let out = gen()
+        .root_cmd("/usr/bin/scontrol")
+        .args(["-o", "show", "job"])
+        .env_clear()
+        .env("PATH", CALLER_PATH)
+        .output()
+        .expect("scontrol");
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == format!("JobName={name}")))
+        .filter_map(|l| {
+            l.strip_prefix("JobId=")?
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "jobs named {name}: {ids:?}");
+    ids[0].clone()
+}
 
 /// Wait for a batch job to end: (JobState, ExitCode).
 #[track_caller]
@@ -1170,16 +1197,10 @@ fn a_job_id_in_the_environment_cannot_name_another_users_job() {
 // it through to a driver that is not there); one it does not hold is not
 // there at all, and could not be opened if it were.
 
-/// No single quote in it: Slurm 23.02+ quotes `%@`'s arguments in '…'
-/// without escaping (wrapper/slurm/README.md).
-/// For each GPU-like node, what opening it inside the container gives, and
-/// the GPU variables berth set: `GPU0=absent GPU1=enxio CUDA=0 NV=void`.
-const GPU_SCRIPT: &str = "for n in 0 1; do \
-    if [ ! -e /dev/nvidia$n ]; then r=absent; \
-    elif head -c1 /dev/nvidia$n 2>&1 | grep -q \"No such device or address\"; then r=enxio; \
-    else r=other; fi; echo GPU$n=$r; done; \
-    echo CUDA=${CUDA_VISIBLE_DEVICES-unset}; echo NV=${NVIDIA_VISIBLE_DEVICES-unset}; \
-    echo CTL=$([ -e /dev/nvidiactl ] && echo yes || echo no); echo JOB=$SLURM_JOB_ID";
+/// The probe of tests/common/gpu.rs, and the job's id.
+fn gpu_script() -> String {
+    format!("{GPU_PROBE}; echo JOB=$SLURM_JOB_ID")
+}
 
 #[test]
 fn a_gpu_job_gets_exactly_its_gpu_whatever_its_environment_says() {
@@ -1196,7 +1217,7 @@ fn a_gpu_job_gets_exactly_its_gpu_whatever_its_environment_says() {
     ];
     // ENXIO is the proof it is the one Slurm gave: the job's device cgroup
     // (the container's parent) denies the other with EPERM.
-    let script = GPU_SCRIPT.to_string();
+    let script = gpu_script();
     let out = s.srun(
         &hostile,
         Path::new(ALICE_DIR),
@@ -1214,7 +1235,7 @@ fn a_gpu_job_gets_exactly_its_gpu_whatever_its_environment_says() {
     assert_eq!(field(t, other), Some("absent"), "{t}");
     assert_eq!(field(t, "CUDA"), Some("0"), "{t}");
     assert_eq!(field(t, "NV"), Some("void"), "{t}");
-    assert_eq!(field(t, "CTL"), Some("yes"), "{t}");
+    assert_eq!(field(t, "GPUctl"), Some("enxio"), "{t}");
     let job = field(t, "JOB").unwrap();
     let rec = s.bed.audit_for(job);
     let want = format!("/dev/nvidia{}", &held[0][3..]);
@@ -1227,7 +1248,7 @@ fn a_gpu_job_gets_exactly_its_gpu_whatever_its_environment_says() {
 #[test]
 fn two_concurrent_gpu_jobs_get_different_gpus_and_a_job_without_gres_none() {
     let s = slurm();
-    let script = format!("{GPU_SCRIPT}; sleep 4");
+    let script = format!("{}; sleep 4", gpu_script());
     let runs: Vec<_> = (0..2)
         .map(|_| {
             let s = s.clone();
@@ -1242,7 +1263,12 @@ fn two_concurrent_gpu_jobs_get_different_gpus_and_a_job_without_gres_none() {
             })
         })
         .collect();
-    let none = s.srun(&[], Path::new(ALICE_DIR), &["sh", "-c", GPU_SCRIPT], None);
+    let none = s.srun(
+        &[],
+        Path::new(ALICE_DIR),
+        &["sh", "-c", &gpu_script()],
+        None,
+    );
     let mut seen = Vec::new();
     for r in runs {
         let out = r.join().unwrap();
@@ -1270,7 +1296,7 @@ fn two_concurrent_gpu_jobs_get_different_gpus_and_a_job_without_gres_none() {
     assert_eq!(field(t, "GPU0"), Some("absent"), "{t}");
     assert_eq!(field(t, "GPU1"), Some("absent"), "{t}");
     assert_eq!(field(t, "CUDA"), Some("unset"), "{t}");
-    assert_eq!(field(t, "CTL"), Some("no"), "{t}");
+    assert_eq!(field(t, "GPUctl"), Some("absent"), "{t}");
 }
 
 #[test]
@@ -1281,7 +1307,7 @@ fn a_job_holding_every_gpu_gets_both_from_slurms_record() {
     let out = s.srun(
         &[],
         Path::new(ALICE_DIR),
-        &["--gres=gpu:2", "sh", "-c", GPU_SCRIPT],
+        &["--gres=gpu:2", "sh", "-c", &gpu_script()],
         None,
     );
     out.expect_ok();
@@ -1369,23 +1395,39 @@ fn explain_in_a_gpu_job_shows_its_gpu_and_where_it_came_from() {
 // through the shipped oci.conf.23.02-ignore-config-json
 
 #[test]
-fn container_by_image_name_runs_under_the_policy_on_current_slurm() {
-    if !gen().is_24() {
-        // 22.05 has no IgnoreFileConfigJson: --container is a bundle path
-        // there (the_23_02_ignore_config_json_calling_convention drives the
-        // calling convention by hand on every generation).
-        return;
-    }
+fn container_by_image_name_needs_current_slurm_and_runs_under_the_policy() {
     let s = slurm();
-    let srun = |container: &str, args: &[&str]| {
+    // (name, srun's output) for `srun --job-name=<unique> --container=C ARGS`.
+    let named = |container: &str, args: &[&str]| {
+        let name = unique("byname");
         let mut c = client(&alice(), "/usr/bin/srun", &[], Path::new(ALICE_DIR));
-        c.arg(format!("--job-name={}", unique("byname")))
+        c.arg(format!("--job-name={name}"))
             .arg(format!("--container={container}"))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        broker::finish(c.spawn().expect("srun"), Duration::from_secs(90))
+        (
+            name,
+            broker::finish(c.spawn().expect("srun"), Duration::from_secs(90)),
+        )
     };
+    let srun = |container: &str, args: &[&str]| named(container, args).1;
+    if !gen().is_24() {
+        // 22.05 (plain oci.conf, the only one it accepts) opens
+        // <--container>/config.json itself: a name fails the step in Slurm,
+        // before berth runs, and no container is made. Names need 23.02+
+        // (wrapper/slurm/README.md).
+        let (name, out) = named("docker.io/berth-test/busybox:1", &["true"]);
+        assert_ne!(out.code, Some(0), "{out:?}");
+        assert!(
+            out.stderr.contains("No such file or directory"),
+            "{}",
+            out.stderr
+        );
+        let id = job_id_named(&name);
+        assert!(s.bed.creates(&id).is_empty(), "job {id} made a container");
+        return;
+    }
     // Allowed: the registry image by name, as alice, in the submit dir.
     let out = srun(
         "docker.io/berth-test/busybox:1",
