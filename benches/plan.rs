@@ -64,6 +64,7 @@ fn main() {
         user: String::new(),
         has_shell: true,
         volumes: vec![],
+        owner: None,
     };
     let ctx = Context {
         nonce: "abcd".into(),

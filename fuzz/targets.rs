@@ -146,6 +146,7 @@ pub fn facts() -> ImageFacts {
         user: "root".into(),
         has_shell: true,
         volumes: vec![],
+        owner: None,
     }
 }
 

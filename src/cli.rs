@@ -160,7 +160,16 @@ pub struct MonitorArgs {
 pub enum BundleCommand {
     /// Create (or atomically replace) a bundle from an image, a docker save tar or a docker export tar
     Create(BundleCreateArgs),
-    /// List the bundles in the cache: name, size, image id, created
+    /// Publish your own bundle from a docker save or export tar, through the broker (users; SPEC §15)
+    #[command(
+        long_about = "Run as an ordinary user on any node: opens TAR with your own credentials (a file you can read; not a pipe or a device) and passes it to the berth broker, which publishes <cache>/users/<you>/<NAME>/ with the same checks as berth bundle create: hostile entries refused, layers hashed against the image config, an export converted into a one-layer image deterministically, published by one atomic rename (a push that fails or is interrupted leaves nothing). Jobs then run it with LSB_CONTAINER_IMAGE=bundle:~/NAME (yours) or bundle:USER/NAME (someone's that is shared with you), or sbatch --container=bundle:~/NAME on Slurm 23.02+.
+
+Needs [bundles] user_push = true; all of your bundles together must fit bundles.user_quota (checked before anything is written); --share kinds must be in bundles.user_share, and a group share names one of your groups. Shows progress on a terminal, and one summary line at the end.
+
+Exit codes: 0 published; 64 bad name, tar or --change; 69 the broker is not reachable, or the push was interrupted; 77 refused by the policy (user_push, user_quota, user_share, share); 78 the cache is unsafe."
+    )]
+    Push(BundlePushArgs),
+    /// List bundles: the site's, and (for a user) your own and those shared with you
     List {
         /// Print every bundle.toml as JSON
         #[arg(long)]
@@ -171,9 +180,9 @@ pub enum BundleCommand {
         /// Bundle name
         name: String,
     },
-    /// Remove a bundle from the cache (running jobs are not affected)
+    /// Remove a bundle from the cache (running jobs are not affected); users remove their own, root anyone's
     Rm {
-        /// Bundle name
+        /// Bundle name: NAME (a site bundle, as root; your own, as a user), ~/NAME, or USER/NAME (root)
         name: String,
     },
     /// Remove leftovers of interrupted creates, and this node's images that berth loaded for bundles no longer in the cache
@@ -190,6 +199,29 @@ pub enum BundleCommand {
         /// Bundle name
         name: String,
     },
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from_save", "from_export"])))]
+pub struct BundlePushArgs {
+    /// Bundle name: 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit
+    pub name: String,
+
+    /// A docker save tar (classic manifest.json or OCI layout) holding one image
+    #[arg(long, value_name = "TAR")]
+    pub from_save: Option<PathBuf>,
+
+    /// A flat root filesystem tar (docker export), made into a one-layer image
+    #[arg(long, value_name = "TAR")]
+    pub from_export: Option<PathBuf>,
+
+    /// With --from-export: a Dockerfile line applied to the image config (ENTRYPOINT, CMD, ENV, WORKDIR, USER, LABEL); repeatable
+    #[arg(long, value_name = "LINE")]
+    pub change: Vec<String>,
+
+    /// Let others run it: group:GROUP (members of one of your groups) or all, as the site's bundles.user_share allows
+    #[arg(long, value_name = "group:GROUP|all")]
+    pub share: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -120,6 +120,7 @@ fn hello(scheduler: &str, env: BTreeMap<String, String>, script: &str) -> Hello 
         tmp_files: vec![],
         slurm_id: None,
         explain: None,
+        bundle: None,
     }
 }
 

@@ -2477,6 +2477,7 @@ fn other_users_job_cannot_be_controlled(ctx: &Ctx) -> R {
             tmp_files: vec![],
             slurm_id: None,
             explain: None,
+            bundle: None,
         };
         let fd = null.as_raw_fd();
         proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
@@ -2543,6 +2544,7 @@ fn broker_signal_flood_is_bounded(ctx: &Ctx) -> R {
         tmp_files: vec![],
         slurm_id: None,
         explain: None,
+        bundle: None,
     };
     proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
     let frame = proto::encode(&ClientMsg::Signal {
@@ -2632,6 +2634,7 @@ fn broker_partial_frame_does_not_freeze_the_job(ctx: &Ctx) -> R {
         tmp_files: vec![],
         slurm_id: None,
         explain: None,
+        bundle: None,
     };
     proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
     // Two bytes of a frame's length, and nothing more.
@@ -2848,6 +2851,7 @@ fn raw_hello(
         tmp_files,
         slurm_id,
         explain: None,
+        bundle: None,
     };
     let fd = null.as_raw_fd();
     proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;

@@ -368,6 +368,37 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         );
         return;
     }
+    // A user's bundle command (SPEC §15): the peer is the owner.
+    if let Some(op) = &hello.bundle {
+        let policy = state
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let r = crate::bundle::serve::serve(&policy, creds.uid(), op, fds, &stream, &mut |r| {
+            state
+                .audit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(r)
+        });
+        send(
+            &stream,
+            &match r {
+                Ok(a) => DaemonMsg::Explained {
+                    code: a.code,
+                    text: a.text,
+                },
+                Err(e) => DaemonMsg::Error {
+                    code: e.exit_code(),
+                    message: e.to_string(),
+                },
+            },
+        );
+        // Ends a push's watcher of the client, too.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return;
+    }
     // `berth lsf control|monitor` from a relay or a job's owner: the caller
     // is the peer; crate::sched::lsf checks it may act on the job's container.
     if let Some(what) = hello.scheduler.strip_prefix("lsf-") {

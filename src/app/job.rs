@@ -152,7 +152,11 @@ fn decide_inner(
             tmp_files.extend(jf.tmp_file);
         }
     }
-    let req = request::from_env(&caller.env, caller.cwd.clone(), command)?;
+    let mut req = request::from_env(&caller.env, caller.cwd.clone(), command)?;
+    // `bundle:~/NAME` is the job user's own bundle.
+    if let ImageSpec::Bundle(key) = &req.image {
+        req.image = ImageSpec::Bundle(crate::core::share::resolve_home(key, &id.name));
+    }
     record.job = Some(req.job.id.clone());
     record.index = Some(req.job.index);
     record.image = Some(match &req.image {
@@ -282,6 +286,7 @@ fn hello_for(args: &RunArgs, explain: Option<&str>) -> Result<crate::broker::pro
         tmp_files: Vec::new(),
         slurm_id: None,
         explain: explain.map(str::to_string),
+        bundle: None,
     })
 }
 

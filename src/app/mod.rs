@@ -6,3 +6,4 @@ pub mod daemon;
 pub mod doctor;
 pub mod job;
 pub mod logger;
+pub mod progress;

@@ -11,6 +11,17 @@ use std::path::Path;
 use std::time::Duration;
 
 pub fn launch(socket: &Path, hello: &Hello) -> Result<i32> {
+    exchange(socket, hello, [0, 1, 2], &mut |_, _| {})
+}
+
+/// Send a request with these three descriptors, forward signals, report
+/// the daemon's progress frames, and return the exit code it gives.
+pub fn exchange(
+    socket: &Path,
+    hello: &Hello,
+    fds: [std::os::fd::RawFd; 3],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<i32> {
     let stream = UnixStream::connect(socket).map_err(|e| {
         Error::Unavailable(format!(
             "the berth broker at {} is not reachable ({e}); unprivileged jobs start through it: ask your administrator to start it (systemctl start berth), or requeue the job",
@@ -44,7 +55,7 @@ pub fn launch(socket: &Path, hello: &Hello) -> Result<i32> {
                 "cannot start the thread that forwards signals to the job ({e}); the process limit (ulimit -u) is too low"
             ))
         })?;
-    proto::send_hello(&stream, hello, [0, 1, 2])?;
+    proto::send_hello(&stream, hello, fds)?;
     let mut rx = &stream;
     loop {
         // The daemon is trusted; an explain answer may be large.
@@ -53,6 +64,7 @@ pub fn launch(socket: &Path, hello: &Hello) -> Result<i32> {
                 log::info!("job started in container {container}")
             }
             Ok(Some(DaemonMsg::Exit { code })) => return Ok(code),
+            Ok(Some(DaemonMsg::Progress { done, total })) => progress(done, total),
             Ok(Some(DaemonMsg::Explained { code, text })) => {
                 use std::io::Write;
                 let mut out = std::io::stdout();

@@ -36,6 +36,32 @@ pub struct Hello {
     /// nothing.
     #[serde(default)]
     pub explain: Option<String>,
+    /// A user's bundle command (SPEC §15) instead of a job. For a push the
+    /// first descriptor is the tar, opened by the user.
+    #[serde(default)]
+    pub bundle: Option<BundleOp>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum BundleOp {
+    /// Publish `<cache>/users/<peer>/<name>` from the tar passed as the
+    /// first descriptor: a save tar, or with `export` a rootfs tar.
+    Push {
+        name: String,
+        export: bool,
+        #[serde(default)]
+        changes: Vec<String>,
+        #[serde(default)]
+        share: Option<String>,
+    },
+    /// The peer's bundles, those shared with it, and the site's.
+    List {
+        #[serde(default)]
+        json: bool,
+    },
+    /// Remove one of the peer's own bundles.
+    Rm { name: String },
 }
 
 /// Decided in the core; carried in [`Hello::tmp_files`] as is.
@@ -56,7 +82,8 @@ pub enum DaemonMsg {
     Exit {
         code: i32,
     },
-    /// The answer to an explain request: what to print, and the exit code.
+    /// The answer to an explain request or a bundle command: what to print
+    /// on stdout, and the exit code.
     Explained {
         code: i32,
         text: String,
@@ -64,6 +91,11 @@ pub enum DaemonMsg {
     Error {
         code: i32,
         message: String,
+    },
+    /// Bytes of a bundle push read so far, of the tar's size.
+    Progress {
+        done: u64,
+        total: u64,
     },
 }
 
@@ -286,6 +318,7 @@ mod tests {
             tmp_files: vec![],
             slurm_id: None,
             explain: None,
+            bundle: None,
         };
         send_hello(&a, &h, [0, 1, 2]).unwrap();
         let (got, fds) = recv_hello(&b).unwrap();

@@ -1,16 +1,22 @@
 //! The bundle cache on the shared filesystem: safe-path checks, lookup,
 //! list, atomic publish, rm and the leftovers of interrupted writers.
 //!
-//! Layout: `<cache>/<name>/{bundle.toml,image.tar,config.json,rootfs/}`.
-//! Writers build `<cache>/.tmp-<name>-<random>/` and publish it with one
-//! rename (or an atomic exchange when the name exists), so a reader sees the
-//! old bundle or the new one, never half of one. Names starting with `.` are
-//! never valid bundle names, so a writer's leftovers cannot be run.
+//! Layout: `<cache>/<name>/{bundle.toml,image.tar,config.json,rootfs/}` for
+//! the site's bundles, `<cache>/users/<user>/<name>/` for users' (SPEC §15;
+//! `users/` is root's 0711, each user's directory root's 0700: only berth
+//! reads a user's image, whatever it is shared with).
+//! Writers build `.tmp-<name>-<random>/` beside the bundle and publish it
+//! with one rename (or an atomic exchange when the name exists), so a
+//! reader sees the old bundle or the new one, never half of one. Names
+//! starting with `.` are never valid bundle names, so a writer's leftovers
+//! cannot be run. A user's push holds an flock on `.reserve` in its temp
+//! directory, which says how many bytes it may write: quota counts it
+//! while the lock is held, and `gc` never removes a live push.
 
 use super::Meta;
 use crate::core::error::{Denial, Error, Result};
-use crate::core::image::valid_bundle_name;
 use crate::core::policy::Policy;
+use crate::core::share::{parse_key, valid_user_name, Key};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -19,6 +25,10 @@ pub const META: &str = "bundle.toml";
 pub const TAR: &str = "image.tar";
 pub const TMP_PREFIX: &str = ".tmp-";
 const OLD_PREFIX: &str = ".old-";
+/// The users' part of the cache.
+pub const USERS: &str = "users";
+/// In a push's temp directory: the bytes it reserved, under its flock.
+pub const RESERVE: &str = ".reserve";
 
 pub struct Cache {
     pub root: PathBuf,
@@ -145,18 +155,78 @@ impl Cache {
         })
     }
 
-    fn dir_of(&self, name: &str) -> Result<PathBuf> {
-        if !valid_bundle_name(name) {
+    /// Where bundle `key` (`NAME` or `OWNER/NAME`) lives.
+    fn dir_of(&self, key: &str) -> Result<PathBuf> {
+        match parse_key(key) {
+            Some(Key::Site(n)) => Ok(self.root.join(n)),
+            Some(Key::User(u, n)) => Ok(self.root.join(USERS).join(u).join(n)),
+            _ => Err(Error::Malformed(format!(
+                "bundle {key:?} must be NAME or USER/NAME, each NAME 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit"
+            ))),
+        }
+    }
+
+    /// The directory holding bundle `key` (the cache, or its owner's).
+    fn parent_of(&self, key: &str) -> Result<PathBuf> {
+        let d = self.dir_of(key)?;
+        Ok(d.parent().map(Path::to_path_buf).unwrap_or_default())
+    }
+
+    /// `<cache>/users/<user>`, checked; created (root, 0700; `users/`
+    /// 0711) when `create`. `Ok(None)`: it does not exist.
+    pub fn user_dir(&self, user: &str, create: bool) -> Result<Option<PathBuf>> {
+        if !valid_user_name(user) {
             return Err(Error::Malformed(format!(
-                "bundle name {name:?} must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit"
+                "user name {user:?} cannot name a directory of the bundle cache"
             )));
         }
-        Ok(self.root.join(name))
+        let users = self.root.join(USERS);
+        let dir = users.join(user);
+        for (p, mode) in [(&users, 0o711), (&dir, 0o700)] {
+            match std::fs::symlink_metadata(p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                    use std::os::unix::fs::DirBuilderExt;
+                    match std::fs::DirBuilder::new().mode(mode).create(p) {
+                        Ok(()) => {}
+                        // A concurrent push made it: checked below.
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        Err(e) => {
+                            return Err(Error::Config(format!(
+                                "cannot create {}: {e}",
+                                p.display()
+                            )))
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                _ => {}
+            }
+            check_entry(p, self.owner, true)?;
+        }
+        Ok(Some(dir))
+    }
+
+    /// The users who have a directory in the cache.
+    pub fn users(&self) -> Result<Vec<String>> {
+        let users = self.root.join(USERS);
+        if std::fs::symlink_metadata(&users).is_err() {
+            return Ok(Vec::new());
+        }
+        check_entry(&users, self.owner, true)?;
+        Ok(names_in(&users)?
+            .into_iter()
+            .filter(|n| valid_user_name(n))
+            .collect())
     }
 
     /// A published bundle by name: directory and bundle.toml checked, read.
     pub fn get(&self, name: &str) -> Result<Bundle> {
         let dir = self.dir_of(name)?;
+        if let Some(Key::User(u, _)) = parse_key(name) {
+            if self.user_dir(u, false)?.is_none() {
+                return Err(no_such(name));
+            }
+        }
         match std::fs::symlink_metadata(&dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_such(name)),
             _ => {}
@@ -185,6 +255,18 @@ impl Cache {
                 meta.image_id
             )));
         }
+        // A user's bundle is theirs by its place and its record, both.
+        let owner_ok = match parse_key(name) {
+            Some(Key::User(u, _)) => meta.owner.as_ref().is_some_and(|o| o.user == u),
+            _ => meta.owner.is_none(),
+        };
+        if !owner_ok {
+            return Err(Error::Config(format!(
+                "{} records owner {:?}, which does not match where it is; remove the bundle",
+                mp.display(),
+                meta.owner.as_ref().map(|o| o.user.as_str())
+            )));
+        }
         Ok(Bundle {
             name: name.to_string(),
             dir,
@@ -195,14 +277,10 @@ impl Cache {
     /// Every published bundle (sorted by name), each checked; a bundle that
     /// fails its checks is listed with its error.
     pub fn list(&self) -> Result<Vec<(String, Result<Bundle>)>> {
-        let rd = std::fs::read_dir(&self.root)
-            .map_err(|e| unsafe_path(&self.root, format!("cannot be listed ({e})")))?;
-        let mut names: Vec<String> = rd
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| valid_bundle_name(n))
+        let names: Vec<String> = names_in(&self.root)?
+            .into_iter()
+            .filter(|n| matches!(parse_key(n), Some(Key::Site(_))))
             .collect();
-        names.sort();
         Ok(names
             .into_iter()
             .map(|n| {
@@ -212,11 +290,67 @@ impl Cache {
             .collect())
     }
 
+    /// One user's bundles, keyed `USER/NAME`, sorted.
+    pub fn list_user(&self, user: &str) -> Result<Vec<(String, Result<Bundle>)>> {
+        let Some(dir) = self.user_dir(user, false)? else {
+            return Ok(Vec::new());
+        };
+        Ok(names_in(&dir)?
+            .into_iter()
+            .filter(|n| crate::core::image::valid_bundle_name(n))
+            .map(|n| {
+                let key = format!("{user}/{n}");
+                let b = self.get(&key);
+                (key, b)
+            })
+            .collect())
+    }
+
+    /// Every bundle: the site's, then each user's.
+    pub fn list_all(&self) -> Result<Vec<(String, Result<Bundle>)>> {
+        let mut all = self.list()?;
+        for u in self.users()? {
+            all.extend(self.list_user(&u)?);
+        }
+        Ok(all)
+    }
+
+    /// Bytes reserved by a user's pushes still being written: the
+    /// `.reserve` of each temp directory whose writer holds its lock (a
+    /// dead writer's lock is free, and its leftovers count for nothing).
+    pub fn reserved(&self, user: &str) -> Result<u64> {
+        let Some(dir) = self.user_dir(user, false)? else {
+            return Ok(0);
+        };
+        let mut n = 0u64;
+        for name in names_in(&dir)? {
+            if !name.starts_with(TMP_PREFIX) {
+                continue;
+            }
+            let Ok(f) = open_nofollow(&dir.join(&name).join(RESERVE)) else {
+                continue;
+            };
+            if crate::sys::process::flock_try_exclusive(&f).unwrap_or(true) {
+                continue;
+            }
+            let mut text = String::new();
+            use std::io::Read;
+            let _ = (&f).take(32).read_to_string(&mut text);
+            n = n.saturating_add(text.trim().parse::<u64>().unwrap_or(0));
+        }
+        Ok(n)
+    }
+
     /// A fresh private directory beside the bundles for a writer.
-    pub fn temp_dir(&self, name: &str) -> Result<PathBuf> {
-        self.dir_of(name)?;
+    pub fn temp_dir(&self, key: &str) -> Result<PathBuf> {
+        let dir = self.dir_of(key)?;
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let p = self
-            .root
+            .parent_of(key)?
             .join(format!("{TMP_PREFIX}{name}-{}", crate::sys::random_hex(6)?));
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -255,9 +389,7 @@ impl Cache {
             {
                 // A filesystem without RENAME_EXCHANGE: move the old one
                 // aside, then rename (the name is briefly absent, never half).
-                let old = self
-                    .root
-                    .join(format!("{OLD_PREFIX}{name}-{}", crate::sys::random_hex(6)?));
+                let old = self.old_path(name)?;
                 std::fs::rename(&dst, &old).map_err(|e| io("rename old", e))?;
                 std::fs::rename(tmp, &dst).map_err(|e| io("rename", e))?;
                 let _ = std::fs::remove_dir_all(&old);
@@ -273,20 +405,60 @@ impl Cache {
         if std::fs::symlink_metadata(&dir).is_err() {
             return Err(no_such(name));
         }
-        let old = self
-            .root
-            .join(format!("{OLD_PREFIX}{name}-{}", crate::sys::random_hex(6)?));
+        let old = self.old_path(name)?;
         std::fs::rename(&dir, &old)
             .map_err(|e| Error::Config(format!("cannot remove bundle {name}: {e}")))?;
         std::fs::remove_dir_all(&old)
             .map_err(|e| Error::Config(format!("cannot remove {}: {e}", old.display())))
     }
 
+    /// Where a bundle goes aside while it is replaced or removed.
+    fn old_path(&self, key: &str) -> Result<PathBuf> {
+        let dir = self.dir_of(key)?;
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        Ok(self
+            .parent_of(key)?
+            .join(format!("{OLD_PREFIX}{name}-{}", crate::sys::random_hex(6)?)))
+    }
+
     /// Leftovers of writers (temp and old directories) older than
-    /// `min_age`: removed, and returned.
+    /// `min_age`, in the cache and every user's directory: removed, and
+    /// returned. A push still writing (its `.reserve` locked) is kept
+    /// whatever its age.
     pub fn remove_leftovers(&self, min_age: std::time::Duration) -> Result<Vec<PathBuf>> {
-        let rd = std::fs::read_dir(&self.root)
-            .map_err(|e| unsafe_path(&self.root, format!("cannot be listed ({e})")))?;
+        let mut out = leftovers_in(&self.root, min_age)?;
+        for u in self.users()? {
+            if let Some(d) = self.user_dir(&u, false)? {
+                out.extend(leftovers_in(&d, min_age)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The names in a cache directory (not `.`/`..`), sorted.
+fn names_in(dir: &Path) -> Result<Vec<String>> {
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| unsafe_path(dir, format!("cannot be listed ({e})")))?;
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn open_nofollow(p: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+}
+
+fn leftovers_in(dir: &Path, min_age: std::time::Duration) -> Result<Vec<PathBuf>> {
+    {
+        let rd = std::fs::read_dir(dir)
+            .map_err(|e| unsafe_path(dir, format!("cannot be listed ({e})")))?;
         let now = std::time::SystemTime::now();
         let mut out = Vec::new();
         for e in rd.flatten() {
@@ -306,6 +478,12 @@ impl Cache {
                 .unwrap_or_default();
             if age < min_age {
                 continue;
+            }
+            // A live push: its writer holds the lock on .reserve.
+            if let Ok(f) = open_nofollow(&p.join(RESERVE)) {
+                if !crate::sys::process::flock_try_exclusive(&f).unwrap_or(false) {
+                    continue;
+                }
             }
             let r = if md.is_dir() {
                 std::fs::remove_dir_all(&p)
@@ -353,6 +531,7 @@ impl Bundle {
             user: self.meta.user.clone(),
             has_shell: self.meta.has_shell,
             volumes: self.meta.volumes.clone(),
+            owner: self.meta.owner.clone(),
         }
     }
 }

@@ -100,7 +100,7 @@ pub fn hash_file(f: &File) -> Result<(String, String, u64)> {
     Ok((s, b, n))
 }
 
-type Out = tar::Builder<HashWriter<BufWriter<File>>>;
+type Out = tar::Builder<HashWriter<Limited<BufWriter<File>>>>;
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
@@ -487,7 +487,14 @@ pub fn export_config(diff_id: &str, created: &str, c: &Changes) -> Vec<u8> {
 }
 
 /// Write a one-layer save tar from a flat rootfs file.
-fn convert_export(src: &File, what: &str, changes: &Changes, out: &mut Out) -> Result<()> {
+fn convert_export(
+    src: &File,
+    len: u64,
+    what: &str,
+    changes: &Changes,
+    out: &mut Out,
+    watch: &mut Watch<'_>,
+) -> Result<()> {
     let t = tarinspect::inspect(src, Depth::Full).map_err(|e| bad_source(what, e))?;
     if t.layout != Layout::Rootfs {
         return Err(bad_source(
@@ -495,7 +502,6 @@ fn convert_export(src: &File, what: &str, changes: &Changes, out: &mut Out) -> R
             "this is a docker save tar (it has manifest.json or index.json); use --from-save",
         ));
     }
-    let len = src.metadata().map_err(|e| bad_source(what, e))?.len();
     // The layer is the export itself; hash it on the way into the output.
     struct Tee<'a, R: Read> {
         r: R,
@@ -513,19 +519,18 @@ fn convert_export(src: &File, what: &str, changes: &Changes, out: &mut Out) -> R
     let tmp_name = "layer.tar".to_string();
     let wr = |e: io::Error| Error::internal("writing image.tar", e);
     {
-        let mut r = src;
-        use std::io::Seek;
-        r.seek(io::SeekFrom::Start(0)).map_err(wr)?;
+        let r = Counted {
+            r: PosReader::new(src, len),
+            done: 0,
+            total: len,
+            last: std::time::Instant::now(),
+            w: watch,
+        };
         let mut hd = header(tar::EntryType::Regular, 0o644, len);
-        out.append_data(
-            &mut hd,
-            &tmp_name,
-            Tee {
-                r: r.take(len),
-                h: &mut h,
-            },
-        )
-        .map_err(wr)?;
+        // A source that shrank while read would make a short entry: the
+        // tar builder refuses it, and the bundle with it.
+        out.append_data(&mut hd, &tmp_name, Tee { r, h: &mut h })
+            .map_err(|e| bad_source(what, e))?;
     }
     let diff_id = format!("sha256:{}", hex(&h.finalize()));
     let created = super::rfc3339(t.newest_mtime);
@@ -545,7 +550,14 @@ fn convert_export(src: &File, what: &str, changes: &Changes, out: &mut Out) -> R
 // ---------------------------------------------------------------------------
 
 /// Removes the temporary directory unless the bundle was published.
-struct TempGuard(Option<PathBuf>);
+pub struct TempGuard(pub Option<PathBuf>);
+
+impl TempGuard {
+    /// The directory was published: nothing to remove.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
@@ -635,73 +647,206 @@ fn run_docker_save(policy: &Policy, image: &str) -> Result<std::process::Child> 
         })
 }
 
-pub fn run(policy: &Policy, a: &BundleCreateArgs) -> Result<i32> {
-    let cache = Cache::open(policy)?;
-    if !crate::core::image::valid_bundle_name(&a.name) {
-        return Err(Error::Malformed(format!(
-            "bundle name {:?} must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit",
-            a.name
-        )));
+/// Reads `[pos, end)` of a file with pread: the offset of a descriptor a
+/// user passed (and may share) is never used, and a file that grows while
+/// it is read is read only up to the size it had.
+pub struct PosReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> PosReader<'a> {
+    pub fn new(file: &'a File, len: u64) -> Self {
+        PosReader {
+            file,
+            pos: 0,
+            end: len,
+        }
     }
-    let changes = parse_changes(&a.change)?;
-    if a.from_export.is_none() && !a.change.is_empty() {
-        return Err(Error::Malformed(
-            "--change applies to --from-export only (it would change the image id)".into(),
-        ));
+}
+
+impl Read for PosReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if self.pos >= self.end {
+            return Ok(0);
+        }
+        let n = buf.len().min((self.end - self.pos) as usize);
+        let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
     }
-    let tmp = cache.temp_dir(&a.name)?;
-    let mut guard = TempGuard(Some(tmp.clone()));
+}
+
+/// Progress of long work: `(done, total)` in bytes, and whether to stop.
+pub struct Watch<'a> {
+    pub tick: &'a mut dyn FnMut(u64, u64),
+    /// Set by whoever asked for the work when it no longer wants it (a
+    /// broker client that went away).
+    pub abort: Option<&'a std::sync::atomic::AtomicBool>,
+}
+
+/// A reader that reports progress (at most every 100 ms) and stops when
+/// the work is abandoned.
+struct Counted<'a, 'w, R: Read> {
+    r: R,
+    done: u64,
+    total: u64,
+    last: std::time::Instant,
+    w: &'a mut Watch<'w>,
+}
+
+impl<R: Read> Read for Counted<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self
+            .w
+            .abort
+            .is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, ABANDONED));
+        }
+        let n = self.r.read(buf)?;
+        self.done += n as u64;
+        if self.last.elapsed() >= std::time::Duration::from_millis(100) {
+            self.last = std::time::Instant::now();
+            (self.w.tick)(self.done, self.total);
+        }
+        Ok(n)
+    }
+}
+
+const ABANDONED: &str = "the push was abandoned by its client";
+
+/// Where a bundle's image comes from.
+pub enum Source<'a> {
+    /// `docker save` of an image on this node's engine.
+    Image(&'a str),
+    /// A save tar, read with pread up to `len`.
+    Save { file: &'a File, len: u64 },
+    /// A flat rootfs tar, read with pread up to `len`.
+    Export { file: &'a File, len: u64 },
+}
+
+/// What a bundle is made of besides its tar.
+pub struct Spec<'a> {
+    /// The key in bundle.toml: `NAME`, or `OWNER/NAME` for a user's.
+    pub key: &'a str,
+    /// bundle.toml's `source` (`save:PATH`, `push:…`).
+    pub label: String,
+    pub changes: &'a Changes,
+    pub created_by: String,
+    pub owner: Option<crate::core::share::Owner>,
+    /// Most bytes image.tar may have (a user's quota reservation).
+    pub limit: Option<u64>,
+}
+
+/// A writer that refuses to grow past a limit.
+struct Limited<W: Write> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: Write> Write for Limited<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::other(
+                "image.tar would grow past the space reserved for it",
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn source_error(e: Error) -> Error {
+    // A read the watcher interrupted is the client's doing, not the tar's.
+    if e.to_string().contains(ABANDONED) {
+        Error::Unavailable(ABANDONED.into())
+    } else {
+        e
+    }
+}
+
+/// Write a complete bundle into the private directory `tmp`: image.tar
+/// (checked: facts re-read from the written tar, layers hashed against
+/// the config, read back), bundle.toml, config.json and rootfs/. The
+/// caller publishes it.
+pub fn write_bundle(
+    policy: &Policy,
+    tmp: &Path,
+    src: Source<'_>,
+    spec: &Spec<'_>,
+    watch: &mut Watch<'_>,
+) -> Result<Meta> {
     let tar_path = tmp.join(TAR);
     let out_file = create_file(&tar_path)?;
-    let mut out: Out =
-        tar::Builder::new(HashWriter::new(BufWriter::with_capacity(1 << 20, out_file)));
+    let sink = Limited {
+        inner: BufWriter::with_capacity(1 << 20, out_file),
+        left: spec.limit.unwrap_or(u64::MAX),
+    };
+    let mut out: Out = tar::Builder::new(HashWriter::new(sink));
     out.mode(tar::HeaderMode::Deterministic);
-    let source;
     let mut expect_id = None;
-    if let Some(img) = &a.from_image {
-        source = format!("image:{img}");
-        let engine = crate::engine::Engine::new(&policy.docker.socket);
-        let v = engine.inspect_image(img)?.ok_or_else(|| {
-            Error::Malformed(format!("the engine on this node has no image {img}"))
-        })?;
-        expect_id = v.get("Id").and_then(Value::as_str).map(str::to_string);
-        let mut child = run_docker_save(policy, img)?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::Internal("docker save stdout".into()))?;
-        let r = copy_save(stdout, &mut out, &format!("docker save {img}"));
-        let st = child
-            .wait()
-            .map_err(|e| Error::internal("docker save", e))?;
-        r?;
-        if !st.success() {
-            return Err(Error::Unavailable(format!(
-                "docker save {img} failed ({st})"
-            )));
+    match src {
+        Source::Image(img) => {
+            let engine = crate::engine::Engine::new(&policy.docker.socket);
+            let v = engine.inspect_image(img)?.ok_or_else(|| {
+                Error::Malformed(format!("the engine on this node has no image {img}"))
+            })?;
+            expect_id = v.get("Id").and_then(Value::as_str).map(str::to_string);
+            let total = v.get("Size").and_then(Value::as_u64).unwrap_or(0);
+            let mut child = run_docker_save(policy, img)?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| Error::Internal("docker save stdout".into()))?;
+            let r = copy_save(
+                Counted {
+                    r: stdout,
+                    done: 0,
+                    total,
+                    last: std::time::Instant::now(),
+                    w: watch,
+                },
+                &mut out,
+                &format!("docker save {img}"),
+            );
+            let st = child
+                .wait()
+                .map_err(|e| Error::internal("docker save", e))?;
+            r?;
+            if !st.success() {
+                return Err(Error::Unavailable(format!(
+                    "docker save {img} failed ({st})"
+                )));
+            }
         }
-    } else if let Some(p) = &a.from_save {
-        source = format!("save:{}", p.display());
-        let f = File::open(p).map_err(|e| bad_source(&p.display().to_string(), e))?;
-        copy_save(
-            io::BufReader::with_capacity(1 << 20, f),
-            &mut out,
-            &p.display().to_string(),
-        )?;
-    } else if let Some(p) = &a.from_export {
-        source = format!("export:{}", p.display());
-        let f = File::open(p).map_err(|e| bad_source(&p.display().to_string(), e))?;
-        convert_export(&f, &p.display().to_string(), &changes, &mut out)?;
-    } else {
-        return Err(Error::Malformed(
-            "give one of --from-image, --from-save, --from-export".into(),
-        ));
+        Source::Save { file, len } => {
+            let r = Counted {
+                r: io::BufReader::with_capacity(1 << 20, PosReader::new(file, len)),
+                done: 0,
+                total: len,
+                last: std::time::Instant::now(),
+                w: watch,
+            };
+            copy_save(r, &mut out, &spec.label).map_err(source_error)?;
+        }
+        Source::Export { file, len } => {
+            convert_export(file, len, &spec.label, spec.changes, &mut out, watch)
+                .map_err(source_error)?;
+        }
     }
     let hw = out
         .into_inner()
         .map_err(|e| Error::internal("writing image.tar", e))?;
-    let (sha256, blake3, size, bw) = hw.finish();
-    let f = bw
+    let (sha256, blake3, size, lim) = hw.finish();
+    let f = lim
+        .inner
         .into_inner()
         .map_err(|e| Error::internal("writing image.tar", e.error()))?;
     f.sync_all()
@@ -722,10 +867,7 @@ pub fn run(policy: &Policy, a: &BundleCreateArgs) -> Result<i32> {
     // Publish-time check: the file on disk is what was hashed.
     let (_, b3_disk, size_disk) = {
         let mut w = HashWriter::new(io::sink());
-        let mut r = &f;
-        use std::io::Seek;
-        r.seek(io::SeekFrom::Start(0))
-            .map_err(|e| Error::internal("seek", e))?;
+        let mut r = PosReader::new(&f, u64::MAX);
         io::copy(&mut r, &mut w).map_err(|e| Error::internal("re-reading image.tar", e))?;
         // Only blake3 is compared (fast); sha256 of the same bytes is equal.
         let (_, b, n, _) = w.finish();
@@ -737,21 +879,15 @@ pub fn run(policy: &Policy, a: &BundleCreateArgs) -> Result<i32> {
             tar_path.display()
         )));
     }
-    let uid = crate::sys::real_uid();
-    let created_by = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| uid.to_string());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let meta = Meta {
-        name: a.name.clone(),
+        name: spec.key.to_string(),
         format: "docker-save".into(),
-        source,
-        image_id: image_id.clone(),
+        source: spec.label.clone(),
+        image_id,
         sha256,
         blake3,
         size,
@@ -763,8 +899,9 @@ pub fn run(policy: &Policy, a: &BundleCreateArgs) -> Result<i32> {
         volumes: t.config.volumes.clone(),
         has_shell: t.has_shell,
         created: super::rfc3339(now),
-        created_by,
+        created_by: spec.created_by.clone(),
         berth_version: env!("CARGO_PKG_VERSION").into(),
+        owner: spec.owner.clone(),
     };
     let toml_text = toml::to_string(&meta).map_err(|e| Error::internal("bundle.toml", e))?;
     write_small(
@@ -785,14 +922,108 @@ pub fn run(policy: &Policy, a: &BundleCreateArgs) -> Result<i32> {
         .mode(0o755)
         .create(tmp.join("rootfs"))
         .map_err(|e| Error::Config(format!("cannot create rootfs/: {e}")))?;
+    Ok(meta)
+}
+
+/// Open a source tar for `create` (root's own path) and size it.
+fn open_source(p: &Path) -> Result<(File, u64)> {
+    let f = File::open(p).map_err(|e| bad_source(&p.display().to_string(), e))?;
+    let md = f
+        .metadata()
+        .map_err(|e| bad_source(&p.display().to_string(), e))?;
+    if !md.is_file() {
+        return Err(bad_source(
+            &p.display().to_string(),
+            "is not a regular file",
+        ));
+    }
+    Ok((f, md.len()))
+}
+
+/// The name `created_by` records for a uid.
+pub fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
+}
+
+pub fn run(policy: &Policy, a: &BundleCreateArgs) -> Result<i32> {
+    let cache = Cache::open(policy)?;
+    if !matches!(
+        crate::core::share::parse_key(&a.name),
+        Some(crate::core::share::Key::Site(_))
+    ) {
+        return Err(Error::Malformed(format!(
+            "bundle name {:?} must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit (and not be users, which holds users' bundles)",
+            a.name
+        )));
+    }
+    let changes = parse_changes(&a.change)?;
+    if a.from_export.is_none() && !a.change.is_empty() {
+        return Err(Error::Malformed(
+            "--change applies to --from-export only (it would change the image id)".into(),
+        ));
+    }
+    let opened;
+    let (src, label) = if let Some(img) = &a.from_image {
+        (Source::Image(img), format!("image:{img}"))
+    } else if let Some(p) = &a.from_save {
+        opened = open_source(p)?;
+        (
+            Source::Save {
+                file: &opened.0,
+                len: opened.1,
+            },
+            format!("save:{}", p.display()),
+        )
+    } else if let Some(p) = &a.from_export {
+        opened = open_source(p)?;
+        (
+            Source::Export {
+                file: &opened.0,
+                len: opened.1,
+            },
+            format!("export:{}", p.display()),
+        )
+    } else {
+        return Err(Error::Malformed(
+            "give one of --from-image, --from-save, --from-export".into(),
+        ));
+    };
+    let tmp = cache.temp_dir(&a.name)?;
+    let guard = TempGuard(Some(tmp.clone()));
+    let spec = Spec {
+        key: &a.name,
+        label,
+        changes: &changes,
+        created_by: user_name(crate::sys::real_uid()),
+        owner: None,
+        limit: None,
+    };
+    let mut meter = crate::app::progress::Meter::stderr(&format!("creating bundle {}", a.name));
+    let t0 = std::time::Instant::now();
+    let meta = write_bundle(
+        policy,
+        &tmp,
+        src,
+        &spec,
+        &mut Watch {
+            tick: &mut |d, t| meter.update(d, t),
+            abort: None,
+        },
+    )?;
+    meter.clear();
     cache.publish(&tmp, &a.name)?;
-    guard.0 = None;
+    guard.keep();
     println!(
-        "bundle {} published: {} bytes, image {}, shell {}",
+        "bundle {} published: {} bytes, image {}, shell {}{}",
         a.name,
-        size,
-        image_id,
-        if meta.has_shell { "yes" } else { "no" }
+        meta.size,
+        meta.image_id,
+        if meta.has_shell { "yes" } else { "no" },
+        crate::app::progress::rate_suffix(meta.size, t0.elapsed()),
     );
     Ok(0)
 }

@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-pub const TAG_REPO: &str = "berth-bundle";
+pub use crate::core::plan::BUNDLE_TAG_REPO as TAG_REPO;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -116,6 +116,7 @@ pub fn ensure(
     cache: &Cache,
     b: &Bundle,
     id: &str,
+    tick: &mut dyn FnMut(u64, u64),
 ) -> Result<Outcome> {
     if present(engine, id)? {
         return Ok(Outcome::Hit);
@@ -140,7 +141,7 @@ pub fn ensure(
         ));
     }
     let before: BTreeSet<String> = engine.image_ids()?.into_iter().collect();
-    let reported = engine.load(&f, size)?;
+    let reported = engine.load(&f, size, tick)?;
     let cleanup = |why: String| -> Error {
         let mut ids: Vec<String> = reported
             .iter()

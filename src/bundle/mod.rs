@@ -6,6 +6,7 @@
 //!   export tar; an export becomes a one-layer save tar, so every bundle is
 //!   content-addressed by its config digest.
 //! * [`cache`]: safe-path checks, list, atomic publish, rm, leftovers.
+//! * [`serve`]: users' `push`, `list` and `rm` in the broker (SPEC §15).
 //! * [`load`]: the job-start path: one inspect on a hit; otherwise a
 //!   per-image flock, a pre-check of the config digest, one streamed load,
 //!   and a post-check of the id the engine holds.
@@ -13,9 +14,11 @@
 pub mod cache;
 pub mod create;
 pub mod load;
+pub mod serve;
 pub mod tarinspect;
 
 use crate::audit::{Audit, Record};
+use crate::broker::proto;
 use crate::cli::BundleCommand;
 use crate::core::error::{Error, Result};
 use crate::core::facts::ImageFacts;
@@ -64,6 +67,10 @@ pub struct Meta {
     pub created_by: String,
     #[serde(default)]
     pub berth_version: String,
+    /// A user's bundle (SPEC §15): who pushed it and whom it is shared
+    /// with. Absent for site bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::core::share::Owner>,
 }
 
 /// The facts of `bundle:NAME` for the planner, from its bundle.toml (the
@@ -86,7 +93,17 @@ pub fn prepare(
     let (Some(name), Some(id)) = (&plan.image.bundle, &plan.image.id) else {
         return Ok(());
     };
-    ensure(engine, policy, name, Some(id), record, audit).map(|_| ())
+    // A job's load shows no progress: its stderr is the job's log.
+    ensure(
+        engine,
+        policy,
+        name,
+        Some(id),
+        record,
+        audit,
+        &mut |_, _| {},
+    )
+    .map(|_| ())
 }
 
 fn ensure(
@@ -96,12 +113,13 @@ fn ensure(
     id: Option<&str>,
     record: &Record,
     audit: &mut dyn FnMut(&Record),
+    tick: &mut dyn FnMut(u64, u64),
 ) -> Result<load::Outcome> {
     let cache = Cache::open(policy)?;
     let b = cache.get(name)?;
     let id = id.unwrap_or(&b.meta.image_id).to_string();
     let started = std::time::Instant::now();
-    let r = load::ensure(engine, policy, &cache, &b, &id);
+    let r = load::ensure(engine, policy, &cache, &b, &id, tick);
     let mut rec = record.clone();
     rec.event = "load";
     rec.image = Some(format!("bundle:{name}"));
@@ -125,10 +143,32 @@ fn ensure(
     r
 }
 
-/// `berth bundle …`
+/// `berth bundle …`: users' push, list and rm go through the broker;
+/// everything else, and root's list and rm, act on the cache directly.
 pub fn main(policy_path: &Path, cmd: &BundleCommand) -> Result<i32> {
     let policy = Policy::load(policy_path)?;
+    let root = crate::sys::is_root();
     match cmd {
+        BundleCommand::Push(a) if root => Err(Error::Malformed(format!(
+            "root publishes the site's bundles with berth bundle create {} --from-save TAR; berth bundle push is for users",
+            a.name
+        ))),
+        BundleCommand::Push(a) => push_client(&policy, a),
+        BundleCommand::List { json } if !root => via_broker(
+            &policy,
+            proto::BundleOp::List { json: *json },
+            [0, 1, 2],
+            None,
+        ),
+        BundleCommand::Rm { name } if !root => via_broker(
+            &policy,
+            proto::BundleOp::Rm { name: name.clone() },
+            [0, 1, 2],
+            None,
+        ),
+        _ if !root => Err(Error::Config(
+            "this bundle command acts on the shared cache and the node's engine: run it as root (users have push, list and rm)".into(),
+        )),
         BundleCommand::Create(a) => create::run(&policy, a),
         BundleCommand::List { json } => list(&policy, *json),
         BundleCommand::Verify { name } => verify(&policy, name),
@@ -146,40 +186,112 @@ pub fn main(policy_path: &Path, cmd: &BundleCommand) -> Result<i32> {
             let engine = Engine::new(&policy.docker.socket);
             let t = std::time::Instant::now();
             let rec = Record::new("load", "allow");
-            let o = ensure(&engine, &policy, name, None, &rec, &mut |r| audit.record(r))?;
+            let mut meter = crate::app::progress::Meter::stderr(&format!("loading bundle {name}"));
+            let o = ensure(
+                &engine,
+                &policy,
+                name,
+                None,
+                &rec,
+                &mut |r| audit.record(r),
+                &mut |d, t| meter.update(d, t),
+            )?;
+            meter.clear();
             let us = t.elapsed().as_micros();
             match o {
                 load::Outcome::Hit => println!("bundle {name}: already loaded ({us} us)"),
                 load::Outcome::Waited => {
                     println!("bundle {name}: loaded by another job ({us} us)")
                 }
-                load::Outcome::Loaded { bytes } => {
-                    println!("bundle {name}: loaded {bytes} bytes ({us} us)")
-                }
+                load::Outcome::Loaded { bytes } => println!(
+                    "bundle {name}: loaded {bytes} bytes{}",
+                    crate::app::progress::rate_suffix(bytes, t.elapsed())
+                ),
             }
             Ok(0)
         }
     }
 }
 
-fn human(n: u64) -> String {
-    let mut v = n as f64;
-    for u in ["B", "KiB", "MiB", "GiB", "TiB"] {
-        if v < 1024.0 || u == "TiB" {
-            return if u == "B" {
-                format!("{n} B")
-            } else {
-                format!("{v:.1} {u}")
-            };
+/// A user's bundle command through the broker; the answer goes to stdout.
+fn via_broker(
+    policy: &Policy,
+    op: proto::BundleOp,
+    fds: [std::os::fd::RawFd; 3],
+    meter: Option<&mut crate::app::progress::Meter>,
+) -> Result<i32> {
+    let hello = proto::Hello {
+        version: proto::VERSION,
+        scheduler: "bundle".into(),
+        env: Default::default(),
+        cwd: None,
+        command: Vec::new(),
+        tmp_files: Vec::new(),
+        slurm_id: None,
+        explain: None,
+        bundle: Some(op),
+    };
+    let mut none = |_: u64, _: u64| {};
+    match meter {
+        Some(m) => {
+            let mut tick = |d, t| m.update(d, t);
+            let r = crate::broker::client::exchange(&policy.broker.socket, &hello, fds, &mut tick);
+            m.clear();
+            r
         }
-        v /= 1024.0;
+        None => crate::broker::client::exchange(&policy.broker.socket, &hello, fds, &mut none),
     }
-    unreachable!()
+}
+
+/// `berth bundle push` as a user: open the tar as this user (never a
+/// FIFO or a device: refused before the broker is asked), pass it on.
+fn push_client(policy: &Policy, a: &crate::cli::BundlePushArgs) -> Result<i32> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (path, export) = match (&a.from_save, &a.from_export) {
+        (Some(p), None) => (p, false),
+        (None, Some(p)) => (p, true),
+        _ => {
+            return Err(Error::Malformed(
+                "give one of --from-save TAR or --from-export TAR".into(),
+            ))
+        }
+    };
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            Error::Malformed(format!(
+                "cannot open {} ({e}); push a tar file you can read",
+                path.display()
+            ))
+        })?;
+    let dup = f
+        .try_clone()
+        .map_err(|e| Error::internal("dup the tar", e))?;
+    let (f, _) = serve::source_file(dup.into()).map_err(|e| match e {
+        Error::Malformed(m) => Error::Malformed(format!("{}: {m}", path.display())),
+        e => e,
+    })?;
+    let mut meter = crate::app::progress::Meter::stderr(&format!("pushing {}", a.name));
+    via_broker(
+        policy,
+        proto::BundleOp::Push {
+            name: a.name.clone(),
+            export,
+            changes: a.change.clone(),
+            share: a.share.clone(),
+        },
+        [f.as_raw_fd(), 1, 2],
+        Some(&mut meter),
+    )
 }
 
 fn list(policy: &Policy, json: bool) -> Result<i32> {
     let cache = Cache::open(policy)?;
-    let all = cache.list()?;
+    let all = cache.list_all()?;
     if json {
         let v: Vec<serde_json::Value> = all
             .iter()
@@ -191,14 +303,22 @@ fn list(policy: &Policy, json: bool) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(0);
     }
-    println!("{:<32} {:>10}  {:<19}  CREATED", "NAME", "SIZE", "IMAGE ID");
+    println!(
+        "{:<40} {:>10}  {:<19}  {:<16} CREATED",
+        "NAME", "SIZE", "IMAGE ID", "SHARE"
+    );
     for (n, b) in &all {
         match b {
             Ok(b) => println!(
-                "{:<32} {:>10}  {:<19}  {}",
+                "{:<40} {:>10}  {:<19}  {:<16} {}",
                 n,
-                human(b.meta.size),
+                crate::core::size::approx(b.meta.size),
                 &b.meta.image_id[..19.min(b.meta.image_id.len())],
+                b.meta
+                    .owner
+                    .as_ref()
+                    .map(|o| o.share.to_string())
+                    .unwrap_or_else(|| "site".into()),
                 b.meta.created
             ),
             Err(e) => println!("{n:<32} unusable: {e}"),
@@ -271,7 +391,8 @@ fn gc(policy: &Policy, min_age: u64, cache_only: bool) -> Result<i32> {
         return Ok(0);
     }
     let mut keep = std::collections::BTreeSet::new();
-    for (n, b) in cache.list()? {
+    // Users' bundles too: their images are loaded like the site's.
+    for (n, b) in cache.list_all()? {
         match b {
             Ok(b) => {
                 keep.insert(b.meta.image_id);

@@ -17,6 +17,10 @@ pub struct ImageFacts {
     /// volume, on the node's own disk, at each).
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// A user's bundle: its owner and share (SPEC §15); `None` for site
+    /// bundles and engine images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::core::share::Owner>,
 }
 
 /// The keys of a config's `Volumes` object (`{"/data": {}}`).

@@ -18,4 +18,5 @@ pub mod paths;
 pub mod plan;
 pub mod policy;
 pub mod request;
+pub mod share;
 pub mod size;

@@ -196,7 +196,7 @@ pub fn plan(
 ) -> Result<LaunchPlan> {
     let job = job_of(policy, req, ctx)?;
     let req = &Request { job, ..req.clone() };
-    let image = plan_image(policy, req, facts)?;
+    let image = plan_image(policy, req, facts, Some(id))?;
     let name = container_name(req, &ctx.nonce)?;
     let job_dir = normalize_abs(&policy.tmp.base)
         .ok_or_else(|| Error::Config("tmp.base must be absolute".into()))?
@@ -614,12 +614,21 @@ pub fn plan(
     })
 }
 
+/// The repository of the tags berth puts on images it loaded for bundles
+/// (`berth-bundle/NAME:HEX`, the mark `berth bundle gc` looks for).
+pub const BUNDLE_TAG_REPO: &str = "berth-bundle";
+
 /// The image rules that need no facts: allow-list, bundles only.
 pub fn check_image(policy: &Policy, req: &Request) -> Result<()> {
-    plan_image(policy, req, None).map(|_| ())
+    plan_image(policy, req, None, None).map(|_| ())
 }
 
-fn plan_image(policy: &Policy, req: &Request, facts: Option<&ImageFacts>) -> Result<ImagePlan> {
+fn plan_image(
+    policy: &Policy,
+    req: &Request,
+    facts: Option<&ImageFacts>,
+    id: Option<&Identity>,
+) -> Result<ImagePlan> {
     let (requested, bundle) = match &req.image {
         ImageSpec::Registry(r) => {
             let s = r.to_string();
@@ -629,6 +638,16 @@ fn plan_image(policy: &Policy, req: &Request, facts: Option<&ImageFacts>) -> Res
                     &s,
                     format!("image {s} is not a bundle, and this site runs only bundles"),
                     "use LSB_CONTAINER_IMAGE=bundle:NAME (berth bundle list shows them)",
+                );
+            }
+            // berth's own marks on loaded bundles: a tag would run a
+            // user's bundle for someone its share does not cover.
+            if s.starts_with(&format!("docker.io/{BUNDLE_TAG_REPO}/")) {
+                return deny(
+                    "images.allow",
+                    &s,
+                    format!("{s} is berth's mark on a loaded bundle, never run by name"),
+                    "run the bundle itself: LSB_CONTAINER_IMAGE=bundle:NAME (berth bundle list shows them)",
                 );
             }
             let allowed = policy
@@ -666,6 +685,18 @@ fn plan_image(policy: &Policy, req: &Request, facts: Option<&ImageFacts>) -> Res
             (format!("bundle:{n}"), Some(n.clone()))
         }
     };
+    // A user's bundle (`OWNER/NAME`, `~/` already resolved): its owner and
+    // share decide, and a bundle whose facts lack its owner never runs.
+    if let (Some(key), Some(f), Some(id)) = (&bundle, facts, id) {
+        if key.contains('/') {
+            let owner = f.owner.as_ref().ok_or_else(|| {
+                Error::Config(format!(
+                    "bundle {key} records no owner; remove it (berth bundle rm {key}) and push it again"
+                ))
+            })?;
+            crate::core::share::may_run(&policy.bundles, id, key, owner)?;
+        }
+    }
     let Some(f) = facts else {
         return Ok(ImagePlan {
             requested,

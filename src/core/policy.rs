@@ -287,6 +287,23 @@ pub struct BundlePolicy {
     /// Users may run only bundles, never a registry or node image.
     pub only: bool,
     pub lock_dir: PathBuf,
+    /// Users may publish their own bundles through the broker (SPEC §15),
+    /// and run them; false also stops users' bundles from running.
+    pub user_push: bool,
+    /// All of one user's bundles together (`50g`).
+    pub user_quota: String,
+    /// Which `--share` kinds users may give their bundles.
+    pub user_share: Vec<ShareKind>,
+}
+
+/// Whom a user's bundle is shared with, besides its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareKind {
+    /// The members of one group the owner is in.
+    Group,
+    /// Every user of the cluster.
+    All,
 }
 
 impl Default for BundlePolicy {
@@ -296,6 +313,9 @@ impl Default for BundlePolicy {
             owner: "root".into(),
             only: false,
             lock_dir: PathBuf::from("/run/berth/locks"),
+            user_push: false,
+            user_quota: "50g".into(),
+            user_share: vec![ShareKind::Group],
         }
     }
 }
@@ -543,6 +563,18 @@ impl Policy {
                 "tmp.size {:?} is not a size like 10g",
                 self.tmp.size
             )));
+        }
+        if crate::core::size::parse(&self.bundles.user_quota).is_none() {
+            out.push(Finding::error(format!(
+                "bundles.user_quota {:?} is not a size (e.g. 50g)",
+                self.bundles.user_quota
+            )));
+        }
+        if self.bundles.user_push && self.bundles.cache.is_none() {
+            out.push(Finding::error(
+                "bundles.user_push = true needs bundles.cache: users' bundles live in <cache>/users/"
+                    .into(),
+            ));
         }
         if crate::core::size::parse(&self.docker.max_shm_size).is_none() {
             out.push(Finding::error(format!(

@@ -3,7 +3,7 @@
 //! is a malformed request, exit 64); the planner decides what is allowed.
 
 use crate::core::error::{Error, Result};
-use crate::core::image::{valid_bundle_name, ImageRef};
+use crate::core::image::ImageRef;
 use crate::core::policy::Mode;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -220,12 +220,14 @@ pub fn from_env(
 
 pub fn parse_image(v: &str) -> Result<ImageSpec> {
     match v.strip_prefix("bundle:") {
-        Some(name) if valid_bundle_name(name) => Ok(ImageSpec::Bundle(name.to_string())),
+        Some(name) if crate::core::share::parse_key(name).is_some() => {
+            Ok(ImageSpec::Bundle(name.to_string()))
+        }
         Some(name) => malformed(
             "LSB_CONTAINER_IMAGE",
             v,
             &format!(
-                "bundle name {name:?} must be 1-64 of A-Z a-z 0-9 . _ - and not start with . or -"
+                "bundle {name:?} must be NAME (a site bundle), ~/NAME (your own) or USER/NAME, each NAME 1-64 of A-Z a-z 0-9 . _ - not starting with . or -"
             ),
         ),
         None => Ok(ImageSpec::Registry(ImageRef::parse(v)?)),
@@ -419,6 +421,20 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(r.image, ImageSpec::Bundle("pt2".into()));
+        for key in ["~/pt2", "alice/pt2"] {
+            assert_eq!(
+                parse_image(&format!("bundle:{key}")).unwrap(),
+                ImageSpec::Bundle(key.into())
+            );
+        }
+        for bad in [
+            "bundle:a/b/c",
+            "bundle:~/../x",
+            "bundle:../x/y",
+            "bundle:/etc/x",
+        ] {
+            assert!(parse_image(bad).is_err(), "{bad}");
+        }
         assert_eq!(r.workdir, Workdir::Explicit("/w".into()));
     }
 

@@ -18,6 +18,22 @@ pub fn parse(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
+/// A size for people, rounded: `512 B`, `1.5 KiB`, `47.7 MiB`.
+pub fn approx(n: u64) -> String {
+    let mut v = n as f64;
+    for u in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if v < 1024.0 || u == "TiB" {
+            return if u == "B" {
+                format!("{n} B")
+            } else {
+                format!("{v:.1} {u}")
+            };
+        }
+        v /= 1024.0;
+    }
+    unreachable!()
+}
+
 /// A size for people: the largest binary unit that divides it exactly
 /// (`64M`, `1536K`), else bytes.
 pub fn human(n: u64) -> String {

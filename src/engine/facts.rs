@@ -104,6 +104,7 @@ pub fn from_inspect(v: &Value) -> Result<ImageFacts> {
         user: s("User"),
         has_shell: false,
         volumes: crate::core::facts::volume_keys(cfg.and_then(|c| c.get("Volumes"))),
+        owner: None,
     })
 }
 

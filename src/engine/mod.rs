@@ -405,8 +405,8 @@ impl Engine {
         &self,
         tar: &std::fs::File,
         len: u64,
+        tick: &mut dyn FnMut(u64, u64),
     ) -> Result<std::result::Result<Vec<String>, String>> {
-        use std::io::{Seek, SeekFrom};
         let mut s = self.connect()?;
         let t = Some(Duration::from_secs(3600));
         s.set_read_timeout(t).ok();
@@ -417,10 +417,26 @@ impl Engine {
         );
         s.write_all(head.as_bytes())
             .map_err(|e| self.unavailable(e))?;
-        let mut f = tar;
-        f.seek(SeekFrom::Start(0))
-            .map_err(|e| Error::internal("seek image tar", e))?;
-        let sent = std::io::copy(&mut f.take(len), &mut s);
+        // pread from 0 whatever the file's offset; progress every 100 ms.
+        let sent = (|| -> std::io::Result<()> {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; 1 << 20];
+            let (mut done, mut last) = (0u64, std::time::Instant::now());
+            while done < len {
+                let want = buf.len().min((len - done) as usize);
+                let n = tar.read_at(&mut buf[..want], done)?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                s.write_all(&buf[..n])?;
+                done += n as u64;
+                if last.elapsed() >= Duration::from_millis(100) {
+                    last = std::time::Instant::now();
+                    tick(done, len);
+                }
+            }
+            Ok(())
+        })();
         // Read the reply even if the engine stopped reading early.
         let mut raw = Vec::new();
         let read = s.read_to_end(&mut raw);

@@ -377,6 +377,7 @@ mod tests {
             user: String::new(),
             has_shell: true,
             volumes: vec![],
+            owner: None,
         };
         let ctx = Context {
             nonce: "ab".into(),

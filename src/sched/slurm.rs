@@ -89,15 +89,40 @@ pub fn bundle_name(policy: &Policy, rootfs: &Path) -> Result<String> {
     })?;
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let real_cache = canon(cache);
-    let bundle = if canon(rootfs).parent() == Some(real_cache.as_path()) {
+    let users = real_cache.join(crate::bundle::cache::USERS);
+    // A bundle directory: in the cache, or in a user's (SPEC §15).
+    let is_bundle = |p: &Path| {
+        p.parent() == Some(real_cache.as_path())
+            || p.parent().and_then(Path::parent) == Some(users.as_path())
+    };
+    let bundle = if is_bundle(&canon(rootfs)) {
         Some(canon(rootfs))
     } else {
         rootfs.parent().map(canon)
     };
+    if let Some(b) = bundle
+        .as_ref()
+        .filter(|b| b.parent().and_then(Path::parent) == Some(users.as_path()))
+    {
+        let user = b
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
+        let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let key = format!("{user}/{name}");
+        if crate::core::share::parse_key(&key).is_some() {
+            return Ok(key);
+        }
+        return Err(Error::Malformed(format!("bundle {key:?} is not valid")));
+    }
     match bundle {
         Some(b) if b.parent() == Some(real_cache.as_path()) => {
             let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if crate::core::image::valid_bundle_name(name) {
+            if matches!(
+                crate::core::share::parse_key(name),
+                Some(crate::core::share::Key::Site(_))
+            ) {
                 return Ok(name.to_string());
             }
             Err(Error::Malformed(format!(
@@ -271,6 +296,7 @@ pub fn hello(policy: &Policy, job: SlurmJob, rootfs: &Path, id: &str) -> Result<
         tmp_files,
         slurm_id: Some(id.to_string()),
         explain: None,
+        bundle: None,
     })
 }
 
@@ -557,6 +583,14 @@ mod tests {
             assert_eq!(bundle_name(&p, &r).unwrap(), "pt2", "{}", r.display());
             assert_eq!(image_of(&p, &r).unwrap(), "bundle:pt2");
         }
+        std::fs::create_dir_all(cache.join("users/alice/pt3/rootfs")).unwrap();
+        for r in [
+            cache.join("users/alice/pt3/rootfs"),
+            cache.join("users/alice/pt3"),
+        ] {
+            assert_eq!(bundle_name(&p, &r).unwrap(), "alice/pt3", "{}", r.display());
+        }
+        assert!(bundle_name(&p, &cache.join("users/alice")).is_err());
         for r in [
             dir.path().to_path_buf(),
             cache.clone(),

@@ -85,6 +85,21 @@ pub fn flock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
     }
 }
 
+/// flock(LOCK_EX | LOCK_NB): `Ok(false)` when another holds the lock.
+pub fn flock_try_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor the caller owns.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(e)
+}
+
 /// renameat2(RENAME_EXCHANGE): swap two directories atomically.
 pub fn rename_exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;

@@ -175,6 +175,7 @@ pub fn via_broker(policy: &Policy, what: &str, job: &JobId, command: Vec<String>
         tmp_files: Vec::new(),
         slurm_id: None,
         explain: None,
+        bundle: None,
     };
     crate::broker::client::launch(&policy.broker.socket, &hello)
 }
