@@ -52,6 +52,9 @@ _berth() {
             berth__subcmd__bundle,load)
                 cmd="berth__subcmd__bundle__subcmd__load"
                 ;;
+            berth__subcmd__bundle,push)
+                cmd="berth__subcmd__bundle__subcmd__push"
+                ;;
             berth__subcmd__bundle,rm)
                 cmd="berth__subcmd__bundle__subcmd__rm"
                 ;;
@@ -107,7 +110,7 @@ _berth() {
             return 0
             ;;
         berth__subcmd__bundle)
-            opts="-h --policy --help create list verify rm gc load"
+            opts="-h --policy --help create push list verify rm gc load"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -205,6 +208,40 @@ _berth() {
                 return 0
             fi
             case "${prev}" in
+                --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        berth__subcmd__bundle__subcmd__push)
+            opts="-h --from-save --from-export --change --share --policy --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --from-save)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from-export)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --change)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --share)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --policy)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -194,7 +194,7 @@ fn decide_inner(
     // A known-vulnerable engine: warn, or refuse (docker.old_runc); no API call per job.
     crate::engine::check::check_if(policy, engine)?;
     let facts = match engine {
-        Some(e) => Some(image_facts(e, policy, &req, &nonce)?),
+        Some(e) => Some(image_facts(e, policy, &req, &nonce, &id.name)?),
         None => None,
     };
     if let Some(f) = &facts {
@@ -244,14 +244,20 @@ fn locate_job(
     crate::sys::cgroup::locate(&caller.peer, id.uid)
 }
 
-fn image_facts(engine: &Engine, policy: &Policy, req: &Request, nonce: &str) -> Result<ImageFacts> {
+fn image_facts(
+    engine: &Engine,
+    policy: &Policy,
+    req: &Request,
+    nonce: &str,
+    user: &str,
+) -> Result<ImageFacts> {
     match &req.image {
         ImageSpec::Registry(r) => {
             crate::engine::facts::gather(engine, policy, &r.to_string(), nonce)
         }
         // Facts from bundle.toml (the cache is checked); the engine is
         // asked nothing until the launch loads it (crate::bundle::prepare).
-        ImageSpec::Bundle(b) => crate::bundle::facts(policy, b),
+        ImageSpec::Bundle(b) => crate::bundle::facts(policy, b, user),
     }
 }
 

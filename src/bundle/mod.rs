@@ -75,9 +75,18 @@ pub struct Meta {
 
 /// The facts of `bundle:NAME` for the planner, from its bundle.toml (the
 /// cache and the bundle are checked first: exit 78 naming the path).
-pub fn facts(policy: &Policy, name: &str) -> Result<ImageFacts> {
+/// For another user's bundle that does not exist, the same denial as for
+/// one not shared with `user`: a job learns nothing of what others hold.
+pub fn facts(policy: &Policy, name: &str, user: &str) -> Result<ImageFacts> {
     let cache = Cache::open(policy)?;
-    Ok(cache.get(name)?.facts())
+    match (cache.get(name), crate::core::share::parse_key(name)) {
+        (Err(Error::Denied(d)), Some(crate::core::share::Key::User(owner, _)))
+            if d.rule == "bundles.cache" && owner != user =>
+        {
+            Err(crate::core::share::not_shared(name, owner, user))
+        }
+        (r, _) => Ok(r?.facts()),
+    }
 }
 
 /// Before launching a bundle job: make sure the engine holds the plan's

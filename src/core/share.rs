@@ -142,15 +142,7 @@ pub fn may_run(policy: &BundlePolicy, id: &Identity, key: &str, owner: &Owner) -
     }
     let not_yours = format!("bundle {key} belongs to {}", owner.user);
     match &owner.share {
-        Share::Private => deny(
-            "bundles.share",
-            value,
-            format!("{not_yours} and is not shared"),
-            format!(
-                "ask {} to push it again with --share group:GROUP (a group you are both in), or push your own copy and run bundle:~/NAME",
-                owner.user
-            ),
-        ),
+        Share::Private => Err(not_shared(key, &owner.user, &id.name)),
         s @ (Share::Group { .. } | Share::All)
             if !kind_allowed(policy, s.kind().unwrap_or(ShareKind::All)) =>
         {
@@ -175,6 +167,20 @@ pub fn may_run(policy: &BundlePolicy, id: &Identity, key: &str, owner: &Owner) -
         ),
         _ => Ok(()),
     }
+}
+
+/// Another user's bundle that is private, or that does not exist: one
+/// denial for both, so that a job learns nothing of what others hold.
+pub fn not_shared(key: &str, owner: &str, user: &str) -> Error {
+    Denial::new(
+        "bundles.share",
+        format!("bundle:{key}"),
+        format!("{owner} has no bundle {key} shared with {user}"),
+        format!(
+            "ask {owner} to push it with --share group:GROUP (a group you are both in), or push your own copy and run bundle:~/NAME"
+        ),
+    )
+    .into()
 }
 
 /// What a user asks to push.
