@@ -704,7 +704,8 @@ impl<R: Read> Read for Counted<'_, '_, R> {
             .abort
             .is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed))
         {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, ABANDONED));
+            // Not ErrorKind::Interrupted: io::copy retries those.
+            return Err(io::Error::other(ABANDONED));
         }
         let n = self.r.read(buf)?;
         self.done += n as u64;
@@ -853,8 +854,9 @@ pub fn write_bundle(
         .map_err(|e| Error::internal("fsync image.tar", e))?;
 
     // Facts from the written tar, checked like a load would.
-    let t = tarinspect::inspect(&f, Depth::Full)
-        .map_err(|e| Error::Internal(format!("the written image.tar does not inspect: {e}")))?;
+    // What was read is what counts (a source may change while it is
+    // read): its faults are the source's.
+    let t = tarinspect::inspect(&f, Depth::Full).map_err(|e| bad_source(&spec.label, e))?;
     tarinspect::verify_layers(&f, &t).map_err(|e| bad_source("image tar", e))?;
     let image_id = t.image_id.clone().unwrap_or_default();
     if let Some(want) = &expect_id {
