@@ -400,6 +400,60 @@ fn only_its_owner_or_those_it_is_shared_with_run_a_bundle() {
 }
 
 #[test]
+fn a_loaded_bundle_runs_for_nobody_else_by_tag_id_or_a_name_pushed_over_it() {
+    // A site allowing every registry image: tags and ids are the way in.
+    let t = push_bed(|p| {
+        set(p, "images.allow", toml::Value::Array(vec!["*".into()]));
+        set(p, "images.pull", "never");
+    });
+    let (a, b) = (alice(), bob());
+    let exp = t.export_tar("mine");
+    t.bundle_as(&a, &["push", "mine", "--from-export", &s(&exp)])
+        .expect_ok();
+    let id = t.meta(ALICE, "mine")["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _images = Images(vec![id.clone()]);
+    let marker = t.run_as(&a, "bundle:~/mine", "cat /marker");
+    marker.expect_ok();
+    // Loaded and tagged on this node now.
+    let tags = inspect(&id)["RepoTags"].clone();
+    let tag = tags[0].as_str().expect("berth's tag").to_string();
+    assert!(tag.starts_with("berth-bundle/"), "{tag}");
+    t.run_as(&b, &tag, "true")
+        .expect_denied(&["berth's mark on a loaded bundle", "images.allow"]);
+    // By id: an image reference names a tag, never an id.
+    let by_id = t.run_as(&b, &id, "true");
+    assert_ne!(by_id.code, Some(0), "{by_id:?}");
+    let by_hex = t.run_as(&b, &id[7..], "true");
+    assert_ne!(by_hex.code, Some(0), "{by_hex:?}");
+    assert!(
+        !t.bed
+            .audit()
+            .iter()
+            .any(|r| r["event"] == "launch" && r["uid"] == 2002),
+        "bob launched nothing"
+    );
+    // Bob pushes a bundle of the same name: his, in his namespace; alice's
+    // jobs still run hers.
+    let bobs = t.export_tar("bobs-mine");
+    t.own(&bobs, &b, 0o644);
+    t.bundle_as(&b, &["push", "mine", "--from-export", &s(&bobs)])
+        .expect_ok();
+    let _bobs = Images(vec![t.meta(BOB, "mine")["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string()]);
+    let again = t.run_as(&a, "bundle:~/mine", "cat /marker");
+    again.expect_ok();
+    assert_eq!(again.stdout, marker.stdout);
+    let his = t.run_as(&b, "bundle:~/mine", "cat /marker");
+    his.expect_ok();
+    assert_ne!(his.stdout, marker.stdout);
+}
+
+#[test]
 fn a_site_that_withdraws_a_share_kind_or_user_pushes_stops_those_runs() {
     let mut t = push_bed(|_| {});
     let (a, b) = (alice(), bob());
@@ -675,15 +729,7 @@ fn hostile_tars_and_names_are_refused_and_nothing_is_published() {
         );
     }
     // Names that cannot be a directory of the cache.
-    for bad in [
-        "a/b",
-        "..",
-        "../x",
-        ".hidden",
-        "x y",
-        "x$",
-        &"n".repeat(65),
-    ] {
+    for bad in ["a/b", "..", "../x", ".hidden", "x y", "x$", &"n".repeat(65)] {
         let out = t.bundle_as(&a, &["push", bad, "--from-save", &s(&good)]);
         out.expect_code(64);
         assert!(out.stderr.contains("bundle name"), "{bad}: {out:?}");
@@ -808,7 +854,7 @@ fn a_push_killed_midway_leaves_nothing_visible_and_gc_removes_its_temp() {
 
     // 1. The client is killed: the broker abandons the push and removes
     //    what it wrote.
-    let child = t
+    let mut child = t
         .bundle_cmd(&a, &["push", "big", "--from-export", &s(&big)])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -818,7 +864,8 @@ fn a_push_killed_midway_leaves_nothing_visible_and_gc_removes_its_temp() {
         wait_until(Duration::from_secs(30), || temp_growing(&t)),
         "the push started"
     );
-    signal(child.id(), nix::sys::signal::Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
     assert!(
         wait_until(Duration::from_secs(30), || t.entries(ALICE).is_empty()),
         "left: {:?}",

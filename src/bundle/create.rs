@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -100,7 +100,127 @@ pub fn hash_file(f: &File) -> Result<(String, String, u64)> {
     Ok((s, b, n))
 }
 
-type Out = tar::Builder<HashWriter<Limited<BufWriter<File>>>>;
+type Out = tar::Builder<PipeWriter>;
+
+/// The bundle writer's output: bytes gathered into 1 MiB chunks that a
+/// second thread hashes (SHA-256 and BLAKE3 of the whole tar) and writes,
+/// while this thread reads the source and hashes each layer: the two
+/// SHA-256 streams of a push run on two cores instead of one after the
+/// other. Refuses to grow past `limit` (a user's reservation).
+pub struct PipeWriter {
+    buf: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<io::Result<Written>>>,
+    left: u64,
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// What the writer thread ends with: its hashes, and the file.
+type Written = (HashWriter<File>, File);
+
+impl PipeWriter {
+    pub fn new(file: File, limit: u64) -> Result<PipeWriter> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let out = file
+            .try_clone()
+            .map_err(|e| Error::internal("dup image.tar", e))?;
+        let worker = std::thread::Builder::new()
+            .name("bundle-writer".into())
+            .spawn(move || -> io::Result<Written> {
+                let mut w = HashWriter::new(out);
+                for chunk in rx {
+                    w.write_all(&chunk)?;
+                }
+                Ok((w, file))
+            })
+            .map_err(|e| Error::internal("starting the bundle writer thread", e))?;
+        Ok(PipeWriter {
+            buf: Vec::with_capacity(CHUNK),
+            tx: Some(tx),
+            worker: Some(worker),
+            left: limit,
+        })
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        match self.tx.as_ref().map(|tx| tx.send(chunk)) {
+            Some(Ok(())) => Ok(()),
+            // The writer stopped: its error is in finish().
+            _ => Err(io::Error::other("the bundle writer stopped")),
+        }
+    }
+
+    /// Flush, stop the writer: (sha256 hex, blake3 hex, bytes, the file).
+    pub fn finish(mut self) -> io::Result<(String, String, u64, File)> {
+        self.send()?;
+        self.tx = None;
+        let (w, file) = self
+            .worker
+            .take()
+            .ok_or_else(|| io::Error::other("finished twice"))?
+            .join()
+            .map_err(|_| io::Error::other("the bundle writer thread panicked"))??;
+        let (sha, b3, n, _) = w.finish();
+        Ok((sha, b3, n, file))
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.len() as u64 > self.left {
+            return Err(io::Error::other(
+                "image.tar would grow past the space reserved for it",
+            ));
+        }
+        self.left -= data.len() as u64;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = rest.len().min(CHUNK - self.buf.len());
+            self.buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if self.buf.len() == CHUNK {
+                self.send()?;
+            }
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for PipeWriter {
+    fn drop(&mut self) {
+        // An abandoned write: stop the thread, wait for it.
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// SHA-256 of every regular entry copied, by path: the layers' digests,
+/// taken as their bytes pass into the bundle's tar.
+pub type Digests = BTreeMap<String, String>;
+
+/// Hashes what is read through it.
+struct Tee<'a, R: Read> {
+    r: R,
+    h: &'a mut Sha256,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(b)?;
+        self.h.update(&b[..n]);
+        Ok(n)
+    }
+}
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
@@ -133,7 +253,8 @@ fn untag_index(v: &mut Value) {
 /// Copy a save tar (read sequentially, e.g. from a pipe) into `out`,
 /// refusing hostile entries, dropping tags, and ending with a normalized
 /// manifest.json naming exactly one image.
-fn copy_save<Rd: Read>(src: Rd, out: &mut Out, what: &str) -> Result<()> {
+fn copy_save<Rd: Read>(src: Rd, out: &mut Out, what: &str) -> Result<Digests> {
+    let mut digests = Digests::new();
     let mut ar = tar::Archive::new(src);
     let mut manifest: Option<Vec<u8>> = None;
     let mut index: Option<Vec<u8>> = None;
@@ -171,13 +292,27 @@ fn copy_save<Rd: Read>(src: Rd, out: &mut Out, what: &str) -> Result<()> {
                         "index.json" => index = Some(buf),
                         _ => {
                             add_file(out, &path, &buf).map_err(wr)?;
+                            digests.insert(
+                                path.clone(),
+                                format!("sha256:{}", tarinspect::sha256_hex(&buf)),
+                            );
                             small.insert(path, buf);
                         }
                     }
                     continue;
                 }
                 let mut h = header(tar::EntryType::Regular, 0o644, size);
-                out.append_data(&mut h, &path, &mut e).map_err(wr)?;
+                let mut sha = Sha256::new();
+                out.append_data(
+                    &mut h,
+                    &path,
+                    Tee {
+                        r: &mut e,
+                        h: &mut sha,
+                    },
+                )
+                .map_err(wr)?;
+                digests.insert(path, format!("sha256:{}", hex(&sha.finalize())));
             }
             tar::EntryType::Symlink => {
                 let t = e.link_name_bytes().unwrap_or_default();
@@ -249,7 +384,7 @@ fn copy_save<Rd: Read>(src: Rd, out: &mut Out, what: &str) -> Result<()> {
         &serde_json::to_vec(&json!([entry])).unwrap_or_default(),
     )
     .map_err(wr)?;
-    Ok(())
+    Ok(digests)
 }
 
 /// A relative symlink target that climbs above the root: `Some(())`.
@@ -494,7 +629,7 @@ fn convert_export(
     changes: &Changes,
     out: &mut Out,
     watch: &mut Watch<'_>,
-) -> Result<()> {
+) -> Result<Digests> {
     let t = tarinspect::inspect(src, Depth::Full).map_err(|e| bad_source(what, e))?;
     if t.layout != Layout::Rootfs {
         return Err(bad_source(
@@ -503,17 +638,6 @@ fn convert_export(
         ));
     }
     // The layer is the export itself; hash it on the way into the output.
-    struct Tee<'a, R: Read> {
-        r: R,
-        h: &'a mut Sha256,
-    }
-    impl<R: Read> Read for Tee<'_, R> {
-        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-            let n = self.r.read(b)?;
-            self.h.update(&b[..n]);
-            Ok(n)
-        }
-    }
     let mut h = Sha256::new();
     // A fixed name: the layer's digest is known only after it is written.
     let tmp_name = "layer.tar".to_string();
@@ -544,7 +668,7 @@ fn convert_export(
         &serde_json::to_vec(&manifest).unwrap_or_default(),
     )
     .map_err(wr)?;
-    Ok(())
+    Ok(Digests::from([(tmp_name, diff_id)]))
 }
 
 // ---------------------------------------------------------------------------
@@ -742,28 +866,6 @@ pub struct Spec<'a> {
     pub limit: Option<u64>,
 }
 
-/// A writer that refuses to grow past a limit.
-struct Limited<W: Write> {
-    inner: W,
-    left: u64,
-}
-
-impl<W: Write> Write for Limited<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.len() as u64 > self.left {
-            return Err(io::Error::other(
-                "image.tar would grow past the space reserved for it",
-            ));
-        }
-        let n = self.inner.write(buf)?;
-        self.left -= n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn source_error(e: Error) -> Error {
     // A read the watcher interrupted is the client's doing, not the tar's.
     if e.to_string().contains(ABANDONED) {
@@ -786,14 +888,11 @@ pub fn write_bundle(
 ) -> Result<Meta> {
     let tar_path = tmp.join(TAR);
     let out_file = create_file(&tar_path)?;
-    let sink = Limited {
-        inner: BufWriter::with_capacity(1 << 20, out_file),
-        left: spec.limit.unwrap_or(u64::MAX),
-    };
-    let mut out: Out = tar::Builder::new(HashWriter::new(sink));
+    let mut out: Out =
+        tar::Builder::new(PipeWriter::new(out_file, spec.limit.unwrap_or(u64::MAX))?);
     out.mode(tar::HeaderMode::Deterministic);
     let mut expect_id = None;
-    match src {
+    let digests = match src {
         Source::Image(img) => {
             let engine = crate::engine::Engine::new(&policy.docker.socket);
             let v = engine.inspect_image(img)?.ok_or_else(|| {
@@ -820,12 +919,13 @@ pub fn write_bundle(
             let st = child
                 .wait()
                 .map_err(|e| Error::internal("docker save", e))?;
-            r?;
+            let d = r?;
             if !st.success() {
                 return Err(Error::Unavailable(format!(
                     "docker save {img} failed ({st})"
                 )));
             }
+            d
         }
         Source::Save { file, len } => {
             let r = Counted {
@@ -835,21 +935,17 @@ pub fn write_bundle(
                 last: std::time::Instant::now(),
                 w: watch,
             };
-            copy_save(r, &mut out, &spec.label).map_err(source_error)?;
+            copy_save(r, &mut out, &spec.label).map_err(source_error)?
         }
         Source::Export { file, len } => {
             convert_export(file, len, &spec.label, spec.changes, &mut out, watch)
-                .map_err(source_error)?;
+                .map_err(source_error)?
         }
-    }
-    let hw = out
+    };
+    let (sha256, blake3, size, f) = out
         .into_inner()
+        .and_then(PipeWriter::finish)
         .map_err(|e| Error::internal("writing image.tar", e))?;
-    let (sha256, blake3, size, lim) = hw.finish();
-    let f = lim
-        .inner
-        .into_inner()
-        .map_err(|e| Error::internal("writing image.tar", e.error()))?;
     f.sync_all()
         .map_err(|e| Error::internal("fsync image.tar", e))?;
 
@@ -857,7 +953,24 @@ pub fn write_bundle(
     // What was read is what counts (a source may change while it is
     // read): its faults are the source's.
     let t = tarinspect::inspect(&f, Depth::Full).map_err(|e| bad_source(&spec.label, e))?;
-    tarinspect::verify_layers(&f, &t).map_err(|e| bad_source("image tar", e))?;
+    // Each layer against the config, by the digest taken as it was
+    // written (the read-back below proves the file holds those bytes);
+    // a layer not hashed on the way is hashed from the file.
+    let streamed = t.layers.len() == t.config.diff_ids.len()
+        && t.layers.iter().all(|(p, _)| digests.contains_key(p));
+    if streamed {
+        for ((p, _), want) in t.layers.iter().zip(&t.config.diff_ids) {
+            let got = &digests[p];
+            if got != want {
+                return Err(bad_source(
+                    &spec.label,
+                    format!("layer {p} has digest {got}, but the config pins {want}"),
+                ));
+            }
+        }
+    } else {
+        tarinspect::verify_layers(&f, &t).map_err(|e| bad_source(&spec.label, e))?;
+    }
     let image_id = t.image_id.clone().unwrap_or_default();
     if let Some(want) = &expect_id {
         if want != &image_id {
@@ -867,13 +980,24 @@ pub fn write_bundle(
         }
     }
     // Publish-time check: the file on disk is what was hashed.
-    let (_, b3_disk, size_disk) = {
-        let mut w = HashWriter::new(io::sink());
+    // Only BLAKE3 (fast), in 1 MiB reads: SHA-256 of the same bytes is
+    // the same.
+    let (b3_disk, size_disk) = {
+        let mut h = blake3::Hasher::new();
         let mut r = PosReader::new(&f, u64::MAX);
-        io::copy(&mut r, &mut w).map_err(|e| Error::internal("re-reading image.tar", e))?;
-        // Only blake3 is compared (fast); sha256 of the same bytes is equal.
-        let (_, b, n, _) = w.finish();
-        ((), b, n)
+        let mut buf = vec![0u8; CHUNK];
+        let mut n = 0u64;
+        loop {
+            let got = r
+                .read(&mut buf)
+                .map_err(|e| Error::internal("re-reading image.tar", e))?;
+            if got == 0 {
+                break;
+            }
+            h.update(&buf[..got]);
+            n += got as u64;
+        }
+        (h.finalize().to_hex().to_string(), n)
     };
     if b3_disk != blake3 || size_disk != size {
         return Err(Error::Config(format!(
