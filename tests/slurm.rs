@@ -222,6 +222,8 @@ fn setup() -> Slurm {
         set(p, "docker.networks", vec!["none", "bridge"]);
         // The testbed's node has two GPU-like device nodes as GRES.
         set(p, "gpus.mode", "devices");
+        // Users' own bundles by name (SPEC §15).
+        set(p, "bundles.user_push", true);
     });
     let cache = bed.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
@@ -1453,6 +1455,82 @@ fn container_by_image_name_needs_current_slurm_and_runs_under_the_policy() {
     assert!(line.contains("[rule images.allow]"), "{line}");
     // And a bundle that is not in the cache.
     srun("bundle:no-such-bundle", &["true"]).expect_code(77);
+}
+
+#[test]
+fn a_users_own_bundle_runs_by_name_on_current_slurm_for_its_owner_only() {
+    let s = slurm();
+    if !gen().is_24() {
+        // 22.05 takes only a bundle path, and opens its config.json
+        // itself: users' bundles (root's 0700 directories) are for 23.02+.
+        return;
+    }
+    // Alice pushes an export of the test image through the broker.
+    let dir = AliceDir::new("slurm-push");
+    let tar = dir.path.join("x.tar");
+    let c = docker(&["create", IMAGE, "true"]);
+    c.expect_ok();
+    let cid = c.stdout.trim().to_string();
+    docker(&["export", "-o", &tar.display().to_string(), &cid]).expect_ok();
+    docker(&["rm", &cid]).expect_ok();
+    std::os::unix::fs::chown(&tar, Some(ALICE_UID), Some(ALICE_GID)).unwrap();
+    let name = unique("mine");
+    let bin = s.bed.path().join("berth");
+    let mut push = Command::new(&bin);
+    push.arg("--policy")
+        .arg(s.bed.policy_path())
+        .args(["bundle", "push", &name, "--from-export"])
+        .arg(&tar)
+        .args(["--change", "CMD [\"/bin/sh\"]"])
+        .env_clear()
+        .env("PATH", CALLER_PATH)
+        .stdin(Stdio::null());
+    alice().apply(&mut push);
+    broker::output(push).expect_ok();
+    let meta: toml::Table = toml::from_str(
+        &std::fs::read_to_string(
+            s.bed
+                .path()
+                .join("cache/users")
+                .join(ALICE)
+                .join(&name)
+                .join("bundle.toml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let id = meta["image_id"].as_str().unwrap().to_string();
+    let srun_as = |user: &TestUser, container: &str| {
+        let mut c = client(
+            user,
+            "/usr/bin/srun",
+            &[],
+            Path::new("/storage1/fs1/shared"),
+        );
+        c.arg(format!("--job-name={}", unique("mine")))
+            .arg(format!("--container={container}"))
+            .args(["sh", "-c", "id -u"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        broker::finish(c.spawn().expect("srun"), Duration::from_secs(90))
+    };
+    let out = srun_as(&alice(), &format!("bundle:~/{name}"));
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "2001");
+    let out = srun_as(&alice(), &format!("bundle:{ALICE}/{name}"));
+    out.expect_ok();
+    // Bob: not shared with him.
+    let out = srun_as(
+        &TestUser::get("berth-bob"),
+        &format!("bundle:{ALICE}/{name}"),
+    );
+    out.expect_code(77);
+    assert!(
+        out.stderr.contains("[rule bundles.share]"),
+        "{}",
+        out.stderr
+    );
+    let _ = docker(&["rmi", "-f", &id]);
 }
 
 #[test]
