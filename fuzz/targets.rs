@@ -489,8 +489,13 @@ pub fn image_ref(data: &[u8]) {
             }
         }
         Ok(berth::core::request::ImageSpec::Bundle(b)) => {
-            assert!(berth::core::image::valid_bundle_name(&b), "{b:?}");
-            assert!(!b.contains('/') && !b.starts_with('.') && !b.starts_with('-'));
+            // NAME, ~/NAME or USER/NAME (SPEC §15): each part a safe path
+            // component, never `.`-led, `..` or more than one `/`.
+            assert!(berth::core::share::parse_key(&b).is_some(), "{b:?}");
+            assert!(b.matches('/').count() <= 1 && !b.contains(".."), "{b:?}");
+            for part in b.split('/') {
+                assert!(!part.is_empty() && !part.starts_with(['.', '-']), "{b:?}");
+            }
         }
         Err(_) => {}
     }

@@ -227,7 +227,7 @@ pub fn parse_image(v: &str) -> Result<ImageSpec> {
             "LSB_CONTAINER_IMAGE",
             v,
             &format!(
-                "bundle {name:?} must be NAME (a site bundle), ~/NAME (your own) or USER/NAME, each NAME 1-64 of A-Z a-z 0-9 . _ - not starting with . or -"
+                "bundle name {name:?} must be NAME (a site bundle), ~/NAME (your own) or USER/NAME, each NAME 1-64 of A-Z a-z 0-9 . _ - not starting with . or -"
             ),
         ),
         None => Ok(ImageSpec::Registry(ImageRef::parse(v)?)),

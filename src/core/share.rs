@@ -56,11 +56,13 @@ pub struct Owner {
 }
 
 /// A user name that can be a path component of the cache and half of a
-/// bundle key: 1-32 of A-Z a-z 0-9 . _ -, not starting with `.` or `-`.
+/// bundle key: 1-32 of A-Z a-z 0-9 . _ -, not starting with `.` or `-`,
+/// no `..`.
 pub fn valid_user_name(u: &str) -> bool {
     !u.is_empty()
         && u.len() <= 32
         && !u.starts_with(['.', '-'])
+        && !u.contains("..")
         && u.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
@@ -215,6 +217,10 @@ pub struct PushPlan {
     pub quota: u64,
 }
 
+/// Most bundles one user may hold, whatever their size: tiny tars must
+/// not fill the cache's directories.
+pub const MAX_BUNDLES: usize = 1000;
+
 /// What a converted export adds to its source: one tar header, padding,
 /// the config and manifest entries, the end blocks.
 pub const EXPORT_OVERHEAD: u64 = 64 << 10;
@@ -294,6 +300,18 @@ pub fn plan_push(
                 "push without --share, or with a kind of share the site allows",
             );
         }
+    }
+    let others = usage.bundles.iter().filter(|(n, _)| n != &req.name).count();
+    if others >= MAX_BUNDLES {
+        return deny(
+            "bundles.user_quota",
+            &req.name,
+            format!(
+                "{} already has {others} bundles, the most one user may hold",
+                id.name
+            ),
+            "remove bundles you no longer need (berth bundle list, berth bundle rm NAME), or push over an existing name",
+        );
     }
     let quota = crate::core::size::parse(&policy.user_quota).unwrap_or(0);
     let reserve = req.size.saturating_add(EXPORT_OVERHEAD);
@@ -548,5 +566,15 @@ mod tests {
             rule(plan_push(&off, &alice, &req("x", None, 1), &none)),
             "bundles.user_push"
         );
+        // However small, at most MAX_BUNDLES bundles (replacing one is fine).
+        let many = Usage {
+            bundles: (0..MAX_BUNDLES).map(|i| (format!("b{i}"), 0)).collect(),
+            reserved: 0,
+        };
+        assert_eq!(
+            rule(plan_push(&p, &alice, &req("new", None, 1), &many)),
+            "bundles.user_quota"
+        );
+        assert!(plan_push(&p, &alice, &req("b7", None, 1), &many).is_ok());
     }
 }
