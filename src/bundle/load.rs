@@ -20,7 +20,7 @@ use crate::core::error::{Error, Result};
 use crate::core::policy::Policy;
 use crate::engine::Engine;
 use std::collections::BTreeSet;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 
 pub use crate::core::plan::BUNDLE_TAG_REPO as TAG_REPO;
@@ -88,17 +88,7 @@ pub fn lock(dir: &Path, id: &str) -> Result<Lock> {
             dir.display()
         )));
     }
-    let p = dir.join(format!("{hex}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&p)
-        .map_err(|e| Error::Config(format!("cannot open lock {}: {e}", p.display())))?;
-    crate::sys::process::flock_exclusive(&file)
-        .map_err(|e| Error::internal(&format!("flock {}", p.display()), e))?;
+    let file = crate::sys::process::open_locked(&dir.join(format!("{hex}.lock")))?;
     Ok(Lock { _file: file })
 }
 

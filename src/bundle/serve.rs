@@ -193,18 +193,7 @@ fn own_key(id: &Identity, name: &str) -> Result<String> {
 /// publishes of one user's pushes happen one at a time.
 fn user_lock(cache: &Cache, user: &str) -> Result<File> {
     let dir = cache.user_dir(user, true)?.unwrap_or_default();
-    let p = dir.join(".lock");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&p)
-        .map_err(|e| Error::Config(format!("cannot open {}: {e}", p.display())))?;
-    crate::sys::process::flock_exclusive(&f)
-        .map_err(|e| Error::internal(&format!("flock {}", p.display()), e))?;
-    Ok(f)
+    crate::sys::process::open_locked(&dir.join(".lock"))
 }
 
 /// The descriptor a client passed as its tar: a regular file open for

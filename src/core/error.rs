@@ -38,6 +38,16 @@ impl Denial {
     }
 }
 
+/// Refuse with a denial: the rule, the value, what is wrong, what to do.
+pub fn deny<T>(
+    rule: &'static str,
+    value: impl Into<String>,
+    msg: impl Into<String>,
+    hint: impl Into<String>,
+) -> Result<T> {
+    Err(Error::Denied(Denial::new(rule, value, msg, hint)))
+}
+
 impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.message)?;

@@ -5,7 +5,7 @@
 //! without a node.
 
 use crate::core::envfilter::{self, Dropped};
-use crate::core::error::{Denial, Error, Result};
+use crate::core::error::{deny, Error, Result};
 use crate::core::facts::ImageFacts;
 use crate::core::identity::Identity;
 use crate::core::paths::{is_under, normalize_abs, unsafe_char};
@@ -161,15 +161,6 @@ pub struct LaunchPlan {
     pub argv: Vec<String>,
     pub socket: PathBuf,
     pub stop_timeout: u32,
-}
-
-fn deny<T>(
-    rule: &'static str,
-    value: impl Into<String>,
-    msg: impl Into<String>,
-    hint: impl Into<String>,
-) -> Result<T> {
-    Err(Error::Denied(Denial::new(rule, value, msg, hint)))
 }
 
 fn roots_list(policy: &Policy) -> String {

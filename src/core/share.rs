@@ -6,7 +6,7 @@
 //! A user bundle is named `OWNER/NAME` once resolved; a job writes
 //! `bundle:~/NAME` for its own user's, or `bundle:OWNER/NAME`.
 
-use crate::core::error::{Denial, Error, Result};
+use crate::core::error::{deny, Denial, Error, Result};
 use crate::core::identity::Identity;
 use crate::core::image::valid_bundle_name;
 use crate::core::policy::{BundlePolicy, ShareKind};
@@ -94,15 +94,6 @@ pub fn resolve_home(key: &str, user: &str) -> String {
         Some(Key::Mine(n)) => format!("{user}/{n}"),
         _ => key.to_string(),
     }
-}
-
-fn deny<T>(
-    rule: &'static str,
-    value: impl Into<String>,
-    msg: impl Into<String>,
-    hint: impl Into<String>,
-) -> Result<T> {
-    Err(Error::Denied(Denial::new(rule, value, msg, hint)))
 }
 
 fn in_group(id: &Identity, gid: u32) -> bool {

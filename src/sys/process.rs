@@ -85,6 +85,23 @@ pub fn flock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
     }
 }
 
+/// Open (creating, 0600, never through a symlink) a lock file and hold an
+/// exclusive flock on it until the file is dropped.
+pub fn open_locked(p: &Path) -> crate::core::error::Result<std::fs::File> {
+    use crate::core::error::Error;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| Error::Config(format!("cannot open lock {}: {e}", p.display())))?;
+    flock_exclusive(&f).map_err(|e| Error::internal(&format!("flock {}", p.display()), e))?;
+    Ok(f)
+}
+
 /// flock(LOCK_EX | LOCK_NB): `Ok(false)` when another holds the lock.
 pub fn flock_try_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;

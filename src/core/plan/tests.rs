@@ -1,6 +1,7 @@
 //! Every planner rule, with a fake filesystem and user table.
 
 use super::*;
+use crate::core::error::Denial;
 use crate::core::identity::fake::FakeDb;
 use crate::core::identity::resolve;
 use crate::core::request::from_env;

@@ -3,6 +3,7 @@
 //! turns that into one denial naming only the path.
 
 use super::*;
+use crate::core::error::Denial;
 use crate::core::identity::fake::FakeDb;
 use crate::core::identity::resolve;
 use crate::core::request::from_env;
