@@ -6,4 +6,3 @@ pub mod daemon;
 pub mod doctor;
 pub mod job;
 pub mod logger;
-pub mod progress;

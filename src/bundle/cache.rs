@@ -27,6 +27,8 @@ pub const TMP_PREFIX: &str = ".tmp-";
 const OLD_PREFIX: &str = ".old-";
 /// The users' part of the cache.
 pub const USERS: &str = "users";
+/// The most of a bundle.toml that is read.
+pub const META_LIMIT: u64 = 1 << 20;
 /// In a push's temp directory: the bytes it reserved, under its flock.
 pub const RESERVE: &str = ".reserve";
 
@@ -233,7 +235,7 @@ impl Cache {
         }
         check_entry(&dir, self.owner, true)?;
         let mp = dir.join(META);
-        let text = read_checked(&mp, self.owner, 1 << 20)?;
+        let text = read_checked(&mp, self.owner, META_LIMIT)?;
         let text = String::from_utf8(text).map_err(|_| {
             Error::Config(format!(
                 "{} is not UTF-8; recreate the bundle",
@@ -313,6 +315,15 @@ impl Cache {
             all.extend(self.list_user(&u)?);
         }
         Ok(all)
+    }
+
+    /// The size of a bundle's image.tar on disk, whatever its bundle.toml
+    /// says (0 if there is none).
+    pub fn disk_size(&self, key: &str) -> u64 {
+        self.dir_of(key)
+            .ok()
+            .and_then(|d| std::fs::symlink_metadata(d.join(TAR)).ok())
+            .map_or(0, |m| m.len())
     }
 
     /// Bytes reserved by a user's pushes still being written: the

@@ -34,7 +34,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 fn bad_source(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Malformed(format!("{what}: {e}"))
+    let e = e.to_string();
+    // The tar crate's words for a tar that ends too soon.
+    let hint = if e.contains("unexpected EOF") || e.contains("failed to fill whole buffer") {
+        " (the tar is truncated)"
+    } else {
+        ""
+    };
+    Error::Malformed(format!("{what}: {e}{hint}"))
 }
 
 /// A writer that hashes what passes through (SHA-256 and BLAKE3).
@@ -173,9 +180,7 @@ impl PipeWriter {
 impl Write for PipeWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if data.len() as u64 > self.left {
-            return Err(io::Error::other(
-                "image.tar would grow past the space reserved for it",
-            ));
+            return Err(io::Error::other(format!("image.tar {PAST_RESERVE}")));
         }
         self.left -= data.len() as u64;
         let mut rest = data;
@@ -250,6 +255,24 @@ fn untag_index(v: &mut Value) {
     }
 }
 
+/// Most bytes of small entries kept while copying a save tar (an OCI
+/// index, its manifests and configs are a few kB).
+const MAX_SMALL: usize = 64 << 20;
+
+/// A failed write of image.tar: past a user's reservation it is the
+/// tar's doing (64), otherwise the node's (70; a full disk says so).
+fn write_error(e: io::Error) -> Error {
+    if e.to_string().contains(PAST_RESERVE) {
+        Error::Malformed(format!(
+            "the tar {PAST_RESERVE} (its entries grow when normalized); push a plain docker save or export tar"
+        ))
+    } else {
+        Error::internal("writing image.tar", e)
+    }
+}
+
+const PAST_RESERVE: &str = "would grow past the space reserved for it";
+
 /// Copy a save tar (read sequentially, e.g. from a pipe) into `out`,
 /// refusing hostile entries, dropping tags, and ending with a normalized
 /// manifest.json naming exactly one image.
@@ -260,8 +283,17 @@ fn copy_save<Rd: Read>(src: Rd, out: &mut Out, what: &str) -> Result<Digests> {
     let mut index: Option<Vec<u8>> = None;
     let mut small: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
-    let wr = |e: io::Error| Error::internal("writing image.tar", e);
+    // Small entries are kept for an OCI index to resolve: bounded, like
+    // the number of entries (the broker reads users' tars).
+    let mut small_bytes = 0usize;
+    let wr = |e: io::Error| write_error(e);
     for e in ar.entries().map_err(|e| bad_source(what, e))? {
+        if seen.len() >= tarinspect::MAX_ENTRIES {
+            return Err(bad_source(
+                what,
+                format!("more than {} entries", tarinspect::MAX_ENTRIES),
+            ));
+        }
         let mut e = e.map_err(|e| bad_source(what, e))?;
         let path = clean_path(&e.path_bytes()).map_err(|m| bad_source(what, m))?;
         if path.is_empty() {
@@ -296,7 +328,10 @@ fn copy_save<Rd: Read>(src: Rd, out: &mut Out, what: &str) -> Result<Digests> {
                                 path.clone(),
                                 format!("sha256:{}", tarinspect::sha256_hex(&buf)),
                             );
-                            small.insert(path, buf);
+                            small_bytes += buf.len();
+                            if small_bytes <= MAX_SMALL {
+                                small.insert(path, buf);
+                            }
                         }
                     }
                     continue;
@@ -550,6 +585,11 @@ fn exec_form(rest: &str) -> std::result::Result<Vec<String>, String> {
 
 /// Parse `--change` lines: ENTRYPOINT, CMD, ENV, WORKDIR, USER, LABEL.
 pub fn parse_changes(lines: &[String]) -> Result<Changes> {
+    if lines.len() > 256 || lines.iter().any(|l| l.len() > 64 << 10) {
+        return Err(Error::Malformed(
+            "--change: at most 256 lines of at most 64 KiB each".into(),
+        ));
+    }
     let mut c = Changes::default();
     for l in lines {
         let bad = |why: String| Error::Malformed(format!("--change {l:?}: {why}"));
@@ -641,7 +681,7 @@ fn convert_export(
     let mut h = Sha256::new();
     // A fixed name: the layer's digest is known only after it is written.
     let tmp_name = "layer.tar".to_string();
-    let wr = |e: io::Error| Error::internal("writing image.tar", e);
+    let wr = write_error;
     {
         let r = Counted {
             r: PosReader::new(src, len),
@@ -651,8 +691,7 @@ fn convert_export(
             w: watch,
         };
         let mut hd = header(tar::EntryType::Regular, 0o644, len);
-        // A source that shrank while read would make a short entry: the
-        // tar builder refuses it, and the bundle with it.
+        // A source that shrinks while read is an error of PosReader.
         out.append_data(&mut hd, &tmp_name, Tee { r, h: &mut h })
             .map_err(|e| bad_source(what, e))?;
     }
@@ -798,6 +837,13 @@ impl Read for PosReader<'_> {
         }
         let n = buf.len().min((self.end - self.pos) as usize);
         let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        if got == 0 && self.end != u64::MAX {
+            // The file shrank while it was read.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ended at {} of its {} bytes", self.pos, self.end),
+            ));
+        }
         self.pos += got as u64;
         Ok(got)
     }
@@ -945,7 +991,7 @@ pub fn write_bundle(
     let (sha256, blake3, size, f) = out
         .into_inner()
         .and_then(PipeWriter::finish)
-        .map_err(|e| Error::internal("writing image.tar", e))?;
+        .map_err(write_error)?;
     f.sync_all()
         .map_err(|e| Error::internal("fsync image.tar", e))?;
 
@@ -1030,6 +1076,17 @@ pub fn write_bundle(
         owner: spec.owner.clone(),
     };
     let toml_text = toml::to_string(&meta).map_err(|e| Error::internal("bundle.toml", e))?;
+    // What Cache::get reads back: a bundle.toml past it would publish a
+    // bundle nothing can use (nor count against a quota).
+    if toml_text.len() > super::cache::META_LIMIT as usize - 1024 {
+        return Err(bad_source(
+            &spec.label,
+            format!(
+                "its image config (entrypoint, cmd, env, volumes) takes {} bytes, more than a bundle records",
+                toml_text.len()
+            ),
+        ));
+    }
     write_small(
         &tmp.join(META),
         format!(
@@ -1128,7 +1185,7 @@ pub fn run(policy: &Policy, a: &BundleCreateArgs) -> Result<i32> {
         owner: None,
         limit: None,
     };
-    let mut meter = crate::app::progress::Meter::stderr(&format!("creating bundle {}", a.name));
+    let mut meter = crate::bundle::progress::Meter::stderr(&format!("creating bundle {}", a.name));
     let t0 = std::time::Instant::now();
     let meta = write_bundle(
         policy,
@@ -1149,7 +1206,7 @@ pub fn run(policy: &Policy, a: &BundleCreateArgs) -> Result<i32> {
         meta.size,
         meta.image_id,
         if meta.has_shell { "yes" } else { "no" },
-        crate::app::progress::rate_suffix(meta.size, t0.elapsed()),
+        crate::bundle::progress::rate_suffix(meta.size, t0.elapsed()),
     );
     Ok(0)
 }

@@ -7,6 +7,7 @@
 //!   content-addressed by its config digest.
 //! * [`cache`]: safe-path checks, list, atomic publish, rm, leftovers.
 //! * [`serve`]: users' `push`, `list` and `rm` in the broker (SPEC §15).
+//! * [`progress`]: progress of long work on a terminal.
 //! * [`load`]: the job-start path: one inspect on a hit; otherwise a
 //!   per-image flock, a pre-check of the config digest, one streamed load,
 //!   and a post-check of the id the engine holds.
@@ -14,6 +15,7 @@
 pub mod cache;
 pub mod create;
 pub mod load;
+pub mod progress;
 pub mod serve;
 pub mod tarinspect;
 
@@ -195,7 +197,7 @@ pub fn main(policy_path: &Path, cmd: &BundleCommand) -> Result<i32> {
             let engine = Engine::new(&policy.docker.socket);
             let t = std::time::Instant::now();
             let rec = Record::new("load", "allow");
-            let mut meter = crate::app::progress::Meter::stderr(&format!("loading bundle {name}"));
+            let mut meter = crate::bundle::progress::Meter::stderr(&format!("loading bundle {name}"));
             let o = ensure(
                 &engine,
                 &policy,
@@ -214,7 +216,7 @@ pub fn main(policy_path: &Path, cmd: &BundleCommand) -> Result<i32> {
                 }
                 load::Outcome::Loaded { bytes } => println!(
                     "bundle {name}: loaded {bytes} bytes{}",
-                    crate::app::progress::rate_suffix(bytes, t.elapsed())
+                    crate::bundle::progress::rate_suffix(bytes, t.elapsed())
                 ),
             }
             Ok(0)
@@ -227,7 +229,7 @@ fn via_broker(
     policy: &Policy,
     op: proto::BundleOp,
     fds: [std::os::fd::RawFd; 3],
-    meter: Option<&mut crate::app::progress::Meter>,
+    meter: Option<&mut crate::bundle::progress::Meter>,
 ) -> Result<i32> {
     let hello = proto::Hello {
         version: proto::VERSION,
@@ -284,7 +286,7 @@ fn push_client(policy: &Policy, a: &crate::cli::BundlePushArgs) -> Result<i32> {
         Error::Malformed(m) => Error::Malformed(format!("{}: {m}", path.display())),
         e => e,
     })?;
-    let mut meter = crate::app::progress::Meter::stderr(&format!("pushing {}", a.name));
+    let mut meter = crate::bundle::progress::Meter::stderr(&format!("pushing {}", a.name));
     via_broker(
         policy,
         proto::BundleOp::Push {

@@ -33,6 +33,9 @@ use std::sync::{Arc, Mutex};
 const MAX_PUSHES_PER_UID: usize = 2;
 const MAX_PUSHES: usize = 8;
 
+/// How long a write to a client may block.
+const WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 static PUSHES: Mutex<Option<HashMap<u32, usize>>> = Mutex::new(None);
 
 /// A push slot, released on drop.
@@ -83,6 +86,9 @@ pub fn serve(
     stream: &UnixStream,
     audit: &mut dyn FnMut(&Record),
 ) -> Result<Answer> {
+    // A client that stops reading (progress, a long list) must not hold
+    // a broker thread, a push slot or a reservation.
+    let _ = stream.set_write_timeout(Some(WRITE_DEADLINE));
     let id = identity::resolve(&crate::sys::nss::Nss, policy, uid, None)?;
     match op {
         BundleOp::Push {
@@ -147,7 +153,7 @@ pub fn serve(
                         Some(share::Share::All) => "shared with all users".to_string(),
                         _ => "private".to_string(),
                     },
-                    crate::app::progress::rate_suffix(m.size, started.elapsed()),
+                    crate::bundle::progress::rate_suffix(m.size, started.elapsed()),
                 ),
             })
         }
@@ -155,6 +161,15 @@ pub fn serve(
         BundleOp::Rm { name } => {
             let key = own_key(&id, name)?;
             let cache = Cache::open(policy)?;
+            if cache.user_dir(&id.name, false)?.is_none() {
+                return Err(crate::core::error::Denial::new(
+                    "bundles.cache",
+                    format!("bundle:{key}"),
+                    format!("there is no bundle {key:?} in the bundle cache"),
+                    "berth bundle list shows your bundles",
+                )
+                .into());
+            }
             let _lock = user_lock(&cache, &id.name)?;
             cache.remove(&key)?;
             let mut rec = Record::new("bundle-rm", "allow");
@@ -173,6 +188,11 @@ pub fn serve(
 
 /// `NAME`, `~/NAME` or `ME/NAME` as the key of one of `id`'s own bundles.
 fn own_key(id: &Identity, name: &str) -> Result<String> {
+    // A bare NAME is the user's own (even `users`, a valid name in a
+    // user's directory).
+    if crate::core::image::valid_bundle_name(name) {
+        return Ok(format!("{}/{name}", id.name));
+    }
     match share::parse_key(name) {
         Some(Key::Site(n)) | Some(Key::Mine(n)) => Ok(format!("{}/{n}", id.name)),
         Some(Key::User(u, n)) if u == id.name => Ok(format!("{u}/{n}")),
@@ -254,7 +274,6 @@ fn push(
         .next()
         .ok_or_else(|| Error::Malformed("a push passes its tar as the first descriptor".into()))?;
     let (file, len) = source_file(fd)?;
-    let parsed = create::parse_changes(changes)?;
     if !export && !changes.is_empty() {
         return Err(Error::Malformed(
             "--change applies to --from-export only (it would change the image id)".into(),
@@ -275,6 +294,7 @@ fn push(
     // Nothing touches the cache for a push the policy refuses.
     share::plan_push(&policy.bundles, id, &req, &share::Usage::default())?;
     let _slot = Slot::take(id.uid)?;
+    let parsed = create::parse_changes(changes)?;
     let cache = Cache::open(policy)?;
 
     // Decide the quota and reserve the space, under the user's lock.
@@ -285,7 +305,11 @@ fn push(
             .into_iter()
             .map(|(k, b)| {
                 let n = k.rsplit('/').next().unwrap_or_default().to_string();
-                (n, b.map(|b| b.meta.size).unwrap_or(0))
+                // An unusable bundle still takes its space.
+                let size = b
+                    .map(|b| b.meta.size)
+                    .unwrap_or_else(|_| cache.disk_size(&k));
+                (n, size)
             })
             .collect(),
         reserved: cache.reserved(&id.name)?,
@@ -325,9 +349,13 @@ fn push(
                 a.store(true, Ordering::SeqCst);
             });
     }
+    let ticker_abort = abort.clone();
     let mut tick = |done: u64, total: u64| {
         let mut s = stream;
-        let _ = proto::write_frame(&mut s, &DaemonMsg::Progress { done, total });
+        // A client that does not take its progress is gone.
+        if proto::write_frame(&mut s, &DaemonMsg::Progress { done, total }).is_err() {
+            ticker_abort.store(true, Ordering::SeqCst);
+        }
     };
     let spec = Spec {
         key: &plan.key,
@@ -394,7 +422,17 @@ fn list(policy: &Policy, id: &Identity, json: bool) -> Result<Answer> {
     let mut held = 0u64;
     if policy.bundles.user_push {
         for u in cache.users()? {
-            for (k, b) in cache.list_user(&u)? {
+            // Another user's unreadable directory is theirs to fix, not a
+            // reason to list nothing (nor to name its path to everyone).
+            let theirs = match cache.list_user(&u) {
+                Ok(v) => v,
+                Err(e) if u == id.name => return Err(e),
+                Err(e) => {
+                    log::warn!("bundle list: skipping user {u}: {e}");
+                    continue;
+                }
+            };
+            for (k, b) in theirs {
                 let Ok(bb) = &b else {
                     if u == id.name {
                         rows.push((k, b, "yours".into()));

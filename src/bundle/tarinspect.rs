@@ -241,6 +241,9 @@ struct Entry {
     span: Span,
 }
 
+/// Most entries in one tar (the outer table, or one layer).
+pub const MAX_ENTRIES: usize = 2_000_000;
+
 /// Read the table of a tar (seeking over data), checking every name.
 fn table<Rd: Read + Seek>(mut r: Rd, what: &str) -> R<(Vec<Entry>, u64)> {
     let len = r.seek(SeekFrom::End(0)).map_err(io_err(what))?;
@@ -250,6 +253,13 @@ fn table<Rd: Read + Seek>(mut r: Rd, what: &str) -> R<(Vec<Entry>, u64)> {
     let mut newest = 0u64;
     let entries = ar.entries_with_seek().map_err(io_err(what))?;
     for e in entries {
+        // Every entry is kept in memory: a tar of millions of tiny files
+        // must not exhaust the broker (or root's create).
+        if out.len() >= MAX_ENTRIES {
+            return err(format!(
+                "{what}: more than {MAX_ENTRIES} entries; an image this large is not a bundle"
+            ));
+        }
         let e = e.map_err(io_err(what))?;
         let path = clean_path(&e.path_bytes()).map_err(|m| TarError(format!("{what}: {m}")))?;
         let h = e.header();

@@ -222,6 +222,18 @@ fn lsf(path: &str, v2: bool) -> Option<JobCgroup> {
     })
 }
 
+/// A job cgroup path up to its job component (`…/job_17`, `…/job.5.0.x`).
+fn job_dir(path: &str) -> Option<&str> {
+    let mut end = 0;
+    for c in path.split('/') {
+        end += c.len() + 1;
+        if c.starts_with("job_") || c.starts_with("job.") {
+            return Some(&path[..end - 1]);
+        }
+    }
+    None
+}
+
 /// The job of a process of user `uid`, from its `/proc/<pid>/cgroup`
 /// text; `None` when it is in no recognised job (or in another user's).
 pub fn find_job(text: &str, uid: u32) -> Option<JobCgroup> {
@@ -240,6 +252,10 @@ pub fn find_job(text: &str, uid: u32) -> Option<JobCgroup> {
                 slurm_v1(d, uid)
                     .or_else(|| lsf(d, false))
                     .is_some_and(|j| j.job_id == job.job_id && j.scheduler == job.scheduler)
+                    // The same job's directory, not the same id under
+                    // another node's or cluster's prefix.
+                    && job_dir(d).is_some()
+                    && job_dir(d) == job_dir(&job.path)
             })
             .map(str::to_string);
         return Some(job);
@@ -290,6 +306,22 @@ mod tests {
         // The batch step, and no task level.
         let b = find_job("4:memory:/slurm/uid_2001/job_5/step_batch\n", 2001).unwrap();
         assert_eq!(b.step.as_deref(), Some("batch"));
+        // The devices cgroup counts only in the same job's directory (the
+        // fuzzer's case: the same job id under another node's prefix).
+        let with = |d: &str| {
+            find_job(
+                &format!("4:memory:/slurm_vm/uid_2001/job_17/step_0/task_0\n3:devices:{d}\n"),
+                2001,
+            )
+            .unwrap()
+            .devices
+        };
+        assert_eq!(
+            with("/slurm_vm/uid_2001/job_17/step_0").as_deref(),
+            Some("/slurm_vm/uid_2001/job_17/step_0")
+        );
+        assert_eq!(with("/slurm_other/uid_2001/job_17/step_0"), None);
+        assert_eq!(with("/slurm_vm/uid_2001/job_18/step_0"), None);
     }
 
     #[test]

@@ -69,6 +69,13 @@ impl ImageRef {
                 "has an invalid name component (lowercase letters, digits, '.', '_', '-' only)",
             ));
         }
+        // Docker's own normalization: the legacy name of Docker Hub is
+        // Docker Hub (policy globs and berth's own checks see one name).
+        let domain = if domain == "index.docker.io" {
+            "docker.io".to_string()
+        } else {
+            domain
+        };
         if domain == "docker.io" && comps.len() == 1 {
             comps.insert(0, "library");
         }
@@ -166,6 +173,18 @@ mod tests {
 
     fn n(s: &str) -> String {
         ImageRef::parse(s).unwrap().to_string()
+    }
+
+    #[test]
+    fn the_legacy_hub_name_is_the_hub() {
+        let r = ImageRef::parse("index.docker.io/berth-bundle/x:1").unwrap();
+        assert_eq!(r.to_string(), "docker.io/berth-bundle/x:1");
+        assert_eq!(
+            ImageRef::parse("index.docker.io/alpine")
+                .unwrap()
+                .to_string(),
+            "docker.io/library/alpine:latest"
+        );
     }
 
     #[test]
