@@ -157,8 +157,14 @@ impl PipeWriter {
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         match self.tx.as_ref().map(|tx| tx.send(chunk)) {
             Some(Ok(())) => Ok(()),
-            // The writer stopped: its error is in finish().
-            _ => Err(io::Error::other("the bundle writer stopped")),
+            // The writer stopped on an error (a full disk): say which.
+            _ => {
+                self.tx = None;
+                match self.worker.take().map(|w| w.join()) {
+                    Some(Ok(Err(e))) => Err(e),
+                    _ => Err(io::Error::other("the bundle writer stopped")),
+                }
+            }
         }
     }
 
@@ -1249,6 +1255,34 @@ mod tests {
         let f = tarinspect::parse_config(&a).unwrap();
         assert_eq!(f.workdir, "/w");
         assert_eq!(f.diff_ids, vec![d]);
+    }
+
+    #[test]
+    fn the_writer_hashes_writes_and_reports_its_own_error() {
+        let f = tempfile::tempfile().unwrap();
+        let mut w = PipeWriter::new(f.try_clone().unwrap(), 10 << 20).unwrap();
+        let data = vec![5u8; 3 * CHUNK + 17];
+        w.write_all(&data).unwrap();
+        let (sha, _, n, _) = w.finish().unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(sha, tarinspect::sha256_hex(&data));
+        assert_eq!(f.metadata().unwrap().len(), data.len() as u64);
+        // Past the limit: refused before anything is queued.
+        let mut small = PipeWriter::new(tempfile::tempfile().unwrap(), 10).unwrap();
+        let e = small.write_all(&[0u8; 11]).unwrap_err();
+        assert!(e.to_string().contains(PAST_RESERVE), "{e}");
+        // A file that cannot be written: the writer's own error comes back.
+        let ro = std::fs::File::open("/dev/null").unwrap();
+        let mut bad = PipeWriter::new(ro, u64::MAX).unwrap();
+        let mut err = None;
+        for _ in 0..16 {
+            if let Err(e) = bad.write_all(&vec![0u8; CHUNK]) {
+                err = Some(e);
+                break;
+            }
+        }
+        let e = err.or_else(|| bad.finish().err()).expect("an error");
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
     }
 
     #[test]
