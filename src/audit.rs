@@ -70,6 +70,17 @@ impl Record {
         }
     }
 
+    /// Mark the record refused by `e`: a denial (with its rule) or an
+    /// error, and why.
+    pub fn refused(&mut self, e: &crate::core::error::Error) {
+        self.decision = "error";
+        if let crate::core::error::Error::Denied(d) = e {
+            self.decision = "deny";
+            self.rule = Some(d.rule.to_string());
+        }
+        self.reason = Some(e.to_string());
+    }
+
     pub fn new(event: &'static str, decision: &'static str) -> Record {
         Record {
             time: std::time::SystemTime::now()

@@ -860,18 +860,24 @@ fn a_push_killed_midway_leaves_nothing_visible_and_gc_removes_its_temp() {
         })
     };
 
+    // A push of the big tar, once it is writing.
+    let start_push = |t: &Push, stderr: Stdio| {
+        let child = t
+            .bundle_cmd(&a, &["push", "big", "--from-export", &s(&big)])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(30), || temp_growing(t)),
+            "the push started"
+        );
+        child
+    };
+
     // 1. The client is killed: the broker abandons the push and removes
     //    what it wrote.
-    let mut child = t
-        .bundle_cmd(&a, &["push", "big", "--from-export", &s(&big)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(30), || temp_growing(&t)),
-        "the push started"
-    );
+    let mut child = start_push(&t, Stdio::null());
     let _ = child.kill();
     let _ = child.wait();
     assert!(
@@ -888,16 +894,7 @@ fn a_push_killed_midway_leaves_nothing_visible_and_gc_removes_its_temp() {
 
     // 2. The broker itself is killed: its temp directory stays, invisible
     //    (not listed, not runnable, not counted), until gc removes it.
-    let child = t
-        .bundle_cmd(&a, &["push", "big", "--from-export", &s(&big)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(30), || temp_growing(&t)),
-        "the push started"
-    );
+    let child = start_push(&t, Stdio::piped());
     t.daemon.signal(nix::sys::signal::Signal::SIGKILL);
     let out = broker::finish(child, Duration::from_secs(30));
     out.expect_code(69);

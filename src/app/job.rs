@@ -114,15 +114,7 @@ pub fn decide(policy: &Policy, caller: &Caller, engine: Option<&Engine>) -> Deci
     let plan = decide_inner(policy, caller, engine, &mut record);
     if let Err(e) = &plan {
         record.event = "denial";
-        record.decision = if matches!(e, Error::Denied(_)) {
-            "deny"
-        } else {
-            "error"
-        };
-        if let Error::Denied(d) = e {
-            record.rule = Some(d.rule.to_string());
-        }
-        record.reason = Some(e.to_string());
+        record.refused(e);
     }
     Decision { plan, record }
 }

@@ -126,17 +126,7 @@ pub fn serve(
                             .unwrap_or_default()
                     ));
                 }
-                Err(e) => {
-                    rec.decision = if matches!(e, Error::Denied(_)) {
-                        "deny"
-                    } else {
-                        "error"
-                    };
-                    if let Error::Denied(d) = e {
-                        rec.rule = Some(d.rule.to_string());
-                    }
-                    rec.reason = Some(e.to_string());
-                }
+                Err(e) => rec.refused(e),
             }
             audit(&rec);
             let m = r?;
