@@ -880,10 +880,14 @@ fn a_push_killed_midway_leaves_nothing_visible_and_gc_removes_its_temp() {
     let mut child = start_push(&t, Stdio::null());
     let _ = child.kill();
     let _ = child.wait();
+    // The broker removes its temp, then writes the audit record: wait for
+    // both, or the check races the record (it did, once, in CI).
     assert!(
-        wait_until(Duration::from_secs(30), || t.entries(ALICE).is_empty()),
-        "left: {:?}",
-        t.entries(ALICE)
+        wait_until(Duration::from_secs(30), || t.entries(ALICE).is_empty()
+            && !t.pushes().is_empty()),
+        "left: {:?}, records: {:?}",
+        t.entries(ALICE),
+        t.pushes()
     );
     let r = t.pushes();
     assert_eq!(r.len(), 1, "{r:?}");
