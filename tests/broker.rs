@@ -121,6 +121,7 @@ fn hello(scheduler: &str, env: BTreeMap<String, String>, script: &str) -> Hello 
         slurm_id: None,
         explain: None,
         bundle: None,
+        slurm_task_dir: None,
     }
 }
 

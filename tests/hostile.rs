@@ -2478,6 +2478,7 @@ fn other_users_job_cannot_be_controlled(ctx: &Ctx) -> R {
             slurm_id: None,
             explain: None,
             bundle: None,
+            slurm_task_dir: None,
         };
         let fd = null.as_raw_fd();
         proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
@@ -2545,6 +2546,7 @@ fn broker_signal_flood_is_bounded(ctx: &Ctx) -> R {
         slurm_id: None,
         explain: None,
         bundle: None,
+        slurm_task_dir: None,
     };
     proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
     let frame = proto::encode(&ClientMsg::Signal {
@@ -2635,6 +2637,7 @@ fn broker_partial_frame_does_not_freeze_the_job(ctx: &Ctx) -> R {
         slurm_id: None,
         explain: None,
         bundle: None,
+        slurm_task_dir: None,
     };
     proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;
     // Two bytes of a frame's length, and nothing more.
@@ -2852,6 +2855,7 @@ fn raw_hello(
         slurm_id,
         explain: None,
         bundle: None,
+        slurm_task_dir: None,
     };
     let fd = null.as_raw_fd();
     proto::send_hello(&stream, &h, [fd, fd, fd]).map_err(|e| e.to_string())?;

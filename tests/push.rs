@@ -635,6 +635,7 @@ fn hostile_sources_are_refused_without_root_opening_them() {
                 changes: vec![],
                 share: None,
             }),
+            slurm_task_dir: None,
         };
         proto::send_hello(&stream, &h, [fd, 1, 2]).unwrap();
         let mut r = &*stream;

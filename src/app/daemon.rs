@@ -61,6 +61,8 @@ struct State {
     stopping: AtomicBool,
     /// Connections per peer uid still waiting for their request.
     pending: Mutex<HashMap<u32, usize>>,
+    /// MPI steps' holders on this node, counted by their running ranks.
+    holders: launch::holder::Holders,
 }
 
 /// A connection counted against its uid until its request is read.
@@ -156,6 +158,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
         connections: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         pending: Mutex::new(HashMap::new()),
+        holders: Default::default(),
     });
 
     let mut set = SigSet::empty();
@@ -311,8 +314,11 @@ fn control_loop(state: Arc<State>, set: SigSet, socket: PathBuf) {
                     state.stopping.store(true, Ordering::SeqCst);
                     active.values().cloned().collect()
                 };
-                for plan in jobs {
-                    launch::abandon(&plan, &Engine::new(&plan.socket));
+                for plan in &jobs {
+                    launch::abandon(plan, &Engine::new(&plan.socket));
+                }
+                if let Some(plan) = jobs.first() {
+                    state.holders.destroy_all(&Engine::new(&plan.socket));
                 }
                 std::process::exit(0);
             }
@@ -444,6 +450,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         scheduler,
         tmp_files: hello.tmp_files,
         slurm_id: hello.slurm_id,
+        slurm_task_dir: hello.slurm_task_dir.map(PathBuf::from),
         launching: hello.explain.is_none(),
         peer: crate::sys::cgroup::Peer {
             pid: creds.pid(),
@@ -486,10 +493,14 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         Ok(mut p) => {
             // Its container lives only as long as this broker: one a
             // crashed broker left is found by this label and removed.
-            p.spec.labels.insert(
+            let label = (
                 BROKER_LABEL.to_string(),
                 policy.broker.socket.display().to_string(),
             );
+            p.spec.labels.insert(label.0.clone(), label.1.clone());
+            if let Some(h) = &mut p.holder {
+                h.labels.insert(label.0, label.1);
+            }
             p
         }
         Err(e) => {
@@ -550,6 +561,18 @@ fn run_job(
 ) -> Result<Option<i32>> {
     launch::prepare(plan).inspect_err(|_| launch::remove_job_dir(&plan.job_dir))?;
     launch::pin(plan).inspect_err(|_| launch::cleanup(plan))?;
+    // An MPI rank joins its step's holder, which its hold keeps until the
+    // step's last rank here is gone (dropped when this returns, before the
+    // client hears the exit code).
+    let _hold = match &plan.holder {
+        Some(h) => Some(
+            state
+                .holders
+                .hold(engine, h)
+                .inspect_err(|_| launch::cleanup(plan))?,
+        ),
+        None => None,
+    };
     let mut fds = fds.into_iter();
     let stdio = Stdio {
         stdin: fds.next(),

@@ -83,6 +83,8 @@ pub struct Caller {
     pub scheduler: Scheduler,
     pub tmp_files: Vec<crate::broker::proto::TmpFile>,
     pub slurm_id: Option<String>,
+    /// The spool directory a Slurm container task names (unverified).
+    pub slurm_task_dir: Option<PathBuf>,
     /// The decision is for a launch (not `explain`): volume access is then
     /// checked when the launcher pins each volume.
     pub launching: bool,
@@ -101,6 +103,7 @@ impl Caller {
             scheduler: args.scheduler,
             tmp_files: Vec::new(),
             slurm_id: None,
+            slurm_task_dir: None,
             launching: false,
             peer: crate::sys::cgroup::this_process(crate::sys::real_uid()),
         })
@@ -171,6 +174,15 @@ fn decide_inner(
             crate::sys::devices::allocation(&policy.gpus, node_gpus, job, &node)
         })
         .flatten();
+    let mpi_step = mpi_step(policy, caller, &id, job_cgroup.as_ref(), &hostname)?;
+    let fabric = if mpi_step.is_some() {
+        crate::sys::devices::nodes(&policy.mpi.fabric_devices)
+            .into_iter()
+            .map(|d| d.path)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let ctx = Context {
         env_file_vars: read_env_files(&id, &req)?,
         nonce: nonce.clone(),
@@ -180,6 +192,8 @@ fn decide_inner(
         job_cgroup,
         env_slurm_job_id: caller.env.get("SLURM_JOB_ID").cloned(),
         gpus,
+        mpi_step,
+        fabric,
     };
     // An image policy refuses is never asked about (nor pulled).
     plan::check_image(policy, &req)?;
@@ -218,6 +232,25 @@ fn decide_inner(
         })
         .collect();
     Ok(p)
+}
+
+/// The step of a Slurm container task that carries PMIx variables, checked
+/// on the node, when the site passes PMIx (SPEC §14); `None` otherwise.
+fn mpi_step(
+    policy: &Policy,
+    caller: &Caller,
+    id: &Identity,
+    job: Option<&crate::core::cgroup::Found>,
+    hostname: &str,
+) -> Result<Option<crate::core::mpi::Step>> {
+    let wanted = policy.mpi.pmix && caller.env.keys().any(|k| crate::core::mpi::is_pmix_var(k));
+    let (true, Some(dir), Some((job, _, _))) = (wanted, &caller.slurm_task_dir, job) else {
+        return Ok(None);
+    };
+    let node = job
+        .slurm_node()
+        .unwrap_or_else(|| hostname.split('.').next().unwrap_or(hostname));
+    crate::sys::mpi::verify_step(dir, job, id.uid, node).map(Some)
 }
 
 /// The job the caller is in, from the kernel (SPEC §11); not looked up
@@ -285,6 +318,7 @@ fn hello_for(args: &RunArgs, explain: Option<&str>) -> Result<crate::broker::pro
         slurm_id: None,
         explain: explain.map(str::to_string),
         bundle: None,
+        slurm_task_dir: None,
     })
 }
 
@@ -408,6 +442,32 @@ pub fn describe(p: &LaunchPlan, facts_checked: bool) -> String {
         None => s += "cgroup     none: the container is not placed in a job's allocation\n",
     }
     s += &format!("gpus       {}\n", p.gpus.describe());
+    if let Some(m) = &p.mpi {
+        s += &format!(
+            "mpi        rank {} of a {}-task step: network {}, {}{}{}\n",
+            m.rank,
+            m.tasks,
+            p.spec.network,
+            match &m.sharing {
+                crate::core::mpi::Sharing::Step { holder } => {
+                    format!("IPC, PIDs and /dev/shm of the step's holder {holder}")
+                }
+                crate::core::mpi::Sharing::Host => "the node's IPC and /dev/shm".into(),
+                crate::core::mpi::Sharing::Private => "its own IPC and /dev/shm".into(),
+            },
+            if m.devices.is_empty() {
+                String::new()
+            } else {
+                let d: Vec<String> = m.devices.iter().map(|d| d.display().to_string()).collect();
+                format!(", fabric {}", d.join(" "))
+            },
+            if m.memlock_unlimited {
+                ", memlock unlimited"
+            } else {
+                ""
+            }
+        );
+    }
     for m in &p.mounts {
         s += &format!(
             "mount      {} -> {} ({}, {:?})\n",

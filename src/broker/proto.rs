@@ -40,6 +40,11 @@ pub struct Hello {
     /// first descriptor is the tar, opened by the user.
     #[serde(default)]
     pub bundle: Option<BundleOp>,
+    /// A Slurm container task's spool directory (the directory of its `%e`
+    /// file), which the broker checks before it binds the step's into an
+    /// MPI task (SPEC §14).
+    #[serde(default)]
+    pub slurm_task_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -319,6 +324,7 @@ mod tests {
             slurm_id: None,
             explain: None,
             bundle: None,
+            slurm_task_dir: None,
         };
         send_hello(&a, &h, [0, 1, 2]).unwrap();
         let (got, fds) = recv_hello(&b).unwrap();

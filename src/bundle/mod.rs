@@ -241,6 +241,7 @@ fn via_broker(
         slurm_id: None,
         explain: None,
         bundle: Some(op),
+        slurm_task_dir: None,
     };
     let mut none = |_: u64, _: u64| {};
     match meter {

@@ -281,6 +281,20 @@ pub fn parent_for(job: &JobCgroup, container: &str) -> String {
     }
 }
 
+/// The cgroup parent of an MPI step's holder container (SPEC §14): the
+/// step's own cgroup, which outlives each of its tasks (v1: the caller's
+/// cgroup without its `task_<n>`; v2: beside the task's leaf, as a task's
+/// container is).
+pub fn step_parent(job: &JobCgroup, container: &str) -> String {
+    match job.version {
+        Version::V1 => match job.path.rsplit_once('/') {
+            Some((dir, leaf)) if leaf.starts_with("task_") && !dir.is_empty() => dir.to_string(),
+            _ => job.path.clone(),
+        },
+        Version::V2 => parent_for(job, container),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

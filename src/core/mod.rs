@@ -14,6 +14,7 @@ pub mod error;
 pub mod facts;
 pub mod identity;
 pub mod image;
+pub mod mpi;
 pub mod paths;
 pub mod plan;
 pub mod policy;

@@ -8,6 +8,7 @@ use crate::core::envfilter::{self, Dropped};
 use crate::core::error::{deny, Error, Result};
 use crate::core::facts::ImageFacts;
 use crate::core::identity::Identity;
+use crate::core::mpi;
 use crate::core::paths::{is_under, normalize_abs, unsafe_char};
 use crate::core::policy::{EntrypointRule, HostnameRule, Mode, Policy, TmpKind};
 use crate::core::request::{ImageSpec, Request, Workdir};
@@ -64,6 +65,12 @@ pub struct Context {
     /// them from the kernel or the scheduler (SPEC §12); `None`: the node
     /// has no GPU device node.
     pub gpus: Option<crate::core::devices::Gpus>,
+    /// The Slurm step of a container task, verified by the broker (its ids
+    /// from the caller's cgroup, its spool directory on the node), when
+    /// the site passes PMIx (SPEC §14).
+    pub mpi_step: Option<crate::core::mpi::Step>,
+    /// The node's device nodes that `mpi.fabric_devices` names.
+    pub fabric: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,6 +85,8 @@ pub enum MountKind {
     /// A fresh per-job directory over a `VOLUME` the image declares, so
     /// docker makes no anonymous volume on the node's disk.
     ImageVolume,
+    /// An MPI step's spool directory, where its PMIx server's files are.
+    MpiSpool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -154,6 +163,12 @@ pub struct LaunchPlan {
     pub placement: Option<crate::core::cgroup::Placement>,
     /// The GPUs the container gets (SPEC §12).
     pub gpus: crate::core::devices::GpuPlan,
+    /// A rank of an MPI step (SPEC §14).
+    pub mpi: Option<crate::core::mpi::MpiPlan>,
+    /// The container holding the step's shared IPC and PID namespaces on
+    /// this node (`mpi.ipc = "step"`): created by the first rank, removed
+    /// with the last.
+    pub holder: Option<ContainerSpec>,
     /// The container, as the engine is asked to create it.
     pub spec: ContainerSpec,
     /// The equivalent docker command line, argv[0] the docker binary
@@ -348,20 +363,57 @@ pub fn plan(
         (None, None)
     };
 
+    // An MPI rank's network and IPC are its step's (SPEC §14).
+    let pmix = mpi::decide(
+        policy,
+        &req.env,
+        req.network.as_deref(),
+        ctx.mpi_step.as_ref(),
+        id.uid,
+        &ctx.fabric,
+    )?;
+    let rank = match &pmix {
+        mpi::Pmix::Task(m) => Some(m.clone()),
+        _ => None,
+    };
     let network = pick_mode(
         "network",
-        req.network.as_deref(),
+        if rank.is_some() {
+            Some("host")
+        } else {
+            req.network.as_deref()
+        },
         &policy.docker.networks,
         &policy.docker.default_network,
         "LSF_DOCKER_NETWORK",
     )?;
-    let ipc = pick_mode(
-        "ipc",
-        req.ipc.as_deref(),
-        &policy.docker.ipc,
-        &policy.docker.default_ipc,
-        "LSF_DOCKER_IPC",
-    )?;
+    let shared = rank.as_ref().map(|m| &m.sharing);
+    if let (Some(asked), Some(mpi::Sharing::Step { .. } | mpi::Sharing::Host)) = (&req.ipc, shared)
+    {
+        return deny(
+            "docker.ipc",
+            asked,
+            "an MPI task shares its IPC with its step's other ranks on the node, as the site's mpi.ipc says",
+            "unset LSF_DOCKER_IPC",
+        );
+    }
+    let (ipc, pid_mode) = match shared {
+        Some(mpi::Sharing::Step { holder }) => {
+            let c = format!("container:{holder}");
+            (c.clone(), Some(c))
+        }
+        Some(mpi::Sharing::Host) => ("host".to_string(), None),
+        _ => (
+            pick_mode(
+                "ipc",
+                req.ipc.as_deref(),
+                &policy.docker.ipc,
+                &policy.docker.default_ipc,
+                "LSF_DOCKER_IPC",
+            )?,
+            None,
+        ),
+    };
 
     if let Some(shm) = &req.shm_size {
         let (want, max) = (
@@ -421,7 +473,19 @@ pub fn plan(
         );
     }
 
-    let (mut env, env_dropped) = plan_env(policy, req, ctx);
+    let (mut env, mut env_dropped) = plan_env(policy, req, ctx);
+    if let mpi::Pmix::Dropped(why) = &pmix {
+        env.retain(|(k, _)| {
+            let drop = mpi::is_pmix_var(k);
+            if drop {
+                env_dropped.push(Dropped {
+                    name: k.clone(),
+                    reason: (*why).to_string(),
+                });
+            }
+            !drop
+        });
+    }
     // GPUs come from the allocation only; berth owns the variables that
     // name them inside (the job's own are replaced, never trusted).
     let gpus = crate::core::devices::plan_gpus(&policy.gpus, ctx.gpus.as_ref())?;
@@ -476,6 +540,29 @@ pub fn plan(
         _ => None,
     };
     plan_image_volumes(facts, &job_dir, tmp.kind, &mut mounts)?;
+    if let Some(m) = &rank {
+        for (src, dst) in &m.mounts {
+            if let Some(prev) = mounts.iter().find(|p| p.dst == *dst) {
+                return deny(
+                    "mpi.mount_spool_dir",
+                    dst.display().to_string(),
+                    format!(
+                        "the MPI step's spool directory goes to {}, where {} is already mounted",
+                        dst.display(),
+                        prev.src.display()
+                    ),
+                    "mount nothing at the step's spool directory or at mpi.mount_spool_dir",
+                );
+            }
+            mounts.push(MountPlan {
+                kind: MountKind::MpiSpool,
+                src: src.clone(),
+                dst: dst.clone(),
+                mode: Mode::Rw,
+                staged: None,
+            });
+        }
+    }
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("berth.job".to_string(), req.job.id.clone());
     labels.insert("berth.index".to_string(), req.job.index.to_string());
@@ -507,7 +594,10 @@ pub fn plan(
         network: network.clone(),
         network_disabled,
         ipc: ipc.clone(),
-        shm_size: req.shm_size.as_deref().and_then(crate::core::size::parse),
+        shm_size: match shared {
+            Some(mpi::Sharing::Step { .. } | mpi::Sharing::Host) => None,
+            _ => req.shm_size.as_deref().and_then(crate::core::size::parse),
+        },
         hostname,
         labels,
         binds: mounts
@@ -549,7 +639,10 @@ pub fn plan(
                 .map(|d| d.path.clone())
                 .collect(),
             _ => Vec::new(),
-        },
+        }
+        .into_iter()
+        .chain(rank.iter().flat_map(|m| m.devices.iter().cloned()))
+        .collect(),
         device_requests: match gpus.mode {
             _ if gpus.given.is_empty() => Vec::new(),
             crate::core::policy::GpuMode::Nvidia => vec![spec::DeviceRequest {
@@ -566,8 +659,22 @@ pub fn plan(
             }],
             _ => Vec::new(),
         },
+        init: pid_mode.is_none(),
+        pid_mode,
+        memlock_unlimited: rank.as_ref().is_some_and(|m| m.memlock_unlimited),
+        attach: true,
     };
     let argv = spec.argv(&policy.docker.path.display().to_string());
+    let holder = match (shared, &ctx.mpi_step) {
+        (Some(mpi::Sharing::Step { holder }), Some(step)) => Some(holder_spec(
+            holder,
+            &spec,
+            step,
+            placement.as_ref(),
+            ctx.job_cgroup.as_ref().and_then(|f| f.2),
+        )),
+        _ => None,
+    };
 
     let pins_dir = mounts
         .iter()
@@ -598,11 +705,68 @@ pub fn plan(
         hosts,
         placement,
         gpus,
+        mpi: rank,
+        holder,
         spec,
         argv,
         socket: policy.docker.socket.clone(),
         stop_timeout: policy.docker.stop_timeout,
     })
+}
+
+/// The holder of an MPI step's shared namespaces on this node (SPEC §14):
+/// the task's image and user, a shell that waits on a stdin nobody writes,
+/// no network, no capability, a handful of processes, in the step's cgroup
+/// (not a task's, which ends with its task); its /dev/shm, which every
+/// rank of the step on the node shares, as big as the job's memory here.
+fn holder_spec(
+    name: &str,
+    task: &ContainerSpec,
+    step: &mpi::Step,
+    placement: Option<&crate::core::cgroup::Placement>,
+    memory: Option<u64>,
+) -> ContainerSpec {
+    let mut labels = std::collections::BTreeMap::new();
+    for k in ["berth.job", "berth.user", "berth.uid"] {
+        if let Some(v) = task.labels.get(k) {
+            labels.insert(k.to_string(), v.clone());
+        }
+    }
+    labels.insert(
+        "berth.mpi".to_string(),
+        format!("{}.{}.{}", step.node, step.job, step.step),
+    );
+    ContainerSpec {
+        name: name.to_string(),
+        image: task.image.clone(),
+        user: task.user.clone(),
+        group_add: Vec::new(),
+        cap_add: Vec::new(),
+        pids_limit: 8,
+        network: "none".into(),
+        network_disabled: true,
+        ipc: "shareable".into(),
+        shm_size: memory,
+        hostname: None,
+        labels,
+        binds: Vec::new(),
+        tmpfs: std::collections::BTreeMap::new(),
+        workdir: "/".into(),
+        extra_hosts: Vec::new(),
+        publish: Vec::new(),
+        entrypoint: Some("/bin/sh".into()),
+        cmd: vec!["-c".into(), "read x".into()],
+        cgroup_parent: placement.map(|p| crate::core::cgroup::step_parent(&p.job, name)),
+        cpuset_cpus: None,
+        memory: None,
+        env_names: Vec::new(),
+        devices: Vec::new(),
+        device_requests: Vec::new(),
+        pid_mode: None,
+        init: true,
+        memlock_unlimited: false,
+        attach: false,
+    }
 }
 
 /// The repository of the tags berth puts on images it loaded for bundles

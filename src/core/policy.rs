@@ -25,6 +25,7 @@ pub struct Policy {
     pub audit: AuditPolicy,
     pub cgroup: CgroupPolicy,
     pub gpus: GpuPolicy,
+    pub mpi: MpiPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -395,6 +396,60 @@ impl Default for GpuPolicy {
     }
 }
 
+/// How the task containers of one MPI step on one node share memory
+/// (SPEC §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MpiIpc {
+    /// One IPC and PID namespace (and /dev/shm, sized from the job's
+    /// memory) per step, user and node, shared by that step's tasks only.
+    Step,
+    /// The node's own IPC namespace and /dev/shm.
+    Host,
+    /// Each task alone, as any job: ranks on a node cannot share memory.
+    Private,
+}
+
+/// The memlock limit of MPI tasks (RDMA registers memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Memlock {
+    /// The engine's default.
+    Default,
+    Unlimited,
+}
+
+/// MPI steps in containers (SPEC §14).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MpiPolicy {
+    /// Pass a Slurm task its `PMIX_*` variables and its step's PMIx
+    /// directories; without it they are dropped and MPI programs run as
+    /// singletons.
+    pub pmix: bool,
+    pub ipc: MpiIpc,
+    /// Device nodes MPI tasks get (glob patterns under /dev, e.g.
+    /// `/dev/infiniband/*`); only those present on the node are given.
+    pub fabric_devices: Vec<String>,
+    pub memlock: Memlock,
+    /// Where slurmstepd tells a container step's tasks the PMIx server's
+    /// directory is (oci.conf `MountSpoolDir`, Slurm's default
+    /// `/var/run/slurm`): the step's spool directory is bound there.
+    pub mount_spool_dir: PathBuf,
+}
+
+impl Default for MpiPolicy {
+    fn default() -> Self {
+        MpiPolicy {
+            pmix: false,
+            ipc: MpiIpc::Step,
+            fabric_devices: Vec::new(),
+            memlock: Memlock::Default,
+            mount_spool_dir: PathBuf::from("/var/run/slurm"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerPolicy {
@@ -673,6 +728,35 @@ impl Policy {
                 "gpus.scontrol {:?} must be an absolute path",
                 self.gpus.scontrol
             )));
+        }
+        for pat in &self.mpi.fabric_devices {
+            let under_dev = normalize_abs(Path::new(pat))
+                .is_some_and(|p| p.starts_with("/dev") && p != Path::new("/dev"));
+            if !under_dev || glob::Pattern::new(pat).is_err() || pat.contains("**") {
+                out.push(Finding::error(format!(
+                    "mpi.fabric_devices {pat:?} must be a glob of device nodes under /dev, such as /dev/infiniband/*"
+                )));
+            }
+        }
+        match normalize_abs(&self.mpi.mount_spool_dir) {
+            Some(p)
+                if !["/", "/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/tmp"]
+                    .iter()
+                    .any(|r| is_under(&p, Path::new(r)) && (*r != "/" || p == Path::new("/"))) => {}
+            _ => out.push(Finding::error(format!(
+                "mpi.mount_spool_dir {:?} must be an absolute path off the image's system directories, as oci.conf MountSpoolDir (default /var/run/slurm)",
+                self.mpi.mount_spool_dir
+            ))),
+        }
+        if self.mpi.pmix && !self.docker.networks.iter().any(|n| n == "host") {
+            out.push(Finding::warning(
+                "mpi.pmix = true but docker.networks does not allow \"host\": an MPI task reaches its node's PMIx server over the node's loopback, so multi-task steps will be refused".into(),
+            ));
+        }
+        if self.mpi.ipc == MpiIpc::Host {
+            out.push(Finding::warning(
+                "mpi.ipc = \"host\": MPI tasks share the node's IPC namespace and /dev/shm with every job on it; \"step\" shares them within a step only".into(),
+            ));
         }
         if self.audit.log == "none" {
             out.push(Finding::warning(

@@ -10,6 +10,7 @@
 //!    launcher of every path), forwarding signals;
 //! 5. clean up, and return the container's exit code.
 
+pub mod holder;
 pub mod streams;
 pub mod supervise;
 
@@ -476,6 +477,12 @@ pub fn require_root() -> Result<()> {
 /// exit code.
 pub fn run(plan: &LaunchPlan) -> Result<i32> {
     require_root()?;
+    if plan.holder.is_some() {
+        // The count of a step's ranks on the node lives in the broker.
+        return Err(Error::Config(
+            "an MPI task sharing its step's namespaces (mpi.ipc = \"step\") runs through the broker (berth daemon)".into(),
+        ));
+    }
     let engine = Engine::new(&plan.socket);
     // Job-control signals are held from here on (the signal thread takes
     // them once the job is prepared): a SIGTERM while berth prepares or

@@ -249,7 +249,13 @@ pub fn image_of(policy: &Policy, container: &Path) -> Result<String> {
 }
 
 /// The request berth sends the broker for a Slurm task.
-pub fn hello(policy: &Policy, job: SlurmJob, rootfs: &Path, id: &str) -> Result<Hello> {
+pub fn hello(
+    policy: &Policy,
+    job: SlurmJob,
+    rootfs: &Path,
+    id: &str,
+    task_dir: Option<PathBuf>,
+) -> Result<Hello> {
     let image = image_of(policy, rootfs)?;
     let mut env = job.env;
     // The image is the one the user named with --container; nothing in the
@@ -297,6 +303,7 @@ pub fn hello(policy: &Policy, job: SlurmJob, rootfs: &Path, id: &str) -> Result<
         slurm_id: Some(id.to_string()),
         explain: None,
         bundle: None,
+        slurm_task_dir: task_dir.map(|d| d.display().to_string()),
     })
 }
 
@@ -330,7 +337,14 @@ pub fn run(
                 parse_config(&text)?
             }
         };
-    let h = hello(&policy, job, rootfs, id)?;
+    // The task's spool directory: where slurmstepd wrote `%e`, and this
+    // process's cwd (the broker checks it before an MPI task gets it).
+    let task_dir = env_file
+        .and_then(Path::parent)
+        .filter(|d| d.is_absolute())
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::current_dir().ok());
+    let h = hello(&policy, job, rootfs, id, task_dir)?;
     crate::broker::client::launch(&policy.broker.socket, &h)
 }
 
@@ -657,8 +671,13 @@ mod tests {
             j,
             &cache.join("pt2/rootfs"),
             "node.a.b.alice.17.4294967291.0",
+            Some("/var/spool/slurmd/oci-job17-4294967291/task-0".into()),
         )
         .unwrap();
+        assert_eq!(
+            h.slurm_task_dir.as_deref(),
+            Some("/var/spool/slurmd/oci-job17-4294967291/task-0")
+        );
         assert_eq!(h.env["LSB_CONTAINER_IMAGE"], "bundle:pt2");
         assert_eq!(h.env["LSB_JOBID"], "17");
         assert_eq!(h.env["LSB_JOBINDEX"], "4294967291");
@@ -670,7 +689,14 @@ mod tests {
         // A bundle outside the cache is refused.
         std::fs::create_dir_all(dir.path().join("elsewhere/rootfs")).unwrap();
         let j = parse_config(BATCH).unwrap();
-        let e = hello(&p, j, &dir.path().join("elsewhere/rootfs"), "n.u.1.0.0").unwrap_err();
+        let e = hello(
+            &p,
+            j,
+            &dir.path().join("elsewhere/rootfs"),
+            "n.u.1.0.0",
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::Denied(d) if d.rule == "bundles.cache"));
     }
 }

@@ -26,7 +26,7 @@ const DEVICES: &str = "/sys/fs/cgroup/devices";
 
 /// The character device nodes matching `patterns`, sorted by index.
 /// Symbolic links and other files are not devices.
-fn nodes(patterns: &[String]) -> Vec<DeviceNode> {
+pub fn nodes(patterns: &[String]) -> Vec<DeviceNode> {
     let mut out: Vec<DeviceNode> = Vec::new();
     for pat in patterns {
         let Ok(paths) = glob::glob(pat) else { continue };

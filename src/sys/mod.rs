@@ -5,6 +5,7 @@
 pub mod as_user;
 pub mod cgroup;
 pub mod devices;
+pub mod mpi;
 pub mod nss;
 pub mod process;
 pub mod trusted;

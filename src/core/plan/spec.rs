@@ -73,6 +73,17 @@ pub struct ContainerSpec {
     pub devices: Vec<PathBuf>,
     /// GPUs given by a device driver of the engine (`nvidia`, `cdi`).
     pub device_requests: Vec<DeviceRequest>,
+    /// `container:<holder>`: an MPI task in its step's PID namespace
+    /// (SPEC §14); `None`: a namespace of its own.
+    pub pid_mode: Option<String>,
+    /// docker-init as PID 1. Off for a task in a shared PID namespace,
+    /// whose PID 1 is the holder's init (which reaps for it).
+    pub init: bool,
+    /// `memlock` unlimited (RDMA registration, `mpi.memlock`).
+    pub memlock_unlimited: bool,
+    /// Attach the job's stdio (every job); off for an MPI step's holder,
+    /// which nobody attaches to and whose stdin then never closes.
+    pub attach: bool,
 }
 
 /// `HostConfig.DeviceRequests[]`: `--gpus device=1,3` (driver `nvidia`,
@@ -90,7 +101,7 @@ impl ContainerSpec {
     pub fn create_body(&self, env: &[(String, String)]) -> Value {
         let mut host = Map::new();
         host.insert("AutoRemove".into(), true.into());
-        host.insert("Init".into(), true.into());
+        host.insert("Init".into(), self.init.into());
         host.insert("CapDrop".into(), json!(["ALL"]));
         if !self.cap_add.is_empty() {
             host.insert("CapAdd".into(), json!(self.cap_add));
@@ -99,8 +110,17 @@ impl ContainerSpec {
         host.insert("PidsLimit".into(), self.pids_limit.into());
         host.insert("NetworkMode".into(), self.network.clone().into());
         host.insert("IpcMode".into(), self.ipc.clone().into());
+        if let Some(p) = &self.pid_mode {
+            host.insert("PidMode".into(), p.clone().into());
+        }
         if let Some(s) = self.shm_size {
             host.insert("ShmSize".into(), s.into());
+        }
+        if self.memlock_unlimited {
+            host.insert(
+                "Ulimits".into(),
+                json!([{"Name": "memlock", "Soft": -1, "Hard": -1}]),
+            );
         }
         if !self.group_add.is_empty() {
             host.insert(
@@ -229,10 +249,10 @@ impl ContainerSpec {
         // Batch jobs: no TTY; stdin is open once and closed at its EOF.
         body.insert("Tty".into(), false.into());
         body.insert("OpenStdin".into(), true.into());
-        body.insert("StdinOnce".into(), true.into());
-        body.insert("AttachStdin".into(), true.into());
-        body.insert("AttachStdout".into(), true.into());
-        body.insert("AttachStderr".into(), true.into());
+        body.insert("StdinOnce".into(), self.attach.into());
+        body.insert("AttachStdin".into(), self.attach.into());
+        body.insert("AttachStdout".into(), self.attach.into());
+        body.insert("AttachStderr".into(), self.attach.into());
         body.insert("HostConfig".into(), Value::Object(host));
         Value::Object(body)
     }
@@ -257,12 +277,19 @@ impl ContainerSpec {
             "run".into(),
             "--rm".into(),
             "--interactive".into(),
-            "--init".into(),
+        ];
+        if !self.attach {
+            a.push("--detach".into());
+        }
+        if self.init {
+            a.push("--init".into());
+        }
+        a.extend([
             "--sig-proxy=false".into(),
             "--log-driver=none".into(),
             format!("--name={}", self.name),
             format!("--user={}", self.user),
-        ];
+        ]);
         a.extend(self.group_add.iter().map(|g| format!("--group-add={g}")));
         a.push("--cap-drop=ALL".into());
         a.extend(self.cap_add.iter().map(|c| format!("--cap-add={c}")));
@@ -270,8 +297,14 @@ impl ContainerSpec {
         a.push(format!("--pids-limit={}", self.pids_limit));
         a.push(format!("--network={}", self.network));
         a.push(format!("--ipc={}", self.ipc));
+        if let Some(p) = &self.pid_mode {
+            a.push(format!("--pid={p}"));
+        }
         if let Some(s) = self.shm_size {
             a.push(format!("--shm-size={s}"));
+        }
+        if self.memlock_unlimited {
+            a.push("--ulimit=memlock=-1:-1".into());
         }
         if let Some(h) = &self.hostname {
             a.push(format!("--hostname={h}"));
@@ -387,6 +420,10 @@ mod tests {
             env_names: vec!["A".into()],
             devices: vec![],
             device_requests: vec![],
+            pid_mode: None,
+            init: true,
+            memlock_unlimited: false,
+            attach: true,
         }
     }
 

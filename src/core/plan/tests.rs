@@ -1159,3 +1159,122 @@ fn gpu_policy_keys_are_checked() {
     .unwrap();
     assert_eq!(p.gpus.mode, crate::core::policy::GpuMode::Cdi);
 }
+
+/// A plan for a rank of job 17's step 0 (in TASK), its step directory
+/// verified, under POLICY plus `extra`.
+fn plan_rank(extra: &str, env: &[(&str, &str)]) -> Result<LaunchPlan> {
+    let policy = Policy::parse(&format!("{POLICY}\n[mpi]\npmix = true\n{extra}"), "test").unwrap();
+    let mut e: BTreeMap<String, String> = BTreeMap::from([
+        ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
+        ("LS_SUBCWD".into(), "/storage1/fs1/alice/proj".into()),
+        ("PMIX_RANK".into(), "3".into()),
+        ("PMIX_NAMESPACE".into(), "slurm.pmix.17.0".into()),
+        ("PMIX_SERVER_TMPDIR".into(), "/var/run/slurm/".into()),
+        ("SLURM_STEP_NUM_TASKS".into(), "4".into()),
+    ]);
+    for (k, v) in env {
+        e.insert(k.to_string(), v.to_string());
+    }
+    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
+    let req = from_env(&e, None, vec!["mpihello".into()]).unwrap();
+    let c = Context {
+        nonce: "cafe".into(),
+        job_cgroup: Some((
+            crate::core::cgroup::find_job(&format!("4:memory:{TASK}\n"), 2001).unwrap(),
+            None,
+            Some(1 << 30),
+        )),
+        mpi_step: Some(crate::core::mpi::Step {
+            node: "vm".into(),
+            job: "17".into(),
+            step: "0".into(),
+            dir: "/var/spool/slurmd/oci-job17-0".into(),
+        }),
+        ..Default::default()
+    };
+    plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c)
+}
+
+#[test]
+fn an_mpi_rank_joins_its_steps_holder_on_the_host_network() {
+    let p = plan_rank("", &[]).unwrap();
+    let body = p.spec.create_body(&p.env);
+    let h = &body["HostConfig"];
+    assert_eq!(h["NetworkMode"], "host");
+    assert_eq!(h["IpcMode"], "container:berth-mpi-vm-17-0-2001");
+    assert_eq!(h["PidMode"], "container:berth-mpi-vm-17-0-2001");
+    // The holder's init is the namespace's PID 1.
+    assert_eq!(h["Init"], false);
+    assert!(h.get("ShmSize").is_none());
+    assert!(env_of(&p, "PMIX_RANK") == ["3"]);
+    let spool: Vec<(String, String)> = p
+        .mounts
+        .iter()
+        .filter(|m| m.kind == MountKind::MpiSpool)
+        .map(|m| (m.src.display().to_string(), m.dst.display().to_string()))
+        .collect();
+    assert_eq!(
+        spool,
+        [
+            (
+                "/var/spool/slurmd/oci-job17-0",
+                "/var/spool/slurmd/oci-job17-0"
+            ),
+            ("/var/spool/slurmd/oci-job17-0", "/var/run/slurm"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    // The holder: the step's cgroup, /dev/shm as big as the job's memory,
+    // nothing attached, no network, the job's user.
+    let holder = p.holder.as_ref().unwrap();
+    let hb = holder.create_body(&[]);
+    assert_eq!(hb["HostConfig"]["IpcMode"], "shareable");
+    assert_eq!(hb["HostConfig"]["ShmSize"], 1u64 << 30);
+    assert_eq!(
+        hb["HostConfig"]["CgroupParent"],
+        "/slurm_vm/uid_2001/job_17/step_0"
+    );
+    assert_eq!(hb["HostConfig"]["NetworkMode"], "none");
+    assert_eq!(hb["AttachStdout"], false);
+    assert_eq!(hb["User"], body["User"]);
+    assert!(hb["Labels"].get("berth.slurm").is_none());
+    assert!(p
+        .argv
+        .iter()
+        .any(|a| a == "--pid=container:berth-mpi-vm-17-0-2001"));
+    assert!(!p.argv.iter().any(|a| a == "--init"));
+}
+
+#[test]
+fn an_mpi_rank_may_not_pick_its_network_or_ipc_and_gets_only_listed_fabric() {
+    let d = match plan_rank("", &[("LSF_DOCKER_NETWORK", "bridge")]) {
+        Err(Error::Denied(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(d.rule, "docker.networks");
+    let d = match plan_rank("", &[("LSF_DOCKER_IPC", "private")]) {
+        Err(Error::Denied(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(d.rule, "docker.ipc");
+    let p = plan_rank("ipc = \"private\"\nmemlock = \"unlimited\"\n", &[]).unwrap();
+    let h = &p.spec.create_body(&p.env)["HostConfig"];
+    assert!(p.holder.is_none());
+    assert_eq!(h["Init"], true);
+    assert_eq!(h["Ulimits"][0]["Name"], "memlock");
+    assert_eq!(h["Ulimits"][0]["Hard"], -1);
+    // PMIx off: the variables go, the rank is an ordinary job.
+    let policy = format!("{POLICY}\n");
+    let p = plan_in_cgroup(
+        &policy,
+        Some(TASK),
+        &[("PMIX_RANK", "1"), ("PMIX_NAMESPACE", "x")],
+    )
+    .unwrap();
+    assert!(env_of(&p, "PMIX_RANK").is_empty());
+    assert!(p
+        .env_dropped
+        .iter()
+        .any(|d| d.name == "PMIX_RANK" && d.reason.contains("mpi.pmix")));
+    assert!(p.mpi.is_none());
+}

@@ -176,6 +176,7 @@ pub fn via_broker(policy: &Policy, what: &str, job: &JobId, command: Vec<String>
         slurm_id: None,
         explain: None,
         bundle: None,
+        slurm_task_dir: None,
     };
     crate::broker::client::launch(&policy.broker.socket, &hello)
 }
