@@ -568,7 +568,7 @@ fn run_job(
         Some(h) => Some(
             state
                 .holders
-                .hold(engine, h)
+                .hold(engine, h, plan.placement.as_ref())
                 .inspect_err(|_| launch::cleanup(plan))?,
         ),
         None => None,
