@@ -402,7 +402,10 @@ pub fn plan(
             let c = format!("container:{holder}");
             (c.clone(), Some(c))
         }
-        Some(mpi::Sharing::Host) => ("host".to_string(), None),
+        // The node's IPC and its PIDs with it: Open MPI's single-copy
+        // transport (CMA) names its peers by pid, and ranks in PID
+        // namespaces of their own crash in it (measured: Open MPI 5.0.7).
+        Some(mpi::Sharing::Host) => ("host".to_string(), Some("host".to_string())),
         _ => (
             pick_mode(
                 "ipc",

@@ -404,7 +404,7 @@ pub enum MpiIpc {
     /// One IPC and PID namespace (and /dev/shm, sized from the job's
     /// memory) per step, user and node, shared by that step's tasks only.
     Step,
-    /// The node's own IPC namespace and /dev/shm.
+    /// The node's own IPC namespace, /dev/shm and PID namespace.
     Host,
     /// Each task alone, as any job: ranks on a node cannot share memory.
     Private,
@@ -755,7 +755,7 @@ impl Policy {
         }
         if self.mpi.ipc == MpiIpc::Host {
             out.push(Finding::warning(
-                "mpi.ipc = \"host\": MPI tasks share the node's IPC namespace and /dev/shm with every job on it; \"step\" shares them within a step only".into(),
+                "mpi.ipc = \"host\": MPI tasks share the node's IPC namespace, /dev/shm and PIDs with every job on it; \"step\" shares them within a step only".into(),
             ));
         }
         if self.audit.log == "none" {

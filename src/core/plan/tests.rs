@@ -1263,6 +1263,11 @@ fn an_mpi_rank_may_not_pick_its_network_or_ipc_and_gets_only_listed_fabric() {
     assert_eq!(h["Init"], true);
     assert_eq!(h["Ulimits"][0]["Name"], "memlock");
     assert_eq!(h["Ulimits"][0]["Hard"], -1);
+    // The node's IPC comes with its PIDs (CMA names peers by pid); no holder.
+    let p = plan_rank("ipc = \"host\"\n", &[]).unwrap();
+    let h = &p.spec.create_body(&p.env)["HostConfig"];
+    assert!(p.holder.is_none());
+    assert_eq!((&h["IpcMode"], &h["PidMode"]), (&"host".into(), &"host".into()));
     // PMIx off: the variables go, the rank is an ordinary job.
     let policy = format!("{POLICY}\n");
     let p = plan_in_cgroup(
