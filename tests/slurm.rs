@@ -96,7 +96,7 @@ impl Gen {
 /// the job users may run, and /etc/slurm/oci.conf pointing at both.
 struct Slurm {
     _relay: Option<Relay>,
-    _daemon: Daemon,
+    daemon: Daemon,
     bundle: PathBuf,
     oci_conf: String,
     bed: Bed,
@@ -186,7 +186,7 @@ fn slurm() -> Arc<Slurm> {
 fn require_slurm() {
     let st = gen()
         .root_cmd("/usr/bin/sinfo")
-        .args(["-h", "-o", "%T"])
+        .args(["-h", "-p", "debug", "-o", "%T"])
         .env_clear()
         .env("PATH", CALLER_PATH)
         .output();
@@ -219,7 +219,10 @@ fn setup() -> Slurm {
     );
 
     let mut bed = Bed::with(|p| {
-        set(p, "docker.networks", vec!["none", "bridge"]);
+        // The host network for MPI ranks (SPEC §14): they reach their
+        // node's PMIx server over its loopback.
+        set(p, "docker.networks", vec!["none", "bridge", "host"]);
+        set(p, "mpi.pmix", true);
         // The testbed's node has two GPU-like device nodes as GRES.
         set(p, "gpus.mode", "devices");
         // Users' own bundles by name (SPEC §15).
@@ -300,7 +303,7 @@ fn setup() -> Slurm {
 
     Slurm {
         _relay: relay,
-        _daemon: daemon,
+        daemon,
         bundle,
         oci_conf,
         bed,
@@ -1608,5 +1611,470 @@ fn a_job_array_runs_each_element_in_its_own_container_and_tmp() {
             .iter()
             .all(|c| c.contains(&format!("/slurm_{}/", gen().node))),
         "{cgroups:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// MPI across the test bed's two 24.11 nodes (SPEC §14, issue 15).
+//
+// Only 24.11 has the second node (tests/setup/slurm24.sh: trixie2 in its
+// own mount namespace, partition `mpi` = trixie1 + trixie2) and PMIx; the
+// host's 22.05 is one node, so these tests return at once on it. The image
+// is berth-test/mpi:1 by name (Open MPI 5 + PMIx 5 from trixie, and
+// tests/mpi/mpihello.c); the test policy allows the host network and
+// `mpi.pmix`.
+
+const MPI_IMAGE: &str = "--container=docker.io/berth-test/mpi:1";
+const MPIHELLO: &str = "/usr/local/bin/mpihello";
+const NODES: [&str; 2] = ["trixie1", "trixie2"];
+
+/// One MPI test at a time: one of them rewrites the shared fixture's
+/// policy, and two steps on two CPUs per node would queue behind each other.
+fn mpi_lock() -> std::sync::MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Both nodes of partition `mpi` are up (`testbed.sh up` starts them):
+/// idle or busy with other tests' jobs, not down, drained or unanswering.
+#[track_caller]
+fn require_mpi_nodes() {
+    let states = || {
+        let out = gen()
+            .root_cmd("/usr/bin/sinfo")
+            .args(["-h", "-N", "-p", "mpi", "-o", "%N %T"])
+            .env_clear()
+            .env("PATH", CALLER_PATH)
+            .output()
+            .expect("sinfo");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let up = |text: &str, node: &str| {
+        text.lines().any(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some(node)
+                && w.next()
+                    .is_some_and(|st| ["idle", "mixed", "allocated", "completing"].contains(&st))
+        })
+    };
+    let mut text = String::new();
+    let ok = wait_until(Duration::from_secs(30), || {
+        text = states();
+        NODES.iter().all(|n| up(&text, n))
+    });
+    assert!(
+        ok,
+        "the nodes of partition mpi are not up ({text:?}); run `bash tests/setup/testbed.sh up`"
+    );
+}
+
+/// `srun -p mpi ARGS…` as alice from her storage, with `env`: the job's
+/// name (for `job_id_named`) and srun's output.
+fn mpi_srun(env: &[(&str, &str)], args: &[&str]) -> (String, Out) {
+    let name = unique("mpi");
+    let mut c = client(&alice(), "/usr/bin/srun", env, Path::new(ALICE_DIR));
+    c.arg(format!("--job-name={name}"))
+        .arg("--partition=mpi")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = broker::finish(c.spawn().expect("srun"), Duration::from_secs(120));
+    (name, out)
+}
+
+/// The `mpihello … ok` lines of an output, checked: `n` ranks, each once,
+/// each of `n` with the right sum, as `uid`; the node of every rank.
+#[track_caller]
+fn mpihello_ranks(text: &str, n: usize, uid: u32) -> BTreeMap<usize, String> {
+    let mut ranks = BTreeMap::new();
+    for l in text.lines().filter(|l| l.starts_with("mpihello rank ")) {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        // mpihello rank R of N node NODE uid U sum S ring L ok
+        assert_eq!(w.len(), 14, "{l}");
+        assert_eq!(w[13], "ok", "{l}");
+        assert_eq!(w[4], n.to_string(), "{l}");
+        assert_eq!(w[8], uid.to_string(), "{l}");
+        assert_eq!(w[10], (n * (n - 1) / 2).to_string(), "{l}");
+        let r: usize = w[2].parse().unwrap();
+        assert!(
+            ranks.insert(r, w[6].to_string()).is_none(),
+            "rank {r} twice: {text}"
+        );
+    }
+    assert_eq!(
+        ranks.keys().copied().collect::<Vec<_>>(),
+        (0..n).collect::<Vec<_>>(),
+        "{text}"
+    );
+    ranks
+}
+
+/// Every cgroup directory of job `job` left on `node`, under any controller.
+fn node_cgroup_dirs(node: &str, job: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            e.path()
+                .join(format!("slurm_{node}/uid_{ALICE_UID}/job_{job}"))
+        })
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+/// The names of the engine's containers of job `job` (running or not).
+fn container_names(job: &str) -> Vec<String> {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=berth.job={job}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    out.stdout.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn an_mpi_program_runs_across_two_nodes_with_srun_and_sbatch() {
+    if !gen().is_24() {
+        return; // one node and no PMIx on 22.05: see the section's comment
+    }
+    let s = slurm();
+    let _one = mpi_lock();
+    require_mpi_nodes();
+    let (name, out) = mpi_srun(&[], &["-N2", "-n4", "--mpi=pmix", MPI_IMAGE, MPIHELLO]);
+    out.expect_ok();
+    let ranks = mpihello_ranks(&out.stdout, 4, ALICE_UID);
+    for node in NODES {
+        assert_eq!(
+            ranks.values().filter(|n| *n == node).count(),
+            2,
+            "two ranks on {node}: {ranks:?}"
+        );
+    }
+    // Each rank was a container of its own, as alice, with the host
+    // network, in its node's holder's IPC and PID namespaces (SPEC §14);
+    // one holder per node.
+    let id = job_id_named(&name);
+    let creates = s.bed.creates(&id);
+    let (holders, tasks): (Vec<_>, Vec<_>) = creates
+        .iter()
+        .partition(|c| c.body["Labels"]["berth.mpi"].is_string());
+    assert_eq!((holders.len(), tasks.len()), (2, 4), "{creates:?}");
+    for h in &holders {
+        assert_eq!(h.body["User"], "2001:2001", "{:?}", h.body);
+        assert_eq!(h.host()["NetworkMode"], "none");
+        assert_eq!(h.host()["IpcMode"], "shareable");
+    }
+    let holder_names: std::collections::BTreeSet<String> = holders
+        .iter()
+        .map(|h| h.path.split("name=").nth(1).unwrap_or("").to_string())
+        .collect();
+    for node in NODES {
+        assert!(
+            holder_names
+                .iter()
+                .any(|n| n.starts_with(&format!("berth-mpi-{node}-{id}-"))),
+            "{holder_names:?}"
+        );
+    }
+    for t in &tasks {
+        assert_eq!(
+            t.body["User"].as_str().unwrap().split(':').next(),
+            Some("2001")
+        );
+        assert_eq!(t.host()["NetworkMode"], "host", "{:?}", t.host());
+        let ipc = t.host()["IpcMode"].as_str().unwrap_or_default();
+        let holder = ipc
+            .strip_prefix("container:")
+            .unwrap_or_else(|| panic!("IpcMode {ipc}"));
+        assert!(
+            holder_names.contains(holder),
+            "{holder} not in {holder_names:?}"
+        );
+        assert_eq!(t.host()["PidMode"], ipc);
+        assert!(t.env_var("PMIX_RANK").is_some(), "{:?}", t.env());
+    }
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(10));
+
+    // sbatch -N2, srun --mpi=pmix inside (the batch step runs bare).
+    let dir = AliceDir::new("mpi-sbatch");
+    let name = unique("mpi-sbatch");
+    let out = broker::output({
+        let mut c = client(&alice(), "/usr/bin/sbatch", &[], &dir.path);
+        c.arg("--parsable")
+            .arg(format!("--job-name={name}"))
+            .arg("--partition=mpi")
+            .args(["-N2", "-n4"])
+            .arg(format!("--output={}/{name}.out", dir.display()))
+            .arg("--wrap")
+            .arg(format!("srun --mpi=pmix {MPI_IMAGE} {MPIHELLO}"));
+        c
+    });
+    out.expect_ok();
+    let id = out.stdout.trim().split(';').next().unwrap().to_string();
+    let (state, code) = wait_job(&id, Duration::from_secs(120));
+    let text = read_output(&dir.path.join(format!("{name}.out")));
+    assert_eq!(
+        (state.as_str(), code.as_str()),
+        ("COMPLETED", "0:0"),
+        "{text}"
+    );
+    let ranks = mpihello_ranks(&text, 4, ALICE_UID);
+    assert_eq!(
+        ranks.values().filter(|n| *n == "trixie2").count(),
+        2,
+        "{ranks:?}"
+    );
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(10));
+    for node in NODES {
+        assert!(
+            wait_until(Duration::from_secs(10), || node_cgroup_dirs(node, &id)
+                .is_empty()),
+            "cgroups of job {id} left on {node}: {:?}",
+            node_cgroup_dirs(node, &id)
+        );
+    }
+}
+
+#[test]
+fn ranks_on_one_node_share_memory_and_never_another_jobs() {
+    if !gen().is_24() {
+        return; // one node and no PMIx on 22.05
+    }
+    let s = slurm();
+    let _one = mpi_lock();
+    require_mpi_nodes();
+    // Open MPI with only its shared-memory and self transports: two ranks
+    // on one node can talk only if their containers share memory.
+    let (_, out) = mpi_srun(
+        &[("OMPI_MCA_btl", "self,sm"), ("OMPI_MCA_pml", "ob1")],
+        &[
+            "-N1",
+            "-n2",
+            "-w",
+            "trixie2",
+            "--mpi=pmix",
+            MPI_IMAGE,
+            MPIHELLO,
+        ],
+    );
+    out.expect_ok();
+    let ranks = mpihello_ranks(&out.stdout, 2, ALICE_UID);
+    assert!(ranks.values().all(|n| n == "trixie2"), "{ranks:?}");
+
+    // A /dev/shm file of rank 0 is seen by rank 1 of the same step; a
+    // second job, running meanwhile on the same node, sees none of it.
+    let dir = AliceDir::new("mpi-shm");
+    let name = unique("mpi-shm");
+    let mark = dir.path.join("made");
+    let script = format!(
+        "srun --mpi=pmix {MPI_IMAGE} sh -c '\
+           f=/dev/shm/berth-shm-$SLURM_JOB_ID; \
+           if [ $PMIX_RANK = 0 ]; then echo shared > $f; touch {mark}; fi; \
+           for i in $(seq 100); do [ -s $f ] && break; sleep 0.1; done; \
+           echo rank $PMIX_RANK sees $(cat $f); sleep 15'",
+        mark = mark.display()
+    );
+    let out = broker::output({
+        let mut c = client(&alice(), "/usr/bin/sbatch", &[], &dir.path);
+        c.arg("--parsable")
+            .arg(format!("--job-name={name}"))
+            .args(["--partition=mpi", "-N1", "-n2", "-w", "trixie1"])
+            .arg(format!("--output={}/{name}.out", dir.display()))
+            .arg("--wrap")
+            .arg(&script);
+        c
+    });
+    out.expect_ok();
+    let id = out.stdout.trim().split(';').next().unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(60), || mark.exists()),
+        "job {id}'s rank 0 made no /dev/shm file: {}",
+        read_output(&dir.path.join(format!("{name}.out")))
+    );
+    let (_, other) = mpi_srun(
+        &[],
+        &[
+            "-N1",
+            "-n2",
+            "-w",
+            "trixie1",
+            "--mpi=pmix",
+            MPI_IMAGE,
+            "sh",
+            "-c",
+            "ls -A /dev/shm; echo end",
+        ],
+    );
+    other.expect_ok();
+    assert_eq!(
+        other.lines(),
+        ["end", "end"],
+        "another job's /dev/shm: {other:?}"
+    );
+    // And a job that is no MPI step has its own /dev/shm too.
+    let (_, plain) = mpi_srun(
+        &[],
+        &[
+            "-N1", "-n1", "-w", "trixie1", MPI_IMAGE, "ls", "-A", "/dev/shm",
+        ],
+    );
+    plain.expect_ok();
+    assert_eq!(plain.stdout.trim(), "", "{plain:?}");
+    let (state, code) = wait_job(&id, Duration::from_secs(90));
+    let text = read_output(&dir.path.join(format!("{name}.out")));
+    assert_eq!(
+        (state.as_str(), code.as_str()),
+        ("COMPLETED", "0:0"),
+        "{text}"
+    );
+    let mut seen: Vec<&str> = text.lines().filter(|l| l.starts_with("rank ")).collect();
+    seen.sort();
+    assert_eq!(seen, ["rank 0 sees shared", "rank 1 sees shared"], "{text}");
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(10));
+}
+
+#[test]
+fn without_the_host_network_a_multi_node_job_fails_at_once_with_the_rule() {
+    if !gen().is_24() {
+        return; // one node and no PMIx on 22.05
+    }
+    let s = slurm();
+    let _one = mpi_lock();
+    require_mpi_nodes();
+    // The site takes the host network away: the broker reloads its policy.
+    let reload = |networks: Vec<&str>| {
+        let mut p = s.bed.policy.clone();
+        set(&mut p, "docker.networks", networks);
+        let tmp = s.bed.policy_path().with_extension("toml.new");
+        std::fs::write(&tmp, toml::to_string(&p).unwrap()).unwrap();
+        std::fs::rename(&tmp, s.bed.policy_path()).unwrap();
+        let before = s.daemon.log_text().matches("policy reloaded").count();
+        s.daemon.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(10), || s
+                .daemon
+                .log_text()
+                .matches("policy reloaded")
+                .count()
+                > before),
+            "the broker did not reload its policy: {}",
+            s.daemon.log_text()
+        );
+    };
+    reload(vec!["none", "bridge"]);
+    struct Restore<'a>(&'a dyn Fn(Vec<&str>));
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            (self.0)(vec!["none", "bridge", "host"]);
+        }
+    }
+    let restore = Restore(&reload);
+    let t = Instant::now();
+    let (name, out) = mpi_srun(&[], &["-N2", "-n2", "--mpi=pmix", MPI_IMAGE, MPIHELLO]);
+    let took = t.elapsed();
+    assert_ne!(out.code, Some(0), "{out:?}");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("berth: denied"))
+        .unwrap_or_else(|| panic!("no berth line: {}", out.stderr));
+    assert!(
+        line.contains("[rule docker.networks]") && line.contains("host"),
+        "{line}"
+    );
+    assert!(!out.stdout.contains("mpihello rank"), "{out:?}");
+    assert!(took < Duration::from_secs(60), "it took {took:?}: {out:?}");
+    let id = job_id_named(&name);
+    assert!(
+        s.bed.creates(&id).iter().all(|c| c.is_probe()),
+        "job {id} made a container"
+    );
+    // Allowed again, the same job runs.
+    drop(restore);
+    let (_, out) = mpi_srun(&[], &["-N2", "-n2", "--mpi=pmix", MPI_IMAGE, MPIHELLO]);
+    out.expect_ok();
+    mpihello_ranks(&out.stdout, 2, ALICE_UID);
+}
+
+#[test]
+fn scancel_of_a_two_node_step_removes_every_container_and_directory() {
+    if !gen().is_24() {
+        return; // one node and no PMIx on 22.05
+    }
+    let s = slurm();
+    let _one = mpi_lock();
+    require_mpi_nodes();
+    let dir = AliceDir::new("mpi-scancel");
+    let name = unique("mpi-scancel");
+    let out = broker::output({
+        let mut c = client(&alice(), "/usr/bin/sbatch", &[], &dir.path);
+        c.arg("--parsable")
+            .arg(format!("--job-name={name}"))
+            .args(["--partition=mpi", "-N2", "-n4"])
+            .arg(format!("--output={}/{name}.out", dir.display()))
+            .arg("--wrap")
+            .arg(format!("srun --mpi=pmix {MPI_IMAGE} sleep 300"));
+        c
+    });
+    out.expect_ok();
+    let id = out.stdout.trim().split(';').next().unwrap().to_string();
+    // Four ranks and two holders, running.
+    let mut running = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            running = containers(&id, false);
+            running.len() == 6
+        }),
+        "job {id}: {:?} ({})",
+        container_names(&id),
+        read_output(&dir.path.join(format!("{name}.out")))
+    );
+    let names = container_names(&id);
+    for node in NODES {
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| n.starts_with(&format!("berth-mpi-{node}-{id}-")))
+                .count(),
+            1,
+            "one holder on {node}: {names:?}"
+        );
+    }
+    let t = Instant::now();
+    let mut cancel = client(&alice(), "/usr/bin/scancel", &[], Path::new("/"));
+    cancel.arg(&id);
+    broker::output(cancel).expect_ok();
+    assert!(
+        wait_until(Duration::from_secs(15), || containers(&id, true).is_empty()),
+        "job {id}'s containers {:?} are still there {:?} after scancel",
+        container_names(&id),
+        t.elapsed()
+    );
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(5));
+    for node in NODES {
+        assert!(
+            wait_until(Duration::from_secs(15), || node_cgroup_dirs(node, &id)
+                .is_empty()),
+            "cgroups of job {id} left on {node}: {:?}",
+            node_cgroup_dirs(node, &id)
+        );
+        let spool = Path::new("/var/tmp/berth/slurm24").join(format!("spool-{node}"));
+        let left: Vec<_> = std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("oci-job{id}-")))
+            .collect();
+        assert!(left.is_empty(), "{node}'s spool keeps {left:?}");
+    }
+    let (state, _) = wait_job(&id, Duration::from_secs(30));
+    assert_eq!(state, "CANCELLED");
+    eprintln!(
+        "scancel of a 2-node MPI step: every container gone after {:?}",
+        t.elapsed()
     );
 }
