@@ -1326,13 +1326,23 @@ impl LsfCgroup {
             for part in rel.split('/') {
                 d.push(part);
                 if !d.exists() {
-                    std::fs::create_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+                    match std::fs::create_dir(&d) {
+                        Ok(()) => {}
+                        // Another test's job made the shared parent first.
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => panic!("{}: {e}", d.display()),
+                    }
                     dirs.push(d.clone());
                     if *c == "cpuset" {
                         // A v1 cpuset starts empty: LSF gives the job its CPUs.
                         let parent = d.parent().unwrap();
                         for f in ["cpuset.cpus", "cpuset.mems"] {
-                            let v = std::fs::read_to_string(parent.join(f)).unwrap();
+                            // (A parent another test just made gets its value a moment later.)
+                            let mut v = String::new();
+                            wait_until(Duration::from_secs(2), || {
+                                v = std::fs::read_to_string(parent.join(f)).unwrap();
+                                !v.trim().is_empty()
+                            });
                             std::fs::write(d.join(f), v.trim()).unwrap();
                         }
                     }
