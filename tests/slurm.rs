@@ -2078,3 +2078,123 @@ fn scancel_of_a_two_node_step_removes_every_container_and_directory() {
         t.elapsed()
     );
 }
+
+/// `scontrol ARGS…` as root in the cluster under test; its stdout.
+fn scontrol(args: &[&str]) -> String {
+    let out = gen()
+        .root_cmd("/usr/bin/scontrol")
+        .args(args)
+        .env_clear()
+        .env("PATH", CALLER_PATH)
+        .output()
+        .expect("scontrol");
+    assert!(out.status.success(), "scontrol {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_failed_node_leaves_no_container_running_on_the_other() {
+    if !gen().is_24() {
+        return; // one node and no PMIx on 22.05
+    }
+    let s = slurm();
+    let _one = mpi_lock();
+    require_mpi_nodes();
+    let dir = AliceDir::new("mpi-nodefail");
+    let name = unique("mpi-nodefail");
+    let out = broker::output({
+        let mut c = client(&alice(), "/usr/bin/sbatch", &[], &dir.path);
+        c.arg("--parsable")
+            .arg(format!("--job-name={name}"))
+            .args(["--partition=mpi", "-N2", "-n2", "--no-requeue"])
+            .arg(format!("--output={}/{name}.out", dir.display()))
+            .arg("--wrap")
+            .arg(format!("srun --mpi=pmix {MPI_IMAGE} sleep 300"));
+        c
+    });
+    out.expect_ok();
+    let id = out.stdout.trim().split(';').next().unwrap().to_string();
+    // The job's running containers (ranks and holder) placed on `node`.
+    let on = |node: &str| -> Vec<String> {
+        let ids = containers(&id, false);
+        if ids.is_empty() {
+            return ids;
+        }
+        let mut args = vec!["inspect", "-f", "{{.Name}} {{.HostConfig.CgroupParent}}"];
+        args.extend(ids.iter().map(String::as_str));
+        // (One that is gone meanwhile fails the call, the others print.)
+        docker(&args)
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, parent)| parent.starts_with(&format!("/slurm_{node}/")))
+            .map(|(name, _)| name.to_string())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || on("trixie1").len() == 2
+            && on("trixie2").len() == 2),
+        "job {id}: {:?} ({})",
+        container_names(&id),
+        read_output(&dir.path.join(format!("{name}.out")))
+    );
+    // trixie2 fails: its slurmd dies, and the controller (here told at
+    // once, rather than after SlurmdTimeout) sets the node down.
+    let pidfile = Path::new(gen().root.unwrap()).join("run/slurmd-trixie2.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    scontrol(&[
+        "update",
+        "NodeName=trixie2",
+        "State=DOWN",
+        "Reason=berth-test-node-failure",
+    ]);
+    // Restarted whatever happens next (`testbed.sh up` starts what is not
+    // running; the node comes back on registering, ReturnToService=2).
+    struct Revive;
+    impl Drop for Revive {
+        fn drop(&mut self) {
+            let up = Command::new("bash")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/setup/testbed.sh"))
+                .arg("up")
+                .env("BERTH_TESTBED_KEEP", "1")
+                .stdin(Stdio::null())
+                .output();
+            if !up.as_ref().is_ok_and(|o| o.status.success()) {
+                eprintln!("testbed.sh up after the node failure: {up:?}");
+            }
+        }
+    }
+    let revive = Revive;
+    assert!(
+        wait_until(Duration::from_secs(30), || on("trixie1").is_empty()),
+        "job {id}'s containers on trixie1 {:?} still run {:?} after trixie2 failed",
+        on("trixie1"),
+        t.elapsed()
+    );
+    eprintln!(
+        "node failure: trixie1's ranks and holder gone after {:?}",
+        t.elapsed()
+    );
+    let (state, _) = wait_job(&id, Duration::from_secs(30));
+    assert_eq!(state, "NODE_FAIL");
+    assert!(
+        wait_until(Duration::from_secs(15), || node_cgroup_dirs("trixie1", &id)
+            .is_empty()),
+        "cgroups of job {id} left on trixie1: {:?}",
+        node_cgroup_dirs("trixie1", &id)
+    );
+    // The failed node, back, ends what it still ran.
+    drop(revive);
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(60));
+    require_mpi_nodes();
+}
