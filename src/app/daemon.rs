@@ -317,9 +317,9 @@ fn control_loop(state: Arc<State>, set: SigSet, socket: PathBuf) {
                 for plan in &jobs {
                     launch::abandon(plan, &Engine::new(&plan.socket));
                 }
-                if let Some(plan) = jobs.first() {
-                    state.holders.destroy_all(&Engine::new(&plan.socket));
-                }
+                // Every holder, also one whose ranks are between their hold
+                // and their place in `active`.
+                state.holders.destroy_all();
                 std::process::exit(0);
             }
         }

@@ -81,6 +81,11 @@ impl Engine {
         }
     }
 
+    /// The engine's socket (a holder is removed through the engine that made it).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// A new connection to the engine's socket.
     pub(crate) fn connect(&self) -> Result<UnixStream> {
         UnixStream::connect(&self.socket).map_err(|e| self.unavailable(e))

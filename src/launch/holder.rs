@@ -7,6 +7,10 @@
 //! `core::plan`), the last one to end removes it; the count lives in the
 //! broker, and a holder a crashed broker left is removed by its orphan
 //! sweep (it carries the broker's label like every container it runs).
+//!
+//! Each step has its own entry and lock: the engine calls that make and
+//! remove a holder (hundreds of milliseconds) hold up that step's ranks
+//! only, never another user's or another step's.
 
 use crate::core::cgroup::Placement;
 use crate::core::error::{Error, Result};
@@ -14,100 +18,148 @@ use crate::core::plan::spec::ContainerSpec;
 use crate::engine::Engine;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Holder name → ranks of its step running on this node, and the cgroup
-/// directories the engine made for the holder (removed with it, as a
-/// rank's are: runc leaves the parents it creates).
+/// Holder name → its step's entry.
 #[derive(Default)]
-pub struct Holders(Mutex<HashMap<String, (usize, Vec<PathBuf>)>>);
+pub struct Holders(Mutex<HashMap<String, Arc<Mutex<Entry>>>>);
+
+/// One step's holder on this node.
+#[derive(Default)]
+struct Entry {
+    /// Ranks of the step running here.
+    ranks: usize,
+    /// The cgroup directories the engine made for the holder (removed with
+    /// it, as a rank's are: runc leaves the parents it creates).
+    made: Vec<PathBuf>,
+    /// The engine that runs it.
+    socket: PathBuf,
+    /// Taken out of the map (its holder removed): a rank that found it
+    /// there just before looks again.
+    gone: bool,
+}
 
 /// A rank's hold on its step's holder; dropping it lets the holder go.
 pub struct Hold<'a> {
     holders: &'a Holders,
-    engine: &'a Engine,
+    entry: Arc<Mutex<Entry>>,
     name: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unavailable(spec: &ContainerSpec, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!(
+        "cannot {what} {}, the holder of the MPI step's shared memory on this node (it runs the job's image's /bin/sh): {e}; requeue the job, or the site sets mpi.ipc = \"private\"",
+        spec.name
+    ))
 }
 
 impl Holders {
     /// Count one more rank of `spec`'s step, creating and starting the
-    /// holder for the first. Under the lock: the step's other ranks here
+    /// holder for the first. Under the step's lock: its other ranks here
     /// wait for the holder they join, and none can see it half made.
     /// `placement` is the rank's: the holder lives in its step's cgroup,
     /// whose device rules are prepared as the rank's are.
     pub fn hold<'a>(
         &'a self,
-        engine: &'a Engine,
+        engine: &Engine,
         spec: &ContainerSpec,
         placement: Option<&Placement>,
     ) -> Result<Hold<'a>> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (n, mut made) = m.remove(&spec.name).unwrap_or_default();
-        if n == 0 {
-            // One of an earlier run of this name (a broker stopped mid-step
-            // before its sweep): never joined by this step's ranks.
-            if matches!(engine.inspect_container(&spec.name), Ok(Some(_))) {
-                crate::launch::supervise::destroy(engine, &spec.name);
+        loop {
+            let entry = lock(&self.0).entry(spec.name.clone()).or_default().clone();
+            let mut e = lock(&entry);
+            if e.gone {
+                continue;
             }
+            if e.ranks == 0 {
+                if let Err(err) = Self::make(engine, spec, placement, &mut e) {
+                    self.forget(&spec.name, &entry, &mut e);
+                    return Err(err);
+                }
+            }
+            e.ranks += 1;
+            drop(e);
+            return Ok(Hold {
+                holders: self,
+                entry,
+                name: spec.name.clone(),
+            });
+        }
+    }
+
+    fn make(
+        engine: &Engine,
+        spec: &ContainerSpec,
+        placement: Option<&Placement>,
+        e: &mut Entry,
+    ) -> Result<()> {
+        // One of an earlier run of this name (a broker stopped mid-step
+        // before its sweep): never joined by this step's ranks.
+        if matches!(engine.inspect_container(&spec.name), Ok(Some(_))) {
+            crate::launch::supervise::destroy(engine, &spec.name);
+        }
+        if let (Some(p), Some(parent)) = (placement, &spec.cgroup_parent) {
             // docker's `c *:* m` under a job that denies GPUs (Placement::mknod).
-            if let (Some(p), Some(parent)) = (placement, &spec.cgroup_parent) {
-                crate::sys::devices::unmask_mknod(parent, &p.mknod).map_err(|e| {
-                    Error::Internal(format!(
-                        "the step's device cgroup {parent} cannot be prepared for its MPI holder: {e}"
-                    ))
-                })?;
-            }
-            made = match (placement, &spec.cgroup_parent) {
-                (Some(p), Some(parent)) => crate::sys::cgroup::missing_dirs(p.job.version, parent),
-                _ => Vec::new(),
-            };
-            let id = engine.create(&spec.name, &spec.create_body(&[])).map_err(|e| {
-                crate::sys::cgroup::remove_dirs(&made);
-                Error::Unavailable(format!(
-                    "cannot create {}, the holder of the MPI step's shared memory on this node: {e}",
-                    spec.name
+            crate::sys::devices::unmask_mknod(parent, &p.mknod).map_err(|err| {
+                Error::Internal(format!(
+                    "the step's device cgroup {parent} cannot be prepared for its MPI holder: {err}"
                 ))
             })?;
-            if let Err(e) = engine.start(&id) {
-                crate::launch::supervise::destroy(engine, &spec.name);
-                crate::sys::cgroup::remove_dirs(&made);
-                return Err(Error::Unavailable(format!(
-                    "cannot start {}, the holder of the MPI step's shared memory on this node: {e}",
-                    spec.name
-                )));
-            }
+            e.made = crate::sys::cgroup::missing_dirs(p.job.version, parent);
         }
-        m.insert(spec.name.clone(), (n + 1, made));
-        Ok(Hold {
-            holders: self,
-            engine,
-            name: spec.name.clone(),
-        })
+        e.socket = engine.socket().to_path_buf();
+        let id = engine
+            .create(&spec.name, &spec.create_body(&[]))
+            .map_err(|err| {
+                crate::sys::cgroup::remove_dirs(&e.made);
+                unavailable(spec, "create", err)
+            })?;
+        if let Err(err) = engine.start(&id) {
+            crate::launch::supervise::destroy(engine, &spec.name);
+            crate::sys::cgroup::remove_dirs(&e.made);
+            return Err(unavailable(spec, "start", err));
+        }
+        Ok(())
     }
-}
 
-impl Holders {
+    /// Take a step without ranks out of the map, under its entry's lock.
+    fn forget(&self, name: &str, entry: &Arc<Mutex<Entry>>, e: &mut Entry) {
+        e.gone = true;
+        let mut m = lock(&self.0);
+        if m.get(name).is_some_and(|x| Arc::ptr_eq(x, entry)) {
+            m.remove(name);
+        }
+    }
+
     /// Remove every holder (the broker stopping: its ranks were killed).
-    pub fn destroy_all(&self, engine: &Engine) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, (_, made)) in m.drain() {
-            crate::launch::supervise::destroy(engine, &name);
-            crate::sys::cgroup::remove_dirs(&made);
+    pub fn destroy_all(&self) {
+        let entries: Vec<(String, Arc<Mutex<Entry>>)> = lock(&self.0).drain().collect();
+        for (name, entry) in entries {
+            let mut e = lock(&entry);
+            e.gone = true;
+            if e.ranks > 0 {
+                crate::launch::supervise::destroy(&Engine::new(&e.socket), &name);
+                crate::sys::cgroup::remove_dirs(&e.made);
+            }
         }
     }
 }
 
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
-        let mut m = self.holders.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((n, made)) = m.remove(&self.name) else {
-            return;
-        };
-        if n <= 1 {
-            crate::launch::supervise::destroy(self.engine, &self.name);
-            crate::sys::cgroup::remove_dirs(&made);
-        } else {
-            m.insert(self.name.clone(), (n - 1, made));
+        let mut e = lock(&self.entry);
+        if e.gone {
+            return; // destroy_all took it
+        }
+        e.ranks = e.ranks.saturating_sub(1);
+        if e.ranks == 0 {
+            crate::launch::supervise::destroy(&Engine::new(&e.socket), &self.name);
+            crate::sys::cgroup::remove_dirs(&e.made);
+            self.holders.forget(&self.name, &self.entry, &mut e);
         }
     }
 }

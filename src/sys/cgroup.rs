@@ -160,7 +160,14 @@ pub fn remove_dirs(dirs: &[PathBuf]) {
             match std::fs::remove_dir(d) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 19 => {
+                // Busy with processes: the engine's own cgroup of the
+                // container may take a moment to empty. Busy with child
+                // cgroups (another job's, another rank's): not waited for.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && attempt < 19
+                        && !has_child_cgroups(d) =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(e) => {
@@ -171,6 +178,13 @@ pub fn remove_dirs(dirs: &[PathBuf]) {
             }
         }
     }
+}
+
+fn has_child_cgroups(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+    })
 }
 
 /// Find the job of `peer` and the limits its container gets. `Ok(None)`:

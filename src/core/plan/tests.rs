@@ -1267,7 +1267,10 @@ fn an_mpi_rank_may_not_pick_its_network_or_ipc_and_gets_only_listed_fabric() {
     let p = plan_rank("ipc = \"host\"\n", &[]).unwrap();
     let h = &p.spec.create_body(&p.env)["HostConfig"];
     assert!(p.holder.is_none());
-    assert_eq!((&h["IpcMode"], &h["PidMode"]), (&"host".into(), &"host".into()));
+    assert_eq!(
+        (&h["IpcMode"], &h["PidMode"]),
+        (&"host".into(), &"host".into())
+    );
     // PMIx off: the variables go, the rank is an ordinary job.
     let policy = format!("{POLICY}\n");
     let p = plan_in_cgroup(
