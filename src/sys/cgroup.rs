@@ -160,13 +160,14 @@ pub fn remove_dirs(dirs: &[PathBuf]) {
             match std::fs::remove_dir(d) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                // Busy with processes: the engine's own cgroup of the
-                // container may take a moment to empty. Busy with child
-                // cgroups (another job's, another rank's): not waited for.
+                // Busy with processes, or with the container's own cgroup
+                // (named by its 64-hex id), which the engine removes in a
+                // moment: waited for. Busy with another cgroup (a shared
+                // parent holding another job's or rank's): not.
                 Err(e)
                     if e.raw_os_error() == Some(libc::EBUSY)
                         && attempt < 19
-                        && !has_child_cgroups(d) =>
+                        && !has_other_child_cgroups(d) =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
@@ -180,11 +181,17 @@ pub fn remove_dirs(dirs: &[PathBuf]) {
     }
 }
 
-fn has_child_cgroups(dir: &Path) -> bool {
+/// Whether `dir` has a child cgroup that is not an engine container's own.
+fn has_other_child_cgroups(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|rd| {
         rd.flatten()
-            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && !is_container_id(&e.file_name()))
     })
+}
+
+fn is_container_id(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Find the job of `peer` and the limits its container gets. `Ok(None)`:
@@ -205,4 +212,27 @@ pub fn is_v1_hybrid() -> bool {
         .join("memory")
         .join("memory.limit_in_bytes")
         .exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parent busy with the container's own cgroup is waited for; one
+    /// holding another job's cgroup is not (plain directories stand in).
+    #[test]
+    fn only_the_containers_own_child_cgroup_is_waited_for() {
+        let t = tempfile::tempdir().unwrap();
+        let step = t.path().join("step_0");
+        std::fs::create_dir(&step).unwrap();
+        std::fs::write(step.join("cgroup.procs"), "").unwrap();
+        assert!(!has_other_child_cgroups(&step));
+        std::fs::create_dir(step.join("0123456789abcdef".repeat(4))).unwrap();
+        assert!(!has_other_child_cgroups(&step));
+        std::fs::create_dir(step.join("task_1")).unwrap();
+        assert!(has_other_child_cgroups(&step));
+        assert!(!is_container_id(std::ffi::OsStr::new(
+            "g123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        )));
+    }
 }
