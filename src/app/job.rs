@@ -140,11 +140,13 @@ fn decide_inner(
     // is read as the user and copied into the job's /tmp.
     let mut command = caller.command.clone();
     let mut tmp_files = caller.tmp_files.clone();
+    let mut scheduler_env = Vec::new();
     if caller.scheduler == Scheduler::Lsf {
         if let Some(jf) = crate::sched::lsf::jobfile::job_file(policy, &id, &caller.env, &command)?
         {
             command = jf.command;
             tmp_files.extend(jf.tmp_file);
+            scheduler_env = jf.env;
         }
     }
     let mut req = request::from_env(&caller.env, caller.cwd.clone(), command)?;
@@ -187,6 +189,7 @@ fn decide_inner(
         env_file_vars: read_env_files(&id, &req)?,
         nonce: nonce.clone(),
         tmp_files,
+        scheduler_env,
         slurm_id: caller.slurm_id.clone(),
         hostname: Some(hostname),
         job_cgroup,

@@ -51,6 +51,10 @@ pub struct Context {
     /// Files the scheduler needs inside the job's /tmp (Slurm's batch
     /// script at /tmp/slurm/startup), by path relative to /tmp.
     pub tmp_files: Vec<TmpFile>,
+    /// Variables the scheduler's own files need in the container whatever
+    /// `LSF_DOCKER_PRESERVE_ENVIRONMENT` says (LSF's job file copy:
+    /// `LSB_JOBFILENAME`, `LSB_CHKFILENAME`); they override the job's.
+    pub scheduler_env: Vec<(String, String)>,
     pub slurm_id: Option<String>,
     /// The execution node's hostname (the container's, by default).
     pub hostname: Option<String>,
@@ -1352,7 +1356,7 @@ fn plan_env(
         vars.extend(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     }
     // Env files override the preserved environment.
-    for (k, v) in &ctx.env_file_vars {
+    for (k, v) in ctx.env_file_vars.iter().chain(&ctx.scheduler_env) {
         vars.retain(|(x, _)| x != k);
         vars.push((k, v));
     }

@@ -625,6 +625,31 @@ fn environment_is_filtered_and_never_in_argv() {
     assert!(
         p.env.contains(&("A".into(), "2".into())) && !p.env.iter().any(|(k, _)| k == "LD_AUDIT")
     );
+    // The scheduler's own variables (LSF's job file copy) are set even
+    // when the job's environment is not preserved, and win over the job's.
+    let mut e = e.clone();
+    e.insert("LSF_DOCKER_PRESERVE_ENVIRONMENT".into(), "false".into());
+    e.insert("LSB_JOBFILENAME".into(), "/home/alice/.lsbatch/1.42".into());
+    let req = from_env(&e, None, vec!["x".into()]).unwrap();
+    let c = Context {
+        nonce: "aa".into(),
+        scheduler_env: vec![("LSB_JOBFILENAME".into(), "/tmp/.lsbatch/1.42".into())],
+        ..Default::default()
+    };
+    let p = plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c).unwrap();
+    let jf: Vec<_> = p
+        .env
+        .iter()
+        .filter(|(k, _)| k == "LSB_JOBFILENAME")
+        .collect();
+    assert_eq!(
+        jf,
+        [&(
+            "LSB_JOBFILENAME".to_string(),
+            "/tmp/.lsbatch/1.42".to_string()
+        )]
+    );
+    assert!(!p.env.iter().any(|(k, _)| k == "A"), "{:?}", p.env);
 }
 
 #[test]

@@ -27,6 +27,13 @@ pub struct JobFile {
     pub command: Vec<String>,
     /// The copy for the job's /tmp; `None` in raw-args mode.
     pub tmp_file: Option<TmpFile>,
+    /// Variables of the job's environment that name the job file, pointed
+    /// at the copy: a job file LSF wrote for a script read from stdin
+    /// (`bsub < script`) writes the script to `$LSB_CHKFILENAME.shell` and
+    /// runs `$LSB_JOBFILENAME.shell`, which must be where the container can
+    /// write (the copy's directory, the user's own in the job's /tmp), not
+    /// the host's `~/.lsbatch`.
+    pub env: Vec<(String, String)>,
 }
 
 /// If the command is exactly `$LSB_JOBFILENAME`, read the job file as the
@@ -85,6 +92,7 @@ pub fn plan_job_file(env: &BTreeMap<String, String>, path: &Path, content: Vec<u
         return JobFile {
             command: vec![PLACE_HOLDER.into()],
             tmp_file: None,
+            env: Vec::new(),
         };
     }
     let base: String = path
@@ -98,13 +106,18 @@ pub fn plan_job_file(env: &BTreeMap<String, String>, path: &Path, content: Vec<u
         })
         .unwrap_or("jobfile")
         .to_string();
+    let copy = format!("/tmp/.lsbatch/{base}");
     JobFile {
-        command: vec![format!("/tmp/.lsbatch/{base}")],
+        command: vec![copy.clone()],
         tmp_file: Some(TmpFile {
             path: format!(".lsbatch/{base}"),
             content,
             mode: 0o700,
         }),
+        env: ["LSB_JOBFILENAME", "LSB_CHKFILENAME"]
+            .into_iter()
+            .map(|k| (k.to_string(), copy.clone()))
+            .collect(),
     }
 }
 
@@ -150,6 +163,21 @@ mod tests {
         assert_eq!(
             (f.path.as_str(), f.content.as_slice(), f.mode),
             (".lsbatch/1700000000.42", &b"echo hi\n"[..], 0o700)
+        );
+        // A stdin script's job file writes and runs `$LSB_JOBFILENAME.shell`:
+        // both names point at the copy, whose directory is the user's.
+        assert_eq!(
+            j.env,
+            vec![
+                (
+                    "LSB_JOBFILENAME".to_string(),
+                    "/tmp/.lsbatch/1700000000.42".to_string()
+                ),
+                (
+                    "LSB_CHKFILENAME".to_string(),
+                    "/tmp/.lsbatch/1700000000.42".to_string()
+                ),
+            ]
         );
         // Odd names get a plain one.
         for odd in ["/s/..", "/s/a b", "/s/.hidden", "/s/x:y"] {
