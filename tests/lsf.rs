@@ -471,6 +471,12 @@ impl Job {
         }
         nix::unistd::chown(&spool, Some(u.uid), Some(u.gid)).unwrap();
         std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+        self.write_job_file_in(&spool, command)
+    }
+
+    /// As [`Job::write_job_file`], in `spool` (lsb.params JOB_SPOOL_DIR).
+    fn write_job_file_in(&mut self, spool: &Path, command: &str) -> PathBuf {
+        let u = nix::unistd::User::from_name(&self.user).unwrap().unwrap();
         // One file per element of an array (berth reads whatever
         // LSB_JOBFILENAME names; elements must not share one).
         let path = match self.index {
@@ -1557,4 +1563,680 @@ fn inspect_name(name: &str) -> serde_json::Value {
     let out = docker(&["inspect", name]);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
     v[0].clone()
+}
+
+// ---------------------------------------------------------------------------
+// workflow systems (docs/workflows-lsf.md): the submissions Nextflow's LSF
+// executor and Cromwell's LSF backend make, fed to the esub and the starter
+// exactly as LSF hands them over. Neither tool runs here; what they submit
+// is reproduced from their sources, cited beside each case.
+// ---------------------------------------------------------------------------
+
+/// A directory tree of alice's (a workflow's launch or work directory),
+/// removed on drop.
+struct AliceTree(PathBuf);
+
+impl AliceTree {
+    /// Under /storage1/fs1/alice, an allowed root.
+    fn new(what: &str) -> AliceTree {
+        Self::under(ALICE_DIR, what)
+    }
+
+    fn under(base: &str, what: &str) -> AliceTree {
+        let t = AliceTree(Path::new(base).join(format!("lsf-{what}-{}", job_id())));
+        let _ = std::fs::remove_dir_all(&t.0);
+        t.mkdir("");
+        t
+    }
+
+    /// `rel` and its parents inside the tree, alice's, mode 0755.
+    fn mkdir(&self, rel: &str) -> PathBuf {
+        let mut d = self.0.clone();
+        let parts = std::iter::once("").chain(rel.split('/').filter(|p| !p.is_empty()));
+        for part in parts {
+            d.push(part);
+            if !d.exists() {
+                std::fs::create_dir(&d).unwrap();
+            }
+            std::os::unix::fs::chown(&d, Some(2001), Some(2001)).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        d
+    }
+
+    /// A file of alice's at `rel`.
+    fn file(&self, rel: &str, text: &str, mode: u32) -> PathBuf {
+        let p = self.0.join(rel);
+        write(&p, text, mode);
+        std::os::unix::fs::chown(&p, Some(2001), Some(2001)).unwrap();
+        p
+    }
+}
+
+impl Drop for AliceTree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `LSB_SUB_PARM_FILE` lines (`NAME="value"`, `"` and `\` escaped) for the
+/// options LSF parsed from a submission.
+fn parm_lines(options: &[(&str, &str)]) -> String {
+    options
+        .iter()
+        .map(|(k, v)| {
+            let v = v.replace('\\', "\\\\").replace('"', "\\\"");
+            format!("{k}=\"{v}\"\n")
+        })
+        .collect()
+}
+
+/// What LSF's bsub does with a script read from standard input (`bsub <
+/// script`, Nextflow's way): the user input of the job file writes the
+/// script to `$LSB_CHKFILENAME.shell` and runs that, so the script's own
+/// `#!` line picks its shell. From bsub's parseScript() in OpenLava, LSF's
+/// open-source ancestor (github.com/zjma/openlava,
+/// lsbatch/cmd/cmd.sub.c); sbatchd sets LSB_CHKFILENAME to the job file.
+fn stdin_script_job(script: &str) -> String {
+    format!(
+        "( cat <<_USER_\\SCRIPT_\n{script}\n_USER_SCRIPT_\n) > $LSB_CHKFILENAME.shell\nchmod u+x $LSB_CHKFILENAME.shell\n$LSB_JOBFILENAME.shell\nsaveExit=$?\n/bin/rm -f $LSB_JOBFILENAME.shell\n(exit $saveExit)\n"
+    )
+}
+
+/// The `.command.run` Nextflow's LSF executor writes in a task's work
+/// directory and submits with `bsub < .command.run`, run from that
+/// directory, for a task `hello (1)` with `cpus 2`, `memory '2 GB'` and
+/// `process.clusterOptions = { "-a 'docker(${task.container})'" }`.
+///
+/// The `#BSUB` lines are byte for byte what LsfExecutor.getDirectives()
+/// and AbstractGridExecutor.getHeaders() produce (nextflow-io/nextflow,
+/// modules/nextflow/src/main/groovy/nextflow/executor/): `-o` the task's
+/// .command.log, `-n`/`span[hosts=1]` for cpus > 1, `-M` the memory divided
+/// by the cpus (LSF's default per-process limit) in MB, the select/rusage
+/// `-R`, `-J nf-<task name>` with blanks made `_`, then clusterOptions,
+/// split like a shell line and unquoted (getHeaders quotes only values
+/// holding one of ` []|&!<>`), then `NXF_CHDIR`. The rest of Nextflow's
+/// wrapper is a bash script (command-run.txt); the test image has no bash,
+/// so here it is `#!/bin/sh` and the same steps in sh: cd to NXF_CHDIR,
+/// mark the start, run .command.sh into .command.out and .command.err,
+/// write .exitcode and exit with it.
+fn nextflow_command_run(workdir: &Path, image: &str) -> String {
+    let w = workdir.display();
+    format!(
+        "#!/bin/sh
+#BSUB -o {w}/.command.log
+#BSUB -n 2
+#BSUB -R \"span[hosts=1]\"
+#BSUB -M 1024MB
+#BSUB -R \"select[mem>=2048MB] rusage[mem=2048MB]\"
+#BSUB -J nf-hello_(1)
+#BSUB -a docker({image})
+NXF_CHDIR={w}
+### ---
+### name: 'hello (1)'
+set -u
+[ \"${{NXF_CHDIR:-}}\" ] && cd \"$NXF_CHDIR\"
+touch .command.begin
+/bin/sh -ue .command.sh > .command.out 2> .command.err
+nxf_main_ret=$?
+printf -- $nxf_main_ret > .exitcode
+exit $nxf_main_ret"
+    )
+}
+
+/// The parameter file bsub writes for that script: its `#BSUB` options
+/// (names from IBM's esub documentation; `-M` in KB, LSF's default unit),
+/// the `-a` string as LSB_SUB_ADDITIONAL. What LSF records as the command
+/// of a script read from stdin is not documented; here it is the script.
+fn nextflow_parm(workdir: &Path, image: &str, script: &str) -> String {
+    let log = format!("{}/.command.log", workdir.display());
+    let docker = format!("docker({image})");
+    parm_lines(&[
+        ("LSB_SUB_JOB_NAME", "nf-hello_(1)"),
+        ("LSB_SUB_OUT_FILE", &log),
+        (
+            "LSB_SUB_RES_REQ",
+            "span[hosts=1] select[mem>=2048MB] rusage[mem=2048MB]",
+        ),
+        ("LSB_SUB_RLIMIT_RSS", "1048576"),
+        ("LSB_SUB_NUM_PROCESSORS", "2"),
+        ("LSB_SUB_MAX_NUM_PROCESSORS", "2"),
+        ("LSB_SUB_ADDITIONAL", &docker),
+        ("LSB_SUB_COMMAND_LINE", script),
+    ])
+}
+
+/// A Nextflow run under `tree`: `work/` (the work directory) and `data/`
+/// (the pipeline's input), an earlier task's output in
+/// `work/5a/0c81…/out.txt`, and the LSF_DOCKER_VOLUMES the user exports
+/// before `nextflow run` (bsub copies the submission environment), which
+/// mounts both at their own paths so that staged symlinks resolve.
+struct NextflowRun {
+    tree: AliceTree,
+    volumes: String,
+}
+
+impl NextflowRun {
+    fn new(tree: AliceTree) -> NextflowRun {
+        tree.mkdir("data");
+        tree.file("data/reads.txt", "reads\n", 0o644);
+        tree.mkdir("work/5a/0c81e2b7d4f69a3e5c1d8b7a2f4e6c");
+        tree.file(
+            "work/5a/0c81e2b7d4f69a3e5c1d8b7a2f4e6c/out.txt",
+            "from-prev\n",
+            0o644,
+        );
+        let volumes = format!(
+            "{w}:{w} {d}:{d}:ro",
+            w = tree.0.join("work").display(),
+            d = tree.0.join("data").display()
+        );
+        NextflowRun { tree, volumes }
+    }
+
+    /// A task's work directory `work/<2 hex>/<30 hex>` with its
+    /// .command.sh, .command.run and its inputs staged as Nextflow's
+    /// stage_cmd does: symlinks to the data and to the earlier task's
+    /// output. Returns the directory and the .command.run.
+    fn task(&self, hash: &str, image: &str, task_script: &str) -> (PathBuf, String) {
+        let rel = format!("work/{}/{}", &hash[..2], &hash[2..]);
+        let wd = self.tree.mkdir(&rel);
+        self.tree
+            .file(&format!("{rel}/.command.sh"), task_script, 0o644);
+        let run = nextflow_command_run(&wd, image);
+        self.tree.file(&format!("{rel}/.command.run"), &run, 0o644);
+        for (link, target) in [
+            ("reads.txt", "data/reads.txt"),
+            ("out.txt", "work/5a/0c81e2b7d4f69a3e5c1d8b7a2f4e6c/out.txt"),
+        ] {
+            let l = wd.join(link);
+            std::os::unix::fs::symlink(self.tree.0.join(target), &l).unwrap();
+            std::os::unix::fs::lchown(&l, Some(2001), Some(2001)).unwrap();
+        }
+        (wd, run)
+    }
+
+    /// Dispatch of the task: LSF's job file for `bsub < .command.run` in
+    /// `spool` (None: the default, the owner's ~/.lsbatch), LSB_CHKFILENAME
+    /// naming it as sbatchd does, run by the EXEC_DRIVER starter (as root,
+    /// LSFUSER alice) with LS_SUBCWD the work directory and the submission's
+    /// LSF_DOCKER_VOLUMES. `extra_volume`: one more `SRC:DST` mount.
+    fn dispatch(
+        &self,
+        bed: &Bed,
+        wd: &Path,
+        run: &str,
+        spool: Option<&Path>,
+        extra_volume: Option<String>,
+        extra_env: &[(&str, &str)],
+    ) -> (Job, Out) {
+        let volumes = match extra_volume {
+            Some(v) => format!("{} {v}", self.volumes),
+            None => self.volumes.clone(),
+        };
+        let mut job = Job::new(ALICE, IMAGE)
+            .env("LSF_DOCKER_VOLUMES", &volumes)
+            .env("LSB_JOBNAME", "nf-hello_(1)");
+        for (k, v) in extra_env {
+            job = job.env(k, v);
+        }
+        job.cwd = wd.display().to_string();
+        let command = stdin_script_job(run);
+        let jf = match spool {
+            Some(s) => job.write_job_file_in(s, &command),
+            None => job.write_job_file(&command),
+        };
+        job.extra
+            .push(("LSB_CHKFILENAME".into(), jf.display().to_string()));
+        let out = output(job.start(bed, None, &jf.display().to_string()));
+        (job, out)
+    }
+}
+
+/// Nextflow with `process.executor = 'lsf'`: the esub accepts the task's
+/// submission as bsub hands it over, from the task's work directory with
+/// the environment `nextflow run` was started in; and refuses, at bsub
+/// time, a work directory outside the allowed roots (Nextflow's default
+/// `./work` of a run started in the home directory) and an image the
+/// policy does not allow.
+#[test]
+fn nextflow_lsf_task_is_checked_at_submission() {
+    let bed = Bed::new(true);
+    let nf = NextflowRun::new(AliceTree::new("nf"));
+    let (wd, run) = nf.task(
+        "3f9c1a7e2b4d6f80a1c3e5b7d9f2a4",
+        IMAGE,
+        "#!/bin/sh -ue\ntrue\n",
+    );
+    let cwd = wd.to_str().unwrap();
+    let (out, envfile, modfile) = bed.esub(
+        ALICE,
+        &[IMAGE],
+        &nextflow_parm(&wd, IMAGE, &run),
+        &[
+            ("LSF_DOCKER_VOLUMES", &nf.volumes),
+            ("NXF_HOME", "/home/berth-alice/.nextflow"),
+        ],
+        cwd,
+        Some(ABORT),
+    );
+    out.expect(0);
+    assert_eq!(out.stderr, "", "an accepted submission prints nothing");
+    assert_eq!(
+        envfile.as_deref(),
+        Some("LSB_CONTAINER_IMAGE=\"berth-test/busybox:1\"\n")
+    );
+    assert_eq!(modfile.as_deref(), Some("LSB_SUB_APP_NAME=\"docker\"\n"));
+
+    // `nextflow run` started in the home directory: the task's work
+    // directory (LS_SUBCWD) cannot be mounted.
+    let home = NextflowRun::new(AliceTree::under("/home/berth-alice", "nf"));
+    let (hwd, hrun) = home.task(
+        "77e0b1c2d3e4f5a6b7c8d9e0f1a2b3",
+        IMAGE,
+        "#!/bin/sh -ue\ntrue\n",
+    );
+    let data = format!("{d}:{d}:ro", d = nf.tree.0.join("data").display());
+    // An image the site does not allow (a BioContainers image).
+    let samtools = "quay.io/biocontainers/samtools:1.19--h50ea8bc_0";
+    let (swd, srun) = nf.task(
+        "9b8a7c6d5e4f3a2b1c0d9e8f7a6b5c",
+        samtools,
+        "#!/bin/sh -ue\ntrue\n",
+    );
+    for (what, image, workdir, script, volumes, rule) in [
+        (
+            "work dir in $HOME",
+            IMAGE,
+            &hwd,
+            &hrun,
+            &data,
+            "workdir.root",
+        ),
+        (
+            "image not allowed",
+            samtools,
+            &swd,
+            &srun,
+            &nf.volumes,
+            "images.allow",
+        ),
+    ] {
+        let (out, envfile, modfile) = bed.esub(
+            ALICE,
+            &[image],
+            &nextflow_parm(workdir, image, script),
+            &[("LSF_DOCKER_VOLUMES", volumes)],
+            workdir.to_str().unwrap(),
+            Some(ABORT),
+        );
+        assert_eq!(out.code, Some(ABORT), "{what}: {out:?}");
+        assert!(
+            out.stderr.starts_with("berth: job rejected: ")
+                && out.stderr.trim_end().ends_with(&format!("[rule {rule}]"))
+                && out.stderr.lines().count() == 1,
+            "{what}: not one line naming {rule}: {}",
+            out.stderr
+        );
+        assert_eq!((envfile, modfile), (None, None), "{what}: nothing written");
+    }
+}
+
+/// The task LSF dispatches runs .command.run, through the `.shell` copy
+/// LSF's job file makes, in the image as alice, in its work directory
+/// mounted at its own path, with the staged symlinks resolving in the
+/// mounted work and data directories; the task's exit status is the job's
+/// and is in .exitcode.
+///
+/// The job file lies in a JOB_SPOOL_DIR under an allowed root, mounted at
+/// its own path: the `.shell` copy is written next to it
+/// (`$LSB_CHKFILENAME.shell`) inside the container. With LSF's default
+/// spool, the owner's ~/.lsbatch, that path is not in the container; see
+/// the ignored test below.
+#[test]
+fn nextflow_lsf_task_runs_in_its_work_dir() {
+    let bed = Bed::new(true);
+    let nf = NextflowRun::new(AliceTree::new("nf"));
+    let spool = nf.tree.mkdir("lsf-spool");
+    let spool_volume = format!("{s}:{s}", s = spool.display());
+    let task = "#!/bin/sh -ue\ncat reads.txt out.txt > hello.txt\necho \"uid=$(id -u) gid=$(id -g) pwd=$(pwd)\"\n";
+    let (wd, run) = nf.task("3f9c1a7e2b4d6f80a1c3e5b7d9f2a4", IMAGE, task);
+    let (job, out) = nf.dispatch(
+        &bed,
+        &wd,
+        &run,
+        Some(&spool),
+        Some(spool_volume.clone()),
+        &[],
+    );
+    out.expect(0);
+    let read = |wd: &Path, f: &str| {
+        std::fs::read_to_string(wd.join(f)).unwrap_or_else(|e| panic!("{}/{f}: {e}", wd.display()))
+    };
+    assert_eq!(read(&wd, ".exitcode"), "0", "{out:?}");
+    assert_eq!(read(&wd, "hello.txt"), "reads\nfrom-prev\n");
+    assert_eq!(
+        read(&wd, ".command.out"),
+        format!("uid=2001 gid=2001 pwd={}\n", wd.display())
+    );
+    assert_eq!(read(&wd, ".command.err"), "");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(wd.join("hello.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (2001, 2001));
+    // The job file removed its .shell copy; nothing else is left behind.
+    let jf = job.job_file.clone().unwrap();
+    assert!(!Path::new(&format!("{}.shell", jf.display())).exists());
+    let recs = bed.audit(&job.id);
+    assert!(
+        recs.iter()
+            .any(|r| r["event"] == "exit" && r["exit_code"] == 0),
+        "{recs:?}"
+    );
+    assert!(containers_of(&job.id).is_empty());
+    drop(job);
+
+    // A task that fails: its exit status is the job's, and in .exitcode.
+    let (wd2, run2) = nf.task(
+        "c41d0e9b7a2f5c8e3d6b1a4f7c0e2d",
+        IMAGE,
+        "#!/bin/sh -ue\necho failing >&2\nexit 3\n",
+    );
+    let (_job, out) = nf.dispatch(&bed, &wd2, &run2, Some(&spool), Some(spool_volume), &[]);
+    out.expect(3);
+    assert_eq!(read(&wd2, ".exitcode"), "3");
+    assert_eq!(read(&wd2, ".command.err"), "failing\n");
+}
+
+/// The same task with LSF's default job spool (~/.lsbatch on the execution
+/// host, outside every allowed root). LSF runs a `bsub <` script as
+/// `$LSB_JOBFILENAME.shell`, a copy it writes next to the job file; berth
+/// runs its own copy of the job file from the job's /tmp and points
+/// LSB_JOBFILENAME and LSB_CHKFILENAME at that copy (the host path is not
+/// in the container: "can't create ….shell: nonexistent directory", exit
+/// 127, before), also when the job's environment is not preserved.
+#[test]
+fn nextflow_lsf_task_runs_from_the_default_job_spool() {
+    let bed = Bed::new(true);
+    let nf = NextflowRun::new(AliceTree::new("nf"));
+    for (i, env) in [&[][..], &[("LSF_DOCKER_PRESERVE_ENVIRONMENT", "false")][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let (wd, run) = nf.task(
+            &format!("3f9c1a7e2b4d6f80a1c3e5b7d9f2a{i}"),
+            IMAGE,
+            "#!/bin/sh -ue\nid -u\n",
+        );
+        let (job, out) = nf.dispatch(&bed, &wd, &run, None, None, env);
+        out.expect(0);
+        assert_eq!(
+            std::fs::read_to_string(wd.join(".exitcode")).unwrap(),
+            "0",
+            "{env:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(wd.join(".command.out")).unwrap(),
+            "2001\n",
+            "{env:?}"
+        );
+        // The host's job file is read, never written next to.
+        let jf = job.job_file.clone().unwrap();
+        assert!(!Path::new(&format!("{}.shell", jf.display())).exists());
+    }
+}
+
+/// Cromwell's LSF backend with the `submit-docker` of
+/// docs/workflows-lsf.md. Cromwell writes it, filled in, to
+/// `<call>/execution/script.submit` and runs `/bin/bash script.submit`
+/// from its own working directory (ConfigAsyncJobExecutionActor,
+/// ProcessRunner in broadinstitute/cromwell,
+/// supportedBackends/sfs/src/main/scala/cromwell/backend/sfs/), so the
+/// variables on the bsub line are the submission environment and
+/// LS_SUBCWD is wherever Cromwell was started. `cwd` is the call
+/// directory `<root>/<workflow>/<id>/call-<name>` on the host, `docker_cwd`
+/// the same under `dockerRoot` (default /cromwell-executions).
+struct CromwellCall {
+    /// The host call directory (`${cwd}`).
+    cwd: PathBuf,
+    /// `${docker_cwd}`.
+    docker_cwd: String,
+    job_name: String,
+}
+
+impl CromwellCall {
+    fn new(root: &AliceTree, docker_root: &str) -> CromwellCall {
+        let id = "4f1c2d3e-9a8b-4c7d-8e6f-5a4b3c2d1e0f";
+        let rel = format!("cromwell-executions/hello/{id}/call-say");
+        let cwd = root.mkdir(&rel);
+        root.mkdir(&format!("{rel}/execution"));
+        // An input, localized by hard link (Cromwell's default for docker
+        // tasks) into inputs/.
+        root.mkdir(&format!("{rel}/inputs/-1285401271"));
+        root.file(
+            &format!("{rel}/inputs/-1285401271/name.txt"),
+            "world\n",
+            0o644,
+        );
+        CromwellCall {
+            cwd,
+            docker_cwd: format!("{docker_root}/hello/{id}/call-say"),
+            job_name: "cromwell_4f1c2d3e_say".into(),
+        }
+    }
+
+    /// `LSF_DOCKER_VOLUMES='${cwd}:${docker_cwd}'` and
+    /// `LSF_DOCKER_WORKDIR='${docker_cwd}'`, as the submit-docker sets them.
+    fn env(&self) -> [(&'static str, String); 2] {
+        [
+            (
+                "LSF_DOCKER_VOLUMES",
+                format!("{}:{}", self.cwd.display(), self.docker_cwd),
+            ),
+            ("LSF_DOCKER_WORKDIR", self.docker_cwd.clone()),
+        ]
+    }
+
+    /// The parameter file of `bsub -J ${job_name} -cwd ${cwd} -o
+    /// ${out}.lsf -e ${err}.lsf -a "docker(${docker})" /usr/bin/env bash
+    /// ${docker_script}` (Cromwell's LSF example, docs/backends/LSF.md,
+    /// with `-a`, LSF's own output beside the task's, and the script's
+    /// container path). `${out}` is `<cwd>/execution/stdout`.
+    fn parm(&self, image: &str) -> String {
+        let c = self.cwd.display();
+        let out = format!("{c}/execution/stdout.lsf");
+        let err = format!("{c}/execution/stderr.lsf");
+        let cwd = c.to_string();
+        let docker = format!("docker({image})");
+        let command = format!("/usr/bin/env bash {}/execution/script", self.docker_cwd);
+        parm_lines(&[
+            ("LSB_SUB_JOB_NAME", &self.job_name),
+            // -cwd; the name is assumed (berth does not read it).
+            ("LSB_SUB3_CWD", &cwd),
+            ("LSB_SUB_OUT_FILE", &out),
+            ("LSB_SUB_ERR_FILE", &err),
+            ("LSB_SUB_ADDITIONAL", &docker),
+            ("LSB_SUB_COMMAND_LINE", &command),
+        ])
+    }
+
+    /// The `execution/script` Cromwell generates for a docker task whose
+    /// command is `command` (StandardAsyncExecutionActor
+    /// .commandScriptContents, with its defaults: temporary-directory
+    /// `$(mktemp -d "$PWD"/tmp.XXXXXX)`, script-epilogue `sync`), paths in
+    /// the container.
+    fn write_script(&self, root: &AliceTree, command: &str) {
+        let e = format!("{}/execution", self.docker_cwd);
+        let script = format!(
+            r#"#!/bin/bash
+
+cd {e}
+tmpDir=$(mktemp -d "$PWD"/tmp.XXXXXX)
+chmod 777 "$tmpDir"
+export _JAVA_OPTIONS=-Djava.io.tmpdir="$tmpDir"
+export TMPDIR="$tmpDir"
+
+
+out4f1c2d3e="${{tmpDir}}/out.$$" err4f1c2d3e="${{tmpDir}}/err.$$"
+mkfifo "$out4f1c2d3e" "$err4f1c2d3e"
+trap 'rm "$out4f1c2d3e" "$err4f1c2d3e"' EXIT
+touch '{e}/stdout' '{e}/stderr'
+tee '{e}/stdout' < "$out4f1c2d3e" &
+tee '{e}/stderr' < "$err4f1c2d3e" >&2 &
+(
+cd {e}
+
+{command}
+)  > "$out4f1c2d3e" 2> "$err4f1c2d3e"
+echo $? > {e}/rc.tmp
+(
+# add a .file in every empty directory to facilitate directory delocalization on the cloud
+cd {e}
+find . -type d -exec sh -c '[ -z "$(ls -A '"'"'{{}}'"'"')" ] && touch '"'"'{{}}'"'"'/.file' \;
+)
+(
+cd {e}
+sync
+
+
+)
+mv {e}/rc.tmp {e}/rc
+"#
+        );
+        let rel = self
+            .cwd
+            .strip_prefix(&root.0)
+            .unwrap()
+            .display()
+            .to_string();
+        root.file(&format!("{rel}/execution/script"), &script, 0o755);
+    }
+}
+
+/// Cromwell with the LSF backend: the esub accepts the call's submission
+/// (Cromwell started outside the allowed roots: LSF_DOCKER_WORKDIR makes
+/// the call directory, not LS_SUBCWD, the container's working directory),
+/// and the job, in either starter style, runs Cromwell's script in the
+/// image as alice with the call directory mounted at ${docker_cwd}; the
+/// command's exit status lands in execution/rc, as Cromwell reads it.
+/// Refused at bsub time: a call directory outside the roots (Cromwell's
+/// default root, ./cromwell-executions, of a Cromwell started in $HOME) and
+/// a dockerRoot on a reserved path.
+#[test]
+fn cromwell_lsf_call_runs_in_its_call_dir() {
+    let bed = Bed::new(true);
+    let tree = AliceTree::new("cromwell");
+    let call = CromwellCall::new(&tree, "/cromwell-executions");
+    call.write_script(
+        &tree,
+        "echo \"hello $(cat ../inputs/-1285401271/name.txt) uid=$(id -u) gid=$(id -g) pwd=$(pwd)\"",
+    );
+    let env = call.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Cromwell runs from alice's home directory.
+    let launch = "/home/berth-alice";
+    let (out, envfile, modfile) = bed.esub(
+        ALICE,
+        &[IMAGE],
+        &call.parm(IMAGE),
+        &env,
+        launch,
+        Some(ABORT),
+    );
+    out.expect(0);
+    assert_eq!(out.stderr, "", "an accepted submission prints nothing");
+    assert_eq!(
+        envfile.as_deref(),
+        Some("LSB_CONTAINER_IMAGE=\"berth-test/busybox:1\"\n")
+    );
+    assert_eq!(modfile.as_deref(), Some("LSB_SUB_APP_NAME=\"docker\"\n"));
+    // Cromwell looks tags up and submits `${docker}` by digest (its
+    // docker.hash-lookup, on by default): the allow-list still matches.
+    let pinned = format!("berth-test/busybox@sha256:{}", "0a".repeat(32));
+    let (out, envfile, _) = bed.esub(
+        ALICE,
+        &[&pinned],
+        &call.parm(&pinned),
+        &env,
+        launch,
+        Some(ABORT),
+    );
+    out.expect(0);
+    assert_eq!(
+        envfile.as_deref(),
+        Some(format!("LSB_CONTAINER_IMAGE=\"{pinned}\"\n").as_str())
+    );
+
+    // Dispatch. The test image has neither /usr/bin/env nor bash: the
+    // command is `/bin/sh ${docker_script}` (Cromwell's script is POSIX).
+    let docker_script = format!("{}/execution/script", call.docker_cwd);
+    let command = format!("/bin/sh {docker_script}");
+    let e = call.cwd.join("execution");
+    let expected = format!(
+        "hello world uid=2001 gid=2001 pwd={}/execution\n",
+        call.docker_cwd
+    );
+    let job_of = || {
+        let mut job = Job::new(ALICE, IMAGE).env("LSB_JOBNAME", &call.job_name);
+        for (k, v) in &env {
+            job = job.env(k, v);
+        }
+        job.cwd = launch.into();
+        job
+    };
+    // EXEC_DRIVER: the job file; JOB_STARTER "%USRCMD": the command.
+    for style in ["job file", "%USRCMD"] {
+        let _ = std::fs::remove_file(e.join("rc"));
+        let mut job = job_of();
+        let out = match style {
+            "job file" => output(job.start_job_file(&bed, None, &command)),
+            _ => output(job.start_usrcmd(&bed, None, &command)),
+        };
+        out.expect(0);
+        let read = |f: &str| {
+            std::fs::read_to_string(e.join(f))
+                .unwrap_or_else(|x| panic!("{style}: {f}: {x}: {out:?}"))
+        };
+        assert_eq!(read("rc"), "0\n", "{style}");
+        assert_eq!(read("stdout"), expected, "{style}");
+        // The script's tee copies the command's stdout to the job's too.
+        assert_eq!(out.stdout, expected, "{style}");
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(e.join("rc")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (2001, 2001), "{style}");
+        assert!(containers_of(&job.id).is_empty(), "{style}");
+    }
+    // A failing command: the script still exits 0 (the job is DONE) and
+    // execution/rc holds the command's status, which Cromwell reads.
+    call.write_script(&tree, "echo failing >&2; exit 3");
+    let _ = std::fs::remove_file(e.join("rc"));
+    let mut job = job_of();
+    output(job.start_job_file(&bed, None, &command)).expect(0);
+    assert_eq!(std::fs::read_to_string(e.join("rc")).unwrap(), "3\n");
+    assert_eq!(
+        std::fs::read_to_string(e.join("stderr")).unwrap(),
+        "failing\n"
+    );
+
+    // Refused at submission, with one line naming the rule.
+    let home = AliceTree::under("/home/berth-alice", "cromwell");
+    let in_home = CromwellCall::new(&home, "/cromwell-executions");
+    let in_tmp = CromwellCall::new(&tree, "/tmp/cromwell-executions");
+    for (what, c, rule) in [
+        ("call dir in $HOME", &in_home, "volumes.source"),
+        ("dockerRoot under /tmp", &in_tmp, "mounts.reserved"),
+    ] {
+        let env = c.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (out, envfile, modfile) =
+            bed.esub(ALICE, &[IMAGE], &c.parm(IMAGE), &env, launch, Some(ABORT));
+        assert_eq!(out.code, Some(ABORT), "{what}: {out:?}");
+        assert!(
+            out.stderr.starts_with("berth: job rejected: ")
+                && out.stderr.trim_end().ends_with(&format!("[rule {rule}]"))
+                && out.stderr.lines().count() == 1,
+            "{what}: not one line naming {rule}: {}",
+            out.stderr
+        );
+        assert_eq!((envfile, modfile), (None, None), "{what}: nothing written");
+    }
 }
