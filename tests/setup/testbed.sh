@@ -797,6 +797,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/slurm24.sh"
 slurm24_wanted() { [[ ${BERTH_TESTBED_SLURM24:-1} != 0 ]]; }
 
 # ---------------------------------------------------------------------------
+# 8. Parsl: an image and a host venv with one pinned Parsl (tests/setup/parsl.sh)
+# ---------------------------------------------------------------------------
+# shellcheck source=tests/setup/parsl.sh
+source "$(dirname "${BASH_SOURCE[0]}")/parsl.sh"
+
+# ---------------------------------------------------------------------------
 # subcommands
 # ---------------------------------------------------------------------------
 cmd_up() {
@@ -811,6 +817,8 @@ cmd_up() {
   ensure_images
   verify_images
   smoke_test
+  PARSL_SUMMARY=
+  if parsl_wanted; then ensure_parsl; fi
   ensure_slurm   # after ensure_users: slurmctld caches group lists
   if slurm24_wanted; then ensure_slurm24; fi
   local pid how
@@ -826,6 +834,7 @@ cmd_up() {
     printf 'testbed up: slurm %s in %s, node %s %s (ports %s)\n' \
       "$(s24_in sinfo -V 2>/dev/null | awk '{print $2}')" "$S24_ROOT" "$S24_NODE" "$(s24_state)" "${S24_PORTS[*]}"
   fi
+  if [[ -n $PARSL_SUMMARY ]]; then printf 'testbed up: %s\n' "$PARSL_SUMMARY"; fi
 }
 
 # stop_pid NAME PIDFILE EXE
@@ -931,6 +940,7 @@ cmd_status() {
       echo "slurm 24.11: ${st:-down} (trixie tree $S24_ROOT)"; rc=1
     fi
   fi
+  parsl_status || rc=1
   return $rc
 }
 
