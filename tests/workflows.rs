@@ -155,7 +155,10 @@ fn parsl_log(work: &WorkDir) -> String {
 /// docker-init, with an empty /tmp of its own, and the sum is right.
 #[track_caller]
 fn assert_apps(r: &serde_json::Value, n: usize) {
+    // The squares' outputs reached the sum through their futures, the
+    // sum reached the check through its.
     assert_eq!(r["total"], r["want"], "{r}");
+    assert_eq!(r["check"], "ok", "{r}");
     let apps = r["apps"].as_array().unwrap();
     assert_eq!(apps.len(), n, "{r}");
     for (i, a) in apps.iter().enumerate() {
@@ -305,6 +308,14 @@ fn a_denied_image_or_volume_fails_the_parsl_app_with_berths_reason() {
             && msg.ends_with("[rule volumes.source]"),
         "{msg}"
     );
+    // The command's own `exit 77` ran (a container) and is its failure.
+    let own = &r["own_77"];
+    assert_eq!(own["error"], "BerthJobFailed", "{r}");
+    assert_eq!(own["code"], 77, "{r}");
+    assert!(
+        own["message"].as_str().unwrap().ends_with("not a denial"),
+        "{r}"
+    );
     // A plain bash_app with berth_command: Parsl's own failure, exit 77,
     // and the reason in the app's stderr file.
     let plain = &r["bash_app"];
@@ -317,8 +328,8 @@ fn a_denied_image_or_volume_fails_the_parsl_app_with_berths_reason() {
             .contains("[rule images.allow]"),
         "{r}"
     );
-    // Nothing was started for any of them.
-    assert!(launches(&l.bed, &work).is_empty());
+    // Nothing was started for the denied ones: one launch, own_77's.
+    assert_eq!(launches(&l.bed, &work).len(), 1);
     let denials = l
         .bed
         .audit()

@@ -24,9 +24,11 @@ Two ways in, both documented in wrapper/parsl/README.md:
   the command to run) whose failures carry berth's reason: a denial raises
   :class:`BerthDenied` with berth's ``berth: denied: ... [rule ...]`` line,
   a container that exits non-zero raises :class:`BerthJobFailed` with its
-  exit code and the end of its stderr. Data dependencies work as for any
-  Parsl app: arguments that are futures are resolved before the command is
-  built, on the worker.
+  exit code and the end of its stderr. The app's future resolves to the
+  command's standard output (text; with ``stdout=FILE``, to 0 and the
+  output in FILE). Data dependencies work as for any Parsl app: arguments
+  that are futures are resolved before the command is built, on the
+  worker, so one app's output can be the next one's argument.
 
 The module must be importable where the workers run (put this directory on
 PYTHONPATH in the executor's ``worker_init``): Parsl sends the app's
@@ -177,40 +179,58 @@ _REQUEST_VARS = (
 )
 
 
-def _reason(stderr):
-    lines = [l for l in stderr.decode(errors="replace").splitlines() if l.strip()]
+def _reason(tail):
+    lines = [l for l in tail.decode(errors="replace").splitlines() if l.strip()]
     berth = [l for l in lines if l.startswith("berth:")]
     if berth:
         return berth[-1]
     return "\n".join(lines[-5:])
 
 
+# What is read back of the job's stderr for the reason: berth's own line
+# is its last words, the job's end is what a failure message wants.
+_TAIL = 64 << 10
+
+
 def run_in_berth(command, image, berth="berth", policy=None, stdout=None, stderr=None, timeout=None, **request):
-    """Run ``command`` in a fresh berth container and wait; return 0, or
-    raise :class:`BerthError`. ``stdout``/``stderr`` are file paths the
-    container's streams are appended to (as with ``bash_app``); stderr is
-    read back for the reason either way."""
+    """Run ``command`` in a fresh berth container and wait.
+
+    Returns the command's standard output as text, or 0 when ``stdout``
+    names a file (the output is appended there, as with ``bash_app``: use
+    it for large outputs). ``stderr`` is a file the container's stderr is
+    appended to (else a temporary file); its end is read back for the
+    reason. Raises :class:`BerthError` when berth did not run the command
+    or the command failed.
+    """
+    import tempfile
+
     env = {k: v for k, v in os.environ.items() if k not in _REQUEST_VARS}
     env.update(berth_env(image, **request))
     argv = _berth_argv(berth, policy) + [command]
-    out = open(stdout, "ab") if stdout else subprocess.DEVNULL
+    out = open(stdout, "ab") if stdout else subprocess.PIPE
+    err = open(stderr, "ab+") if stderr else tempfile.TemporaryFile()
     try:
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, env=env, timeout=timeout)
+        start = err.seek(0, os.SEEK_END)
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, timeout=timeout)
+        end = err.seek(0, os.SEEK_END)
+        err.seek(max(start, end - _TAIL))
+        tail = err.read()
     finally:
+        err.close()
         if stdout:
             out.close()
-    if stderr:
-        with open(stderr, "ab") as f:
-            f.write(p.stderr)
     if p.returncode == 0:
-        return 0
-    reason = _reason(p.stderr)
-    if p.returncode in (DENIED, MALFORMED):
-        raise BerthDenied(p.returncode, reason)
-    if p.returncode == UNAVAILABLE:
-        raise BerthUnavailable(p.returncode, reason)
-    if p.returncode in (INTERNAL, INVALID_POLICY) and reason.startswith("berth:"):
-        raise BerthError(p.returncode, reason)
+        return 0 if stdout else p.stdout.decode(errors="replace")
+    reason = _reason(tail)
+    # berth's own codes come with its one `berth:` line; the same code
+    # without it is the command's own exit status.
+    if reason.startswith("berth:"):
+        if p.returncode == DENIED and reason.startswith("berth: denied:") or p.returncode == MALFORMED:
+            raise BerthDenied(p.returncode, reason)
+        if p.returncode == UNAVAILABLE:
+            raise BerthUnavailable(p.returncode, reason)
+        if p.returncode in (INTERNAL, INVALID_POLICY):
+            raise BerthError(p.returncode, reason)
     raise BerthJobFailed(p.returncode, f"the container exited with {p.returncode}: {reason}")
 
 
@@ -232,7 +252,8 @@ def berth_app(image, executors="all", cache=False, berth="berth", policy=None, *
     subclasses carrying berth's reason. Keyword arguments: those of
     :func:`berth_env` (``volumes``, ``workdir``, ``network``, …), ``berth``
     (the binary) and ``policy`` (a policy file other than berth's default).
-    The app's future resolves to 0 on success."""
+    The app's future resolves to the command's standard output, or to 0
+    with ``stdout=FILE``."""
     from parsl.app.app import python_app
 
     opts = dict(image=image, berth=berth, policy=policy, **request)

@@ -13,10 +13,10 @@ workers talk back to Parsl's interchange over the node's network, so the
 site's policy must allow ``host`` in ``docker.networks`` (and the pilot asks
 for it with ``LSF_DOCKER_NETWORK=host``).
 
-The workflow: ``--apps N`` apps each square a number into a file, one app
-waits for all of them (a data dependency) and sums the files, a last one
+The workflow: ``--apps N`` apps each square a number, one app gets
+their outputs through their futures (a data dependency) and sums them, a last one
 checks the sum. It prints one JSON object: the results, the uid and PID 1
-each app saw, and where its cgroup was. Run from a directory under an
+each app saw, its hostname and /tmp. Run from a directory under an
 allowed volume root: it is the apps' working directory.
 """
 
@@ -79,45 +79,38 @@ def config(args):
 
 
 def model_app(args):
-    """Model 2: each app's command in its own berth container."""
+    """Model 2: each app's command in its own berth container; results
+    travel through the apps' futures (their standard output)."""
     opts = dict(image=args.image, berth=args.berth, policy=args.policy)
 
     @berth_parsl.berth_app(**opts)
     def square(i):
+        # What the app saw, as one JSON line; /tmp/mine-<i> would show in
+        # another app's /tmp if they shared one.
         return (
-            f"echo $(( {i} * {i} )) > sq-{i}.txt && id -u > uid-{i}.txt && "
-            f"cat /proc/1/comm > init-{i}.txt && "
-            f"hostname > host-{i}.txt && ls -A /tmp | wc -l > tmp-{i}.txt && touch /tmp/mine-{i}"
+            "printf '{\"i\": %d, \"square\": %d, \"uid\": %d, \"pid1\": \"%s\", \"hostname\": \"%s\", \"tmp_entries\": %d}\\n' "
+            f"{i} $(( {i} * {i} )) \"$(id -u)\" \"$(cat /proc/1/comm)\" \"$(hostname)\" \"$(ls -A /tmp | wc -l)\" "
+            f"&& touch /tmp/mine-{i}"
         )
 
     @berth_parsl.berth_app(**opts)
     def total(*squares):
-        # Runs only once every square's future is done.
-        return "cat sq-*.txt | awk '{s += $1} END {print s}' > total.txt"
+        # Runs once every square's future is done, with their outputs.
+        import json
+
+        values = [json.loads(s)["square"] for s in squares]
+        return "echo $(( " + " + ".join(str(v) for v in values) + " ))"
 
     @berth_parsl.berth_app(**opts)
-    def check(done, want):
-        return f'test "$(cat total.txt)" = {want}'
+    def check(total, want):
+        return f'test "{total.strip()}" = {want} && echo ok'
 
     squares = [square(i) for i in range(args.apps)]
     t = total(*squares)
     want = sum(i * i for i in range(args.apps))
-    c = check(t, want)
-    c.result()
-    apps = []
-    for i in range(args.apps):
-        read = lambda name: open(f"{name}-{i}.txt").read().strip()  # noqa: E731
-        apps.append(
-            dict(
-                i=i,
-                square=int(read("sq")),
-                uid=int(read("uid")),
-                pid1=read("init"),
-                hostname=read("host"),
-                tmp_entries=int(read("tmp")),
-            )
-        )
-    return dict(total=int(open("total.txt").read()), want=want, apps=apps)
+    ok = check(t, want).result().strip()
+    apps = [json.loads(s.result()) for s in squares]
+    return dict(total=int(t.result()), want=want, check=ok, apps=apps)
 
 
 def model_worker(args):
@@ -166,6 +159,11 @@ def model_deny(args):
     def bad_volume():
         return "ls /data"
 
+    @berth_parsl.berth_app(image=args.image, **opts)
+    def own_77():
+        # The command's own exit 77 is its failure, not a denial.
+        return "echo not a denial >&2; exit 77"
+
     @bash_app
     def plain(stderr=None):
         import berth_parsl  # on the worker: the app travels by value
@@ -173,7 +171,8 @@ def model_deny(args):
         return berth_parsl.berth_command("true", image=args.denied_image, **opts)
 
     out = {}
-    for name, fut in [("image", bad_image()), ("volume", bad_volume()), ("bash_app", plain(stderr=os.path.abspath("plain.err")))]:
+    apps = [("image", bad_image()), ("volume", bad_volume()), ("own_77", own_77()), ("bash_app", plain(stderr=os.path.abspath("plain.err")))]
+    for name, fut in apps:
         try:
             fut.result()
             out[name] = dict(error=None)
