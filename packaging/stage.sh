@@ -12,7 +12,7 @@
 #   bash, zsh and fish completions
 #   <unitdir>/berth.service                      the broker (berth daemon), not enabled
 #   /usr/lib/tmpfiles.d/berth.conf               /var/tmp/berth, /var/cache/berth, /run/berth
-#   /usr/share/berth/wrapper/                    scheduler glue (LSF, Slurm, systemd)
+#   /usr/share/berth/wrapper/                    scheduler glue (LSF, Slurm, Parsl, systemd)
 #   /usr/libexec/berth -> ../share/berth/wrapper  the path the LSF profiles name
 #   /usr/share/berth/policy/                     default and example policies
 #   /usr/share/doc/berth/                        README and the sysadmin guides
