@@ -23,6 +23,10 @@ readonly PARSL_IMAGE=berth-test/parsl:1
 readonly PARSL_IMAGE_ROOT=/var/lib/berth-testbed/parsl-image
 readonly PARSL_VENV=/var/lib/berth-testbed/parsl-venv
 readonly PARSL_WHEELS=/var/lib/berth-testbed/parsl-wheels
+# Parsl's dependencies pinned too, with their wheels' hashes: a fresh
+# machine gets the set a cached one has, whatever PyPI released since.
+PARSL_REQUIREMENTS=$(dirname "${BASH_SOURCE[0]}")/parsl-requirements.txt
+readonly PARSL_REQUIREMENTS
 readonly PARSL_MIRROR=${BERTH_TESTBED_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 readonly PARSL_SUITE=bookworm
 readonly PARSL_IMAGE_PACKAGES=python3,python3-venv
@@ -72,7 +76,10 @@ parsl_host_python() {
 # the set's hash, part of every recipe below.
 ensure_parsl_wheels() {
   local want tmp=$PARSL_WHEELS.tmp mark=$PARSL_WHEELS/.berth-testbed-wheels
-  want="parsl==$PARSL_VERSION python$(parsl_mm "$PARSL_HOST_PY") only-binary v1"
+  [[ -f $PARSL_REQUIREMENTS ]] || die "$PARSL_REQUIREMENTS is missing"
+  grep -qx "parsl==$PARSL_VERSION --hash=sha256:[0-9a-f]*" "$PARSL_REQUIREMENTS" \
+    || die "$PARSL_REQUIREMENTS does not pin parsl==$PARSL_VERSION"
+  want="python$(parsl_mm "$PARSL_HOST_PY") only-binary v2 $(sha256sum <"$PARSL_REQUIREMENTS" | cut -c1-16)"
   if [[ -f $mark && $(<"$mark") == "$want" && -s $PARSL_WHEELS/.digest ]]; then
     PARSL_DIGEST=$(<"$PARSL_WHEELS/.digest")
     return 0
@@ -83,7 +90,8 @@ ensure_parsl_wheels() {
   "${PARSL_CLEAN_ENV[@]}" /usr/bin/python3 -m venv "$tmp/.pip" >>"$PARSL_LOG" 2>&1 \
     || die "python3 -m venv failed (log $PARSL_LOG)"
   env -u PYTHONPATH -u PYTHONHOME -u PIP_FIND_LINKS -u PIP_NO_INDEX -u PIP_NO_BINARY PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    "$tmp/.pip/bin/python3" -m pip download --no-cache-dir --only-binary=:all: -d "$tmp" "parsl==$PARSL_VERSION" \
+    "$tmp/.pip/bin/python3" -m pip download --no-cache-dir --only-binary=:all: --no-deps --require-hashes \
+      -d "$tmp" -r "$PARSL_REQUIREMENTS" \
     >>"$PARSL_LOG" 2>&1 \
     || { tail -n 20 "$PARSL_LOG" >&2; die "pip download parsl==$PARSL_VERSION failed (log $PARSL_LOG)"; }
   rm -rf "$tmp/.pip"
@@ -130,10 +138,11 @@ parsl_build_tree() {
   install -d -m 0755 "$tmp/opt/imgwork"
   install -d -m 0755 "$tmp/tmp/berth-parsl-wheels"
   cp "$PARSL_WHEELS"/*.whl "$tmp/tmp/berth-parsl-wheels/"
+  cp "$PARSL_REQUIREMENTS" "$tmp/tmp/berth-parsl-wheels/requirements.txt"
   {
     chroot "$tmp" "${PARSL_CLEAN_ENV[@]}" /usr/bin/python3 -m venv /opt/parsl \
       && chroot "$tmp" "${PARSL_CLEAN_ENV[@]}" /opt/parsl/bin/python3 -m pip install --no-index \
-        --find-links /tmp/berth-parsl-wheels "parsl==$PARSL_VERSION"
+        --find-links /tmp/berth-parsl-wheels --require-hashes -r /tmp/berth-parsl-wheels/requirements.txt
   } >>"$PARSL_LOG" 2>&1 || { tail -n 20 "$PARSL_LOG" >&2; die "installing parsl in the image's tree failed (log $PARSL_LOG)"; }
   # What an image does not carry: the wheels, apt's and pip's caches, logs,
   # manual pages and message translations (~40 MB; /usr/share/doc stays).
@@ -168,10 +177,11 @@ parsl_image_labels() {
 ensure_parsl_image() {
   local have
   have=$(parsl_image_labels)
-  if [[ ${have%%|*} == "$PARSL_IMAGE_WANT" ]] && ! parsl_forced; then return 1; fi
+  if [[ ${have%%|*} == "$PARSL_IMAGE_WANT" ]] && ! parsl_forced; then return 0; fi
   parsl_build_tree
   if [[ -n ${have%%|*} ]]; then log "rebuilding $PARSL_IMAGE (recipe changed or forced)"; else log "building $PARSL_IMAGE"; fi
   parsl_import_image
+  PARSL_BUILT=1
 }
 
 # The host's venv. A venv has its path written into its scripts (parsl's
@@ -186,7 +196,7 @@ parsl_build_venv() {
   {
     "${PARSL_CLEAN_ENV[@]}" /usr/bin/python3 -m venv "$PARSL_VENV" \
       && "${PARSL_CLEAN_ENV[@]}" "$PARSL_VENV/bin/python3" -m pip install --no-index \
-        --find-links "$PARSL_WHEELS" "parsl==$PARSL_VERSION"
+        --find-links "$PARSL_WHEELS" --require-hashes -r "$PARSL_REQUIREMENTS"
   } >>"$PARSL_LOG" 2>&1 || { tail -n 20 "$PARSL_LOG" >&2; die "building $PARSL_VENV failed (log $PARSL_LOG)"; }
   chown -R root:root "$PARSL_VENV"
   chmod -R u+rwX,go+rX,go-w "$PARSL_VENV"
@@ -194,11 +204,12 @@ parsl_build_venv() {
 
 ensure_parsl_venv() {
   local mark=$PARSL_VENV/.berth-testbed-venv
-  if [[ -f $mark && $(<"$mark") == "$PARSL_VENV_WANT" ]] && ! parsl_forced; then return 1; fi
+  if [[ -f $mark && $(<"$mark") == "$PARSL_VENV_WANT" ]] && ! parsl_forced; then return 0; fi
   parsl_build_venv
   printf '%s\n' "$PARSL_VENV_WANT" >"$mark.tmp"
   chmod 0644 "$mark.tmp"
   mv -f "$mark.tmp" "$mark"
+  PARSL_BUILT=1
 }
 
 # Both sides, as the test user would run them: the pinned Parsl, one
@@ -226,14 +237,17 @@ ensure_parsl() {
   ensure_parsl_wheels
   parsl_recipes
   local built=0 info
-  if ensure_parsl_image; then built=1; fi
+  # (Not `if ensure_…`: that would turn off set -e inside the builders.)
+  PARSL_BUILT=0
+  ensure_parsl_image
   # The image's Python, from its label (a cached image's tree may be gone).
   info=$(parsl_image_labels)
   info=${info#*|}
   [[ $info == "parsl $PARSL_VERSION python "* ]] || die "$PARSL_IMAGE: label $PARSL_INFO_LABEL is '$info'"
   [[ $(parsl_mm "${info##* }") == $(parsl_mm "$PARSL_HOST_PY") ]] \
     || die "Python of $PARSL_IMAGE (${info##* }) and of the host's /usr/bin/python3 ($PARSL_HOST_PY) differ in major.minor: Parsl's interchange would refuse the image's workers"
-  if ensure_parsl_venv; then built=1; fi
+  ensure_parsl_venv
+  built=$PARSL_BUILT
   parsl_verify
   ((built)) && log "$PARSL_SUMMARY; image $("$DOCKER" image inspect -f '{{.Size}}' "$PARSL_IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}')"
   return 0
