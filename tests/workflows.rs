@@ -41,9 +41,55 @@ impl WorkDir {
 }
 
 impl Drop for WorkDir {
+    /// After a failed or timed-out workflow too: cancel its pilots (Slurm
+    /// jobs submitted from here), kill its workers (Parsl starts them in
+    /// process groups of their own, so killing the workflow's misses them),
+    /// then remove the directory.
     fn drop(&mut self) {
+        let dir = self.0.display().to_string();
+        if let Ok(o) = Command::new("/usr/bin/squeue")
+            .args(["-h", "-u", ALICE, "-o", "%i %Z"])
+            .env_clear()
+            .env("PATH", CALLER_PATH)
+            .output()
+        {
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                if let Some((id, wd)) = line.split_once(' ') {
+                    if wd == dir || wd.starts_with(&format!("{dir}/")) {
+                        let _ = Command::new("/usr/bin/scancel")
+                            .arg(id)
+                            .env_clear()
+                            .status();
+                    }
+                }
+            }
+        }
+        for _ in 0..2 {
+            for pid in procs_under(&self.0) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// alice's processes whose working directory is under `dir`.
+fn procs_under(dir: &Path) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == ALICE_UID)
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c.starts_with(dir))
+        })
+        .collect()
 }
 
 /// wrapper/parsl/*.py copied where alice can read them (the bed: root,

@@ -131,7 +131,11 @@ def berth_env(
     if preserve_environment is not None:
         env["LSF_DOCKER_PRESERVE_ENVIRONMENT"] = "true" if preserve_environment else "false"
     if env_files:
-        env["LSF_DOCKER_ENV_FILE"] = " ".join(str(f) for f in env_files)
+        files = [str(f) for f in env_files]
+        for f in files:
+            if not f or any(c.isspace() for c in f):
+                raise ValueError(f"berth_env: env file {f!r} is empty or contains white space")
+        env["LSF_DOCKER_ENV_FILE"] = " ".join(files)
     if job_id is not None:
         env["LSB_JOBID"] = str(job_id)
     if job_index is not None:
@@ -140,7 +144,10 @@ def berth_env(
 
 
 def _berth_argv(berth, policy):
-    argv = [berth]
+    if "=" in str(berth):
+        # `env` would take it for an assignment.
+        raise ValueError(f"berth binary {berth!r}: a path with '=' is not supported")
+    argv = [str(berth)]
     if policy:
         argv += ["--policy", str(policy)]
     # `--scheduler env`: the caller is the job's owner. berth still finds the
@@ -166,6 +173,11 @@ def berth_command(command, image, berth="berth", policy=None, **request):
 
 _REQUEST_VARS = (
     "LSB_CONTAINER_IMAGE",
+    # The worker's cwd is the app's working directory, not the directory
+    # an LSF pilot was submitted from.
+    "LS_SUBCWD",
+    "LSF_DOCKER_RUN_RAW_ARGS",
+    "LSF_DOCKER_RUN_LOGLEVEL",
     "LSF_DOCKER_VOLUMES",
     "LSF_DOCKER_WORKDIR",
     "LSF_DOCKER_NETWORK",
@@ -180,11 +192,24 @@ _REQUEST_VARS = (
 
 
 def _reason(tail):
+    """(berth's own last words or None, the end of stderr).
+
+    berth's verdict is its last line: a ``berth:`` line anywhere else (a
+    warning before the job ran) says nothing about how the job ended."""
     lines = [l for l in tail.decode(errors="replace").splitlines() if l.strip()]
-    berth = [l for l in lines if l.startswith("berth:")]
-    if berth:
-        return berth[-1]
-    return "\n".join(lines[-5:])
+    last = lines[-1] if lines else ""
+    return (last if last.startswith("berth:") else None), "\n".join(lines[-5:])
+
+
+def _open_log(spec, default):
+    """A ``stdout``/``stderr`` as Parsl takes them: a path, or
+    ``(path, mode)`` with mode ``"w"`` or ``"a"``."""
+    if isinstance(spec, (tuple, list)):
+        path, mode = spec
+        if mode not in ("w", "a"):
+            raise ValueError(f"{spec!r}: the mode must be 'w' or 'a'")
+        return open(path, ("wb+" if mode == "w" else "ab+") if "+" in default else mode + "b")
+    return open(os.fspath(spec), default)
 
 
 # What is read back of the job's stderr for the reason: berth's own line
@@ -207,8 +232,8 @@ def run_in_berth(command, image, berth="berth", policy=None, stdout=None, stderr
     env = {k: v for k, v in os.environ.items() if k not in _REQUEST_VARS}
     env.update(berth_env(image, **request))
     argv = _berth_argv(berth, policy) + [command]
-    out = open(stdout, "ab") if stdout else subprocess.PIPE
-    err = open(stderr, "ab+") if stderr else tempfile.TemporaryFile()
+    out = _open_log(stdout, "ab") if stdout else subprocess.PIPE
+    err = _open_log(stderr, "ab+") if stderr else tempfile.TemporaryFile()
     try:
         start = err.seek(0, os.SEEK_END)
         p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, timeout=timeout)
@@ -221,17 +246,18 @@ def run_in_berth(command, image, berth="berth", policy=None, stdout=None, stderr
             out.close()
     if p.returncode == 0:
         return 0 if stdout else p.stdout.decode(errors="replace")
-    reason = _reason(tail)
-    # berth's own codes come with its one `berth:` line; the same code
-    # without it is the command's own exit status.
-    if reason.startswith("berth:"):
-        if p.returncode == DENIED and reason.startswith("berth: denied:") or p.returncode == MALFORMED:
-            raise BerthDenied(p.returncode, reason)
-        if p.returncode == UNAVAILABLE:
-            raise BerthUnavailable(p.returncode, reason)
-        if p.returncode in (INTERNAL, INVALID_POLICY):
-            raise BerthError(p.returncode, reason)
-    raise BerthJobFailed(p.returncode, f"the container exited with {p.returncode}: {reason}")
+    own, end = _reason(tail)
+    # berth's own codes come with its one `berth:` line, last; the same
+    # code without it is the command's own exit status.
+    code = p.returncode
+    if own is not None:
+        if code == DENIED and own.startswith("berth: denied:") or code == MALFORMED:
+            raise BerthDenied(code, own)
+        if code == UNAVAILABLE:
+            raise BerthUnavailable(code, own)
+        if code in (INTERNAL, INVALID_POLICY):
+            raise BerthError(code, own)
+    raise BerthJobFailed(code, f"the container exited with {code}: {end}")
 
 
 def _app_task(fn_dill, opts, *args, stdout=None, stderr=None, **kwargs):
