@@ -1888,11 +1888,11 @@ fn nextflow_lsf_task_is_checked_at_submission() {
 /// mounted work and data directories; the task's exit status is the job's
 /// and is in .exitcode.
 ///
-/// The job file lies in a JOB_SPOOL_DIR under an allowed root, mounted at
-/// its own path: the `.shell` copy is written next to it
-/// (`$LSB_CHKFILENAME.shell`) inside the container. With LSF's default
-/// spool, the owner's ~/.lsbatch, that path is not in the container; see
-/// the ignored test below.
+/// The job file lies in a JOB_SPOOL_DIR under an allowed root (a site's
+/// choice that also puts it in the container); berth still runs its own
+/// copy from the job's /tmp, and the `.shell` copy is written next to that
+/// (`$LSB_CHKFILENAME.shell`), never into the spool. The default spool,
+/// outside the container, is the next test.
 #[test]
 fn nextflow_lsf_task_runs_in_its_work_dir() {
     let bed = Bed::new(true);

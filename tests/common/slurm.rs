@@ -1,5 +1,5 @@
 //! The Slurm fixture of the integration tests that drive real Slurm jobs
-//! (tests/slurm.rs, tests/workflows.rs): which Slurm (22.05 on the host or
+//! (tests/slurm.rs, tests/workflows.rs, tests/examples.rs): which Slurm (22.05 on the host or
 //! 24.11 in the trixie tree, `BERTH_SLURM`), one shared broker, bundle
 //! cache and /etc/slurm/oci.conf, held under a lock so two test binaries on
 //! one machine never mix their oci.conf, and the client commands as a
