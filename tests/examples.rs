@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 
 /// How long one example may take (it polls Slurm for its array).
 const EXAMPLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long chunk-array waits for its Slurm array (EXAMPLE_SLURM_TIMEOUT,
+/// whose default, 300 s, is all of [`EXAMPLE_TIMEOUT`]): well inside it, so
+/// that on a slow Slurm the script says why it failed before it is killed.
+const EXAMPLE_SLURM_TIMEOUT: &str = "200";
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -272,6 +276,7 @@ fn chunk_array() {
             ("EXAMPLE_JOBID", &job),
             ("EXAMPLE_SLURM", if with_slurm { "yes" } else { "no" }),
             ("EXAMPLE_SLURM_ARGS", "--partition=debug --time=5"),
+            ("EXAMPLE_SLURM_TIMEOUT", EXAMPLE_SLURM_TIMEOUT),
         ],
     );
     out.expect_ok();

@@ -68,6 +68,33 @@ berth() { "$berth_bin" --policy "$BERTH_POLICY" "$@"; }
 user_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$(getent passwd "$EXAMPLE_USER" | cut -d: -f6)"
   USER="$EXAMPLE_USER" LOGNAME="$EXAMPLE_USER")
 as_user() { runuser -u "$EXAMPLE_USER" -- "${user_env[@]}" "$@"; }
+# Root never opens, reads, lists or changes a path in the user's trees (she
+# could have put a link or a FIFO there): every step on them runs as her.
+# Root's own files (the elements' logs, what it gathers) are in a 0700
+# directory of its own under /tmp.
+# user_mktemp PARENT NAME: a fresh directory of hers in PARENT, made by her;
+# where she cannot write PARENT, made by root and handed to her at once
+# (chown -h: a link put in its place gets her uid, nothing else does).
+user_mktemp() {
+  local d
+  # shellcheck disable=SC2016 # expanded by the user's sh
+  if as_user sh -c '[ -w "$1" ] && [ -x "$1" ]' user_mktemp "$1"; then
+    d=$(as_user mktemp -d "$1/$2.XXXXXX") || return 1
+  else
+    d=$(mktemp -d "$1/$2.XXXXXX") || return 1
+    chown -h "$uid:$gid" "$d" || return 1
+  fi
+  as_user chmod 0755 "$d" || return 1
+  printf '%s\n' "$d"
+}
+# Standard input into FILE, written by the user.
+# shellcheck disable=SC2016 # expanded by the user's sh
+user_write() { as_user timeout 300 sh -c 'cat >"$1"' user_write "$1"; }
+# FILE as the user reads it (at most 1 MiB and 30 s).
+user_read() { as_user timeout 30 head -c 1048576 -- "$1"; }
+# in_dir DIR CMD...: CMD in DIR, entered by the user (after as_user [NAME=value...]).
+# shellcheck disable=SC2016 # expanded by the user's sh
+in_dir=(sh -c 'cd -- "$1" && shift && exec "$@"' in_dir)
 bundle_repo() {
   local s
   s=$(printf '%s' "$1" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-')
@@ -110,6 +137,7 @@ esac
 bundle=berth-example-chunks-$EXAMPLE_JOBID
 work=''
 chunks=''
+priv=''
 slurm_job=''
 lsf_pids=()
 cleanup() {
@@ -128,6 +156,7 @@ cleanup() {
   fi
   [ -z "$work" ] || rm -rf "$work"
   [ -z "$chunks" ] || rm -rf "$chunks"
+  [ -z "$priv" ] || rm -rf "$priv"
   if [ "$rc" -eq 0 ]; then
     say "OK (cleaned up)"
   else
@@ -139,20 +168,24 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The data, split into chunks on the scratch root: chunk.K holds the
-# numbers K*10+1 .. K*10+10 (their sum is 100*K + 55).
-chunks=$(mktemp -d "$EXAMPLE_SCRATCH/berth-example-chunks.XXXXXX")
-chmod 0755 "$chunks"
-for k in $(seq 0 "$last"); do
-  seq $((k * 10 + 1)) $((k * 10 + 10)) >"$chunks/chunk.$k"
-done
-chown -R "$uid:$gid" "$chunks"
+# Root's own directory (0700).
+priv=$(mktemp -d /tmp/berth-example-chunks.XXXXXX)
 
-# The code and the outputs, on the storage root.
-work=$(mktemp -d "$EXAMPLE_STORAGE/berth-example-chunks.XXXXXX")
-chmod 0755 "$work"
-mkdir -p "$work/code" "$work/logs" "$work/out/lsf" "$work/out/slurm"
-cat >"$work/code/element.sh" <<'EOF'
+# The data, split into chunks on the scratch root: chunk.K holds the
+# numbers K*10+1 .. K*10+10 (their sum is 100*K + 55). Made by the user,
+# as is everything in her trees below.
+chunks=$(user_mktemp "$EXAMPLE_SCRATCH" berth-example-chunks) ||
+  fail "cannot make a chunk directory in $EXAMPLE_SCRATCH (EXAMPLE_SCRATCH)"
+for k in $(seq 0 "$last"); do
+  seq $((k * 10 + 1)) $((k * 10 + 10)) | user_write "$chunks/chunk.$k"
+done
+
+# The code and the outputs, on the storage root (the Slurm array's logs
+# too: slurmstepd writes them as the user).
+work=$(user_mktemp "$EXAMPLE_STORAGE" berth-example-chunks) ||
+  fail "cannot make a work directory in $EXAMPLE_STORAGE (EXAMPLE_STORAGE)"
+as_user mkdir -p "$work/code" "$work/logs" "$work/out/lsf" "$work/out/slurm"
+user_write "$work/code/element.sh" <<'EOF'
 # element.sh MODE CHUNK: one array element's work, in its own container.
 set -eu
 mode=$1
@@ -174,31 +207,38 @@ printf 'chunk=%s sum=%s uid=%s tmp_before=%s tmp_after=%s\n' \
 # One line per chunk processed, by whichever element did it.
 echo "$k" >> "$out/claims"
 EOF
-chown -R "$uid:$gid" "$work"
 volumes="$work/code:/code:ro $chunks:/chunks:ro $work/out:/out"
 
 # Check the outputs of one array: each chunk exactly once, right, as the
-# user, in /tmp and a container of its own.
+# user, in /tmp and a container of its own. The outputs are read as the
+# user; what root keeps of them (the container ids, the gathered parts) is
+# in $priv.
 check() {
-  local mode=$1 k part want
+  local mode=$1 k part want claims c
   local o=$work/out/$mode
-  [ -f "$o/claims" ] || fail "$mode array: no element wrote anything (logs in $work/logs)"
+  claims=$(user_read "$o/claims" 2>/dev/null) || fail "$mode array: no element wrote anything"
   want=$(seq 0 "$last")
-  [ "$(sort -n "$o/claims")" = "$want" ] ||
-    fail "$mode array: chunks processed $(sort -n "$o/claims" | tr '\n' ' ')instead of each of 0..$last once"
+  [ "$(printf '%s' "$claims" | sort -n)" = "$want" ] ||
+    fail "$mode array: chunks processed $(printf '%s' "$claims" | sort -n | tr '\n' ' ')instead of each of 0..$last once"
   for k in $(seq 0 "$last"); do
-    part=$(cat "$o/part.$k" 2>/dev/null) || fail "$mode array: no output for chunk $k"
+    part=$(user_read "$o/part.$k" 2>/dev/null) || fail "$mode array: no output for chunk $k"
     [ "$part" = "chunk=$k sum=$((100 * k + 55)) uid=$uid tmp_before=0 tmp_after=element.$k " ] ||
       fail "$mode array: chunk $k: $part (want sum=$((100 * k + 55)) uid=$uid, an empty /tmp of its own)"
-    [ "$(stat -c %u "$o/part.$k")" = "$uid" ] || fail "$mode array: part.$k is not owned by $EXAMPLE_USER"
+    [ "$(as_user stat -c %u -- "$o/part.$k")" = "$uid" ] || fail "$mode array: part.$k is not owned by $EXAMPLE_USER"
+    c=$(user_read "$o/container.$k") || fail "$mode array: no container.$k"
+    printf '%s\n' "$c" | tr '\n' ' ' >>"$priv/containers.$mode"
+    echo >>"$priv/containers.$mode"
   done
   # A container per element: no two elements share one.
   local dup
-  dup=$(for k in $(seq 0 "$last"); do tr '\n' ' ' <"$o/container.$k"; echo; done | sort | uniq -d)
+  dup=$(sort "$priv/containers.$mode" | uniq -d)
   [ -z "$dup" ] || fail "$mode array: two elements ran in one container: $dup"
-  cat "$o"/part.* >"$work/out/$mode.gathered"
+  # Gathered: every part.* there is (as the user lists and reads them).
+  # shellcheck disable=SC2016 # expanded by the user's sh
+  as_user timeout 30 sh -c 'cat -- "$1"/part.* | head -c 1048576' gather "$o" >"$priv/$mode.gathered" ||
+    fail "$mode array: cannot gather the parts"
   local total
-  total=$(awk '{ sub("sum=", "", $2); s += $2 } END { print s }' "$work/out/$mode.gathered")
+  total=$(awk '{ sub("sum=", "", $2); s += $2 } END { print s }' "$priv/$mode.gathered")
   [ "$total" -eq $((100 * last * (last + 1) / 2 + 55 * EXAMPLE_CHUNKS)) ] ||
     fail "$mode array: the gathered sum is $total"
   say "$mode array: $EXAMPLE_CHUNKS chunks, each once, in $EXAMPLE_CHUNKS containers with their own /tmp; gathered sum $total"
@@ -209,11 +249,12 @@ check() {
 # user, at the same time. Element i processes chunk i-1.
 say "LSF-style array: job $EXAMPLE_JOBID, LSB_JOBINDEX 1..$EXAMPLE_CHUNKS, image $EXAMPLE_IMAGE"
 for i in $(seq 1 "$EXAMPLE_CHUNKS"); do
+  # Its log is root's, in $priv.
   # shellcheck disable=SC2016 # expanded in the container
-  (cd "$work" && exec runuser -u "$EXAMPLE_USER" -- "${user_env[@]}" LSB_JOBID="$EXAMPLE_JOBID" LSB_JOBINDEX="$i" LS_SUBCWD="$work" \
+  (exec runuser -u "$EXAMPLE_USER" -- "${user_env[@]}" LSB_JOBID="$EXAMPLE_JOBID" LSB_JOBINDEX="$i" LS_SUBCWD="$work" \
     LSB_CONTAINER_IMAGE="$EXAMPLE_IMAGE" LSF_DOCKER_VOLUMES="$volumes" \
-    "$berth_bin" --policy "$BERTH_POLICY" run -- 'sh /code/element.sh lsf $((LSB_JOBINDEX - 1))') \
-    >"$work/logs/lsf.$i.log" 2>&1 &
+    "${in_dir[@]}" "$work" "$berth_bin" --policy "$BERTH_POLICY" run -- 'sh /code/element.sh lsf $((LSB_JOBINDEX - 1))') \
+    >"$priv/lsf.$i.log" 2>&1 &
   lsf_pids+=("$!")
 done
 i=0
@@ -222,7 +263,7 @@ for p in "${lsf_pids[@]}"; do
   rc=0
   wait "$p" || rc=$?
   [ "$rc" -eq 0 ] || fail "LSF-style element $i exited $rc$(code_hint "$rc"):
-$(cat "$work/logs/lsf.$i.log")"
+$(cat "$priv/lsf.$i.log")"
 done
 lsf_pids=()
 check lsf
@@ -239,7 +280,7 @@ berth bundle create "$bundle" --from-image "$EXAMPLE_IMAGE" || fail "berth bundl
   fail "no bundle directory $EXAMPLE_BUNDLE_CACHE/$bundle (EXAMPLE_BUNDLE_CACHE)"
 read -r -a extra <<<"$EXAMPLE_SLURM_ARGS"
 # shellcheck disable=SC2016 # expanded in the container
-slurm_job=$(cd "$work" && as_user LSF_DOCKER_VOLUMES="$volumes" sbatch --parsable \
+slurm_job=$(as_user LSF_DOCKER_VOLUMES="$volumes" "${in_dir[@]}" "$work" sbatch --parsable \
   --array="0-$last" --job-name=berth-example-chunks --output="$work/logs/slurm.%a.log" \
   ${extra[@]+"${extra[@]}"} --container="$EXAMPLE_BUNDLE_CACHE/$bundle" \
   --wrap 'sh /code/element.sh slurm $SLURM_ARRAY_TASK_ID') || fail "sbatch failed"
@@ -254,12 +295,13 @@ done
 states=$(scontrol -o show job "$slurm_job" 2>/dev/null |
   grep -o 'JobState=[A-Z_]* .*ExitCode=[0-9:]*' | sed 's/ .*ExitCode=/ /' | sort | uniq -c) || true
 if [ -n "$states" ] && ! printf '%s\n' "$states" | grep -q "^ *$EXAMPLE_CHUNKS JobState=COMPLETED 0:0\$"; then
-  for k in $(seq 0 "$last"); do cat "$work/logs/slurm.$k.log" >&2 2>/dev/null; done
+  for k in $(seq 0 "$last"); do user_read "$work/logs/slurm.$k.log" >&2 2>/dev/null || true; done
   fail "Slurm array $slurm_job: elements ended $states"
 fi
 slurm_job=''
 check slurm
 
 # The two arrays ran the same image in 2N containers, none shared.
-dup=$(for f in "$work"/out/*/container.*; do tr '\n' ' ' <"$f"; echo; done | sort | uniq -d)
+# (root's copies of container.K, from check)
+dup=$(cat "$priv"/containers.* | sort | uniq -d)
 [ -z "$dup" ] || fail "an LSF-style and a Slurm element shared a container: $dup"

@@ -64,6 +64,33 @@ as_user() {
   runuser -u "$EXAMPLE_USER" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     HOME="$home" USER="$EXAMPLE_USER" LOGNAME="$EXAMPLE_USER" "$@"
 }
+# Root never opens, reads, lists or changes a path in the user's tree (she
+# could have put a link or a FIFO there): every step on it runs as her.
+# Root's own files (the build context, the export, what it reads back) are
+# in a 0700 directory of its own under /tmp.
+# user_mktemp PARENT NAME: a fresh directory of hers in PARENT, made by her;
+# where she cannot write PARENT, made by root and handed to her at once
+# (chown -h: a link put in its place gets her uid, nothing else does).
+user_mktemp() {
+  local d
+  # shellcheck disable=SC2016 # expanded by the user's sh
+  if as_user sh -c '[ -w "$1" ] && [ -x "$1" ]' user_mktemp "$1"; then
+    d=$(as_user mktemp -d "$1/$2.XXXXXX") || return 1
+  else
+    d=$(mktemp -d "$1/$2.XXXXXX") || return 1
+    chown -h "$uid:$gid" "$d" || return 1
+  fi
+  as_user chmod 0755 "$d" || return 1
+  printf '%s\n' "$d"
+}
+# Standard input into FILE, written by the user.
+# shellcheck disable=SC2016 # expanded by the user's sh
+user_write() { as_user timeout 300 sh -c 'cat >"$1"' user_write "$1"; }
+# FILE as the user reads it (at most 1 MiB and 30 s).
+user_read() { as_user timeout 30 head -c 1048576 -- "$1"; }
+# in_dir DIR CMD...: CMD in DIR, entered by the user (after as_user [NAME=value...]).
+# shellcheck disable=SC2016 # expanded by the user's sh
+in_dir=(sh -c 'cd -- "$1" && shift && exec "$@"' in_dir)
 # The engine tags its loads of bundle NAME berth-bundle/<NAME as a docker name>.
 bundle_repo() {
   local s
@@ -142,29 +169,29 @@ berth bundle create "$site_bundle" --from-export "$build/tool.tar" "${changes[@]
   fail "berth bundle create --from-export failed"
 
 # The user's side: code, data and a results folder of theirs on the
-# storage root, and their own copy of the tar (as if scp'd from a laptop).
-work=$(mktemp -d "$EXAMPLE_STORAGE/berth-example-export.XXXXXX")
-chmod 0755 "$work"
-mkdir "$work/code" "$work/data" "$work/out-site" "$work/out-user"
-cp "$build/tool.tar" "$work/tool.tar"
-cat >"$work/code/analyze.sh" <<'EOF'
+# storage root, and their own copy of the tar (as if scp'd from a laptop),
+# all made by the user (root only streams her the tar it exported).
+work=$(user_mktemp "$EXAMPLE_STORAGE" berth-example-export) ||
+  fail "cannot make a work directory in $EXAMPLE_STORAGE (EXAMPLE_STORAGE)"
+as_user mkdir "$work/code" "$work/data" "$work/out-site" "$work/out-user"
+user_write "$work/tool.tar" <"$build/tool.tar" || fail "cannot copy the export to $work/tool.tar as $EXAMPLE_USER"
+user_write "$work/code/analyze.sh" <<'EOF'
 # The job's code: count the words of the input with the image's tool.
 set -eu
 wordfreq "$1" > result.txt
 printf 'uid=%s gid=%s user=%s tool=%s\n' "$(id -u)" "$(id -g)" "$(whoami)" "$TOOL_HOME" > whoami.txt
 EOF
-printf '%s\n' 'the quick brown fox' 'jumps over the lazy dog' 'the end' >"$work/data/input.txt"
-chown -R "$uid:$gid" "$work"
+printf '%s\n' 'the quick brown fox' 'jumps over the lazy dog' 'the end' | user_write "$work/data/input.txt"
 
 # 3b. The user path: the user pushes their own bundle from their tar.
 say "berth bundle push $user_bundle --from-export (as $EXAMPLE_USER)"
-(cd "$work" && as_user "$berth_bin" --policy "$BERTH_POLICY" bundle push "$user_bundle" \
-  --from-export "$work/tool.tar" "${changes[@]}") ||
+as_user "${in_dir[@]}" "$work" "$berth_bin" --policy "$BERTH_POLICY" bundle push "$user_bundle" \
+  --from-export "$work/tool.tar" "${changes[@]}" ||
   fail "berth bundle push failed as $EXAMPLE_USER (see above; users may push only with [bundles] user_push = true)"
-(cd "$work" && as_user "$berth_bin" --policy "$BERTH_POLICY" bundle list) >"$work/list.txt" ||
+as_user "${in_dir[@]}" "$work" "$berth_bin" --policy "$BERTH_POLICY" bundle list >"$build/list.txt" ||
   fail "berth bundle list failed as $EXAMPLE_USER"
-grep -q "$EXAMPLE_USER/$user_bundle .*yours" "$work/list.txt" ||
-  fail "the user's bundle list does not show $EXAMPLE_USER/$user_bundle as theirs: $(cat "$work/list.txt")"
+grep -q "$EXAMPLE_USER/$user_bundle .*yours" "$build/list.txt" ||
+  fail "the user's bundle list does not show $EXAMPLE_USER/$user_bundle as theirs: $(cat "$build/list.txt")"
 
 expected='3 the
 1 brown
@@ -184,22 +211,23 @@ for pair in "bundle:$site_bundle out-site" "bundle:~/$user_bundle out-user"; do
   n=$((n + 1))
   say "job $EXAMPLE_JOBID$n: LSB_CONTAINER_IMAGE=$image"
   rc=0
-  (cd "$work" && as_user LSB_JOBID="$EXAMPLE_JOBID$n" LS_SUBCWD="$work" \
+  as_user LSB_JOBID="$EXAMPLE_JOBID$n" LS_SUBCWD="$work" \
     LSB_CONTAINER_IMAGE="$image" \
     LSF_DOCKER_VOLUMES="$work/code:/code:ro $work/data:/data:ro $work/$out:/results" \
     LSF_DOCKER_WORKDIR=/results \
-    "$berth_bin" --policy "$BERTH_POLICY" run -- 'sh /code/analyze.sh /data/input.txt') || rc=$?
+    "${in_dir[@]}" "$work" "$berth_bin" --policy "$BERTH_POLICY" run -- 'sh /code/analyze.sh /data/input.txt' || rc=$?
   [ "$rc" -eq 0 ] || fail "the job from $image exited $rc$(code_hint "$rc")"
-  got=$(cat "$work/$out/result.txt" 2>/dev/null) || fail "the job from $image wrote no result.txt"
+  # Its outputs, read as the user.
+  got=$(user_read "$work/$out/result.txt" 2>/dev/null) || fail "the job from $image wrote no result.txt"
   [ "$got" = "$expected" ] ||
     fail "the job from $image wrote a wrong result.txt:
 $got
 --- expected:
 $expected"
-  who=$(cat "$work/$out/whoami.txt")
+  who=$(user_read "$work/$out/whoami.txt") || fail "the job from $image wrote no whoami.txt"
   [ "$who" = "uid=$uid gid=$gid user=$EXAMPLE_USER tool=/opt/tool" ] ||
     fail "the job from $image did not run as $EXAMPLE_USER ($uid:$gid) with the bundle's ENV: $who"
-  owner=$(stat -c %u:%g "$work/$out/result.txt")
+  owner=$(as_user stat -c %u:%g -- "$work/$out/result.txt")
   [ "$owner" = "$uid:$gid" ] || fail "result.txt of $image is owned by $owner, not $uid:$gid"
   say "  ran as $who; result.txt (owned $owner) is right"
 done

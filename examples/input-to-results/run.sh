@@ -51,6 +51,31 @@ as_user() {
   runuser -u "$EXAMPLE_USER" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     HOME="$home" USER="$EXAMPLE_USER" LOGNAME="$EXAMPLE_USER" "$@"
 }
+# Root never opens, reads, lists or changes a path in the user's tree (she
+# could have put a link or a FIFO there): every step on it runs as her.
+# user_mktemp PARENT NAME: a fresh directory of hers in PARENT, made by her;
+# where she cannot write PARENT, made by root and handed to her at once
+# (chown -h: a link put in its place gets her uid, nothing else does).
+user_mktemp() {
+  local d
+  # shellcheck disable=SC2016 # expanded by the user's sh
+  if as_user sh -c '[ -w "$1" ] && [ -x "$1" ]' user_mktemp "$1"; then
+    d=$(as_user mktemp -d "$1/$2.XXXXXX") || return 1
+  else
+    d=$(mktemp -d "$1/$2.XXXXXX") || return 1
+    chown -h "$uid:$gid" "$d" || return 1
+  fi
+  as_user chmod 0755 "$d" || return 1
+  printf '%s\n' "$d"
+}
+# Standard input into FILE, written by the user.
+# shellcheck disable=SC2016 # expanded by the user's sh
+user_write() { as_user timeout 300 sh -c 'cat >"$1"' user_write "$1"; }
+# FILE as the user reads it (at most 1 MiB and 30 s).
+user_read() { as_user timeout 30 head -c 1048576 -- "$1"; }
+# in_dir DIR CMD...: CMD in DIR, entered by the user (after as_user [NAME=value...]).
+# shellcheck disable=SC2016 # expanded by the user's sh
+in_dir=(sh -c 'cd -- "$1" && shift && exec "$@"' in_dir)
 
 work=''
 cleanup() {
@@ -70,15 +95,16 @@ trap 'exit 143' TERM
 
 # The user's storage: an input folder with one file, and a fresh results
 # folder for this job (D4Science's executor makes one per execution).
-work=$(mktemp -d "$EXAMPLE_STORAGE/berth-example-results.XXXXXX")
-chmod 0755 "$work"
-mkdir "$work/input"
-printf '%s\n' 'station,temp' 'a,12' 'b,7' 'c,20' 'd,1' >"$work/input/measurements.csv"
-chown -R "$uid:$gid" "$work"
+# All of it is made by the user.
+work=$(user_mktemp "$EXAMPLE_STORAGE" berth-example-results) ||
+  fail "cannot make a work directory in $EXAMPLE_STORAGE (EXAMPLE_STORAGE)"
+as_user mkdir "$work/input"
+printf '%s\n' 'station,temp' 'a,12' 'b,7' 'c,20' 'd,1' | user_write "$work/input/measurements.csv"
 results=$work/results-$EXAMPLE_JOBID
 as_user mkdir "$results"
-[ -z "$(ls -A "$results")" ] || fail "$results is not empty before the job"
-snapshot() { (cd "$work/input" && ls -la --time-style=+%s . && cksum ./*); }
+[ -z "$(as_user ls -A -- "$results")" ] || fail "$results is not empty before the job"
+# shellcheck disable=SC2016 # expanded by the user's sh
+snapshot() { as_user timeout 30 sh -c 'cd -- "$1" && ls -la --time-style=+%s . && cksum ./*' snapshot "$work/input"; }
 before=$(snapshot)
 
 # The job's command. It computes a summary of the input into /results,
@@ -100,38 +126,40 @@ exit 0'
 
 say "job $EXAMPLE_JOBID: $EXAMPLE_IMAGE, input $work/input (ro), results $results"
 rc=0
-(cd "$work" && as_user LSB_JOBID="$EXAMPLE_JOBID" LS_SUBCWD="$work" WORK_ON_HOST="$work" \
+as_user LSB_JOBID="$EXAMPLE_JOBID" LS_SUBCWD="$work" WORK_ON_HOST="$work" \
   LSB_CONTAINER_IMAGE="$EXAMPLE_IMAGE" \
   LSF_DOCKER_VOLUMES="$work/input:/input:ro $results:/results" \
   LSF_DOCKER_WORKDIR=/results \
-  "$berth_bin" --policy "$BERTH_POLICY" run -- "$job") || rc=$?
+  "${in_dir[@]}" "$work" "$berth_bin" --policy "$BERTH_POLICY" run -- "$job" || rc=$?
 [ "$rc" -eq 0 ] || fail "the job exited $rc$(code_hint "$rc")"
 
-# The results folder holds exactly what the job wrote, owned by the user.
-files=$(find "$results" -mindepth 1 -printf '%f\n' | sort | tr '\n' ' ')
+# The results folder holds exactly what the job wrote, owned by the user
+# (all of it looked at as the user).
+files=$(as_user find "$results" -mindepth 1 -printf '%f\n' | sort | tr '\n' ' ')
 [ "$files" = "id.txt probes.txt summary.txt " ] || fail "the results folder holds: $files"
 for f in id.txt probes.txt summary.txt; do
-  owner=$(stat -c %u:%g "$results/$f")
+  owner=$(as_user stat -c %u:%g -- "$results/$f")
   [ "$owner" = "$uid:$gid" ] || fail "results/$f is owned by $owner, not $EXAMPLE_USER ($uid:$gid)"
 done
-summary=$(cat "$results/summary.txt")
+summary=$(user_read "$results/summary.txt") || fail "cannot read results/summary.txt"
 [ "$summary" = "rows=4
 sum=40
 max=20" ] || fail "wrong summary.txt: $summary"
-[ "$(cat "$results/id.txt")" = "uid=$uid gid=$gid" ] ||
-  fail "the job did not run as $EXAMPLE_USER: $(cat "$results/id.txt")"
-say "results: $(tr '\n' ' ' <"$results/summary.txt")(owned by $EXAMPLE_USER)"
+ids=$(user_read "$results/id.txt") || fail "cannot read results/id.txt"
+[ "$ids" = "uid=$uid gid=$gid" ] || fail "the job did not run as $EXAMPLE_USER: $ids"
+say "results: $(printf '%s\n' "$summary" | tr '\n' ' ')(owned by $EXAMPLE_USER)"
 
 # Nothing but the results folder took a write.
-if grep -v '^refused' "$results/probes.txt" >&2; then
+probes=$(user_read "$results/probes.txt") || fail "cannot read results/probes.txt"
+if printf '%s' "$probes" | grep -v '^refused' >&2; then
   fail "the job could write outside its results folder (above)"
 fi
-[ "$(grep -c '^refused' "$results/probes.txt")" -eq 30 ] ||
-  fail "the job's write probes are incomplete: $(cat "$results/probes.txt")"
+[ "$(printf '%s' "$probes" | grep -c '^refused')" -eq 30 ] ||
+  fail "the job's write probes are incomplete: $probes"
 [ "$(snapshot)" = "$before" ] || fail "the input folder changed:
 $(snapshot)
 --- before:
 $before"
-leaked=$(find "$work" -name '.berth-probe*' | head -5)
+leaked=$(as_user find "$work" -name '.berth-probe*' | head -5)
 [ -z "$leaked" ] || fail "probe files reached the host: $leaked"
 say "writes to the input, /, /etc, /opt, /usr and every other path were refused; the input is unchanged"
