@@ -61,31 +61,101 @@ gid=$(id -g "$EXAMPLE_USER")
 [ "$uid" -ne 0 ] || fail "EXAMPLE_USER must not be root"
 [ -d "$EXAMPLE_STORAGE" ] || fail "EXAMPLE_STORAGE=$EXAMPLE_STORAGE is not a directory"
 [ -d "$EXAMPLE_SCRATCH" ] || fail "EXAMPLE_SCRATCH=$EXAMPLE_SCRATCH is not a directory"
+# The user's commands run in /: paths given relative to here, made absolute.
+abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "${PWD%/}" "$1" ;; esac; }
+berth_bin=$(abspath "$berth_bin")
+BERTH_POLICY=$(abspath "$BERTH_POLICY")
+EXAMPLE_STORAGE=$(abspath "$EXAMPLE_STORAGE")
+EXAMPLE_SCRATCH=$(abspath "$EXAMPLE_SCRATCH")
 last=$((EXAMPLE_CHUNKS - 1))
 
 berth() { "$berth_bin" --policy "$BERTH_POLICY" "$@"; }
-# A clean environment for the user's commands, plus what each one adds.
+# A clean environment for the user's commands, plus what each one adds;
+# they start in / (never in root's working directory).
 user_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$(getent passwd "$EXAMPLE_USER" | cut -d: -f6)"
   USER="$EXAMPLE_USER" LOGNAME="$EXAMPLE_USER")
-as_user() { runuser -u "$EXAMPLE_USER" -- "${user_env[@]}" "$@"; }
+# setsid: in a session of her own, without root's terminal as her
+# controlling tty (TIOCSTI could type into root's shell otherwise).
+as_user() { (cd / && exec setsid --wait runuser -u "$EXAMPLE_USER" -- "${user_env[@]}" "$@"); }
 # Root never opens, reads, lists or changes a path in the user's trees (she
 # could have put a link or a FIFO there): every step on them runs as her.
 # Root's own files (the elements' logs, what it gathers) are in a 0700
 # directory of its own under /tmp.
-# user_mktemp PARENT NAME: a fresh directory of hers in PARENT, made by her;
-# where she cannot write PARENT, made by root and handed to her at once
-# (chown -h: a link put in its place gets her uid, nothing else does).
+# Text of the user's (her files, what her commands print) as root's
+# terminal shows it: control characters made visible (cat -v).
+vis() { printf '%s' "$1" | cat -v; }
+# root_only DIR: DIR and every directory above it, up to /, are directories
+# (no link) of root's that no one else can write (group or other write only
+# with the sticky bit, as /tmp). Looked at by root, following no link;
+# prints what fails.
+root_only() {
+  local p=$1 st u m t
+  case $p in /*) ;; *) echo "$p is not an absolute path"; return 1 ;; esac
+  case /$p/ in */./* | */../*) echo "$p has a . or .. in it"; return 1 ;; esac
+  while :; do
+    while [ "$p" != / ] && [ "${p%/}" != "$p" ]; do p=${p%/}; done
+    if [ -L "$p" ]; then echo "$p is a symbolic link"; return 1; fi
+    st=$(stat -c '%u %a %F' -- "$p") || { echo "cannot stat $p"; return 1; }
+    read -r u m t <<<"$st"
+    [ "$t" = directory ] || { echo "$p is not a directory ($t)"; return 1; }
+    [ "$u" = 0 ] || { echo "$p is owned by uid $u, not root"; return 1; }
+    if ((8#$m & 8#022)) && ! ((8#$m & 8#1000)); then echo "$p is writable by group or others (mode $m)"; return 1; fi
+    [ "$p" != / ] || return 0
+    p=${p%/*}
+    p=${p:-/}
+  done
+}
+# One character of the names mktemp makes (XXXXXX).
+alnum='[ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789]'
+# user_mktemp PARENT NAME VAR: a fresh directory of hers, PARENT/NAME.XXXXXX,
+# its path put in VAR (and yes in VAR_by_root where root made it), not
+# printed: the path is set before anything else can fail, for the cleanup.
+# Made by her where she can write PARENT (what her mktemp prints must be
+# such a name, or nothing is used); else, only where root_only PARENT,
+# made by root and handed to her at once (chown -h: a link put in its place
+# gets her uid, nothing else does); else none.
 user_mktemp() {
-  local d
+  local um_d um_why
+  printf -v "$3" '%s' ''
+  printf -v "$3_by_root" '%s' no
   # shellcheck disable=SC2016 # expanded by the user's sh
   if as_user sh -c '[ -w "$1" ] && [ -x "$1" ]' user_mktemp "$1"; then
-    d=$(as_user mktemp -d "$1/$2.XXXXXX") || return 1
+    um_d=$(as_user mktemp -d "$1/$2.XXXXXX") || return 1
+    # shellcheck disable=SC2254 # $alnum is a pattern
+    case $um_d in
+      "$1/$2."$alnum$alnum$alnum$alnum$alnum$alnum) ;;
+      *)
+        printf '%s: mktemp as %s printed %s, not a name %s/%s.XXXXXX\n' \
+          "$me" "$EXAMPLE_USER" "$(vis "$um_d")" "$1" "$2" >&2
+        return 1
+        ;;
+    esac
+    printf -v "$3" '%s' "$um_d"
+  elif um_why=$(root_only "$1"); then
+    um_d=$(mktemp -d "$1/$2.XXXXXX") || return 1
+    printf -v "$3" '%s' "$um_d"
+    printf -v "$3_by_root" '%s' yes
+    chown -h "$uid:$gid" "$um_d" || return 1
   else
-    d=$(mktemp -d "$1/$2.XXXXXX") || return 1
-    chown -h "$uid:$gid" "$d" || return 1
+    printf '%s: %s cannot write %s, and root makes no directory for her there: %s\n' \
+      "$me" "$EXAMPLE_USER" "$1" "$um_why" >&2
+    return 1
   fi
-  as_user chmod 0755 "$d" || return 1
-  printf '%s\n' "$d"
+  as_user chmod 0755 "$um_d" || return 1
+}
+# user_rmtree VAR: the directory user_mktemp put in VAR, and all in it,
+# removed by the user; then, where root made it, by root with rmdir (which
+# removes no link, nor a directory with anything left in it).
+user_rmtree() {
+  local by_root=$1_by_root
+  [ -n "${!1}" ] || return 0
+  if [ "${!by_root}" = yes ]; then
+    # She cannot remove the directory itself (its parent is root's).
+    as_user timeout 60 rm -rf -- "${!1}" 2>/dev/null || :
+    rmdir -- "${!1}"
+  else
+    as_user timeout 60 rm -rf -- "${!1}"
+  fi
 }
 # Standard input into FILE, written by the user.
 # shellcheck disable=SC2016 # expanded by the user's sh
@@ -126,6 +196,7 @@ case $EXAMPLE_SLURM in
       slurm_why="no [bundles] cache in $BERTH_POLICY (Slurm 22.05 runs bundle directories)"
     else
       slurm=yes
+      EXAMPLE_BUNDLE_CACHE=$(abspath "$EXAMPLE_BUNDLE_CACHE")
     fi
     if [ "$slurm" = no ] && [ "$EXAMPLE_SLURM" = yes ]; then
       fail "EXAMPLE_SLURM=yes, but $slurm_why"
@@ -137,15 +208,24 @@ esac
 bundle=berth-example-chunks-$EXAMPLE_JOBID
 work=''
 chunks=''
+# shellcheck disable=SC2034 # read by user_rmtree
+work_by_root=no chunks_by_root=no
 priv=''
+# A job id sbatch printed, digits only (checked before it is kept here).
 slurm_job=''
+# The LSF-style elements not yet waited for.
 lsf_pids=()
 cleanup() {
   local rc=$?
   set +e
-  local p
-  for p in ${lsf_pids[@]+"${lsf_pids[@]}"}; do kill "$p" 2>/dev/null; done
-  [ -z "$slurm_job" ] || scancel "$slurm_job" 2>/dev/null
+  # Only the elements still running (a pid that has ended may be reused).
+  local p running
+  running=" $(jobs -rp | tr '\n' ' ') "
+  for p in ${lsf_pids[@]+"${lsf_pids[@]}"}; do
+    case $running in *" $p "*) kill "$p" 2>/dev/null ;; esac
+  done
+  # As the user: whatever the id, it can reach only her own jobs.
+  [ -z "$slurm_job" ] || as_user scancel -- "$slurm_job" 2>/dev/null
   if [ "$slurm" = yes ]; then
     berth bundle rm "$bundle" >/dev/null 2>&1
     # Untag only: the bundle's image is $EXAMPLE_IMAGE's, which stays.
@@ -154,8 +234,8 @@ cleanup() {
       "$DOCKER" rmi "$ref" >/dev/null 2>&1
     done
   fi
-  [ -z "$work" ] || rm -rf "$work"
-  [ -z "$chunks" ] || rm -rf "$chunks"
+  user_rmtree work
+  user_rmtree chunks
   [ -z "$priv" ] || rm -rf "$priv"
   if [ "$rc" -eq 0 ]; then
     say "OK (cleaned up)"
@@ -174,7 +254,7 @@ priv=$(mktemp -d /tmp/berth-example-chunks.XXXXXX)
 # The data, split into chunks on the scratch root: chunk.K holds the
 # numbers K*10+1 .. K*10+10 (their sum is 100*K + 55). Made by the user,
 # as is everything in her trees below.
-chunks=$(user_mktemp "$EXAMPLE_SCRATCH" berth-example-chunks) ||
+user_mktemp "$EXAMPLE_SCRATCH" berth-example-chunks chunks ||
   fail "cannot make a chunk directory in $EXAMPLE_SCRATCH (EXAMPLE_SCRATCH)"
 for k in $(seq 0 "$last"); do
   seq $((k * 10 + 1)) $((k * 10 + 10)) | user_write "$chunks/chunk.$k"
@@ -182,7 +262,7 @@ done
 
 # The code and the outputs, on the storage root (the Slurm array's logs
 # too: slurmstepd writes them as the user).
-work=$(user_mktemp "$EXAMPLE_STORAGE" berth-example-chunks) ||
+user_mktemp "$EXAMPLE_STORAGE" berth-example-chunks work ||
   fail "cannot make a work directory in $EXAMPLE_STORAGE (EXAMPLE_STORAGE)"
 as_user mkdir -p "$work/code" "$work/logs" "$work/out/lsf" "$work/out/slurm"
 user_write "$work/code/element.sh" <<'EOF'
@@ -219,11 +299,11 @@ check() {
   claims=$(user_read "$o/claims" 2>/dev/null) || fail "$mode array: no element wrote anything"
   want=$(seq 0 "$last")
   [ "$(printf '%s' "$claims" | sort -n)" = "$want" ] ||
-    fail "$mode array: chunks processed $(printf '%s' "$claims" | sort -n | tr '\n' ' ')instead of each of 0..$last once"
+    fail "$mode array: chunks processed $(printf '%s' "$claims" | sort -n | tr '\n' ' ' | cat -v)instead of each of 0..$last once"
   for k in $(seq 0 "$last"); do
     part=$(user_read "$o/part.$k" 2>/dev/null) || fail "$mode array: no output for chunk $k"
     [ "$part" = "chunk=$k sum=$((100 * k + 55)) uid=$uid tmp_before=0 tmp_after=element.$k " ] ||
-      fail "$mode array: chunk $k: $part (want sum=$((100 * k + 55)) uid=$uid, an empty /tmp of its own)"
+      fail "$mode array: chunk $k: $(vis "$part") (want sum=$((100 * k + 55)) uid=$uid, an empty /tmp of its own)"
     [ "$(as_user stat -c %u -- "$o/part.$k")" = "$uid" ] || fail "$mode array: part.$k is not owned by $EXAMPLE_USER"
     c=$(user_read "$o/container.$k") || fail "$mode array: no container.$k"
     printf '%s\n' "$c" | tr '\n' ' ' >>"$priv/containers.$mode"
@@ -232,7 +312,7 @@ check() {
   # A container per element: no two elements share one.
   local dup
   dup=$(sort "$priv/containers.$mode" | uniq -d)
-  [ -z "$dup" ] || fail "$mode array: two elements ran in one container: $dup"
+  [ -z "$dup" ] || fail "$mode array: two elements ran in one container: $(vis "$dup")"
   # Gathered: every part.* there is (as the user lists and reads them).
   # shellcheck disable=SC2016 # expanded by the user's sh
   as_user timeout 30 sh -c 'cat -- "$1"/part.* | head -c 1048576' gather "$o" >"$priv/$mode.gathered" ||
@@ -240,7 +320,7 @@ check() {
   local total
   total=$(awk '{ sub("sum=", "", $2); s += $2 } END { print s }' "$priv/$mode.gathered")
   [ "$total" -eq $((100 * last * (last + 1) / 2 + 55 * EXAMPLE_CHUNKS)) ] ||
-    fail "$mode array: the gathered sum is $total"
+    fail "$mode array: the gathered sum is $(vis "$total")"
   say "$mode array: $EXAMPLE_CHUNKS chunks, each once, in $EXAMPLE_CHUNKS containers with their own /tmp; gathered sum $total"
 }
 
@@ -249,23 +329,24 @@ check() {
 # user, at the same time. Element i processes chunk i-1.
 say "LSF-style array: job $EXAMPLE_JOBID, LSB_JOBINDEX 1..$EXAMPLE_CHUNKS, image $EXAMPLE_IMAGE"
 for i in $(seq 1 "$EXAMPLE_CHUNKS"); do
-  # Its log is root's, in $priv.
+  # Its log is root's, in $priv; it starts in / (as as_user's do).
   # shellcheck disable=SC2016 # expanded in the container
-  (exec runuser -u "$EXAMPLE_USER" -- "${user_env[@]}" LSB_JOBID="$EXAMPLE_JOBID" LSB_JOBINDEX="$i" LS_SUBCWD="$work" \
+  (cd / && exec setsid --wait runuser -u "$EXAMPLE_USER" -- "${user_env[@]}" LSB_JOBID="$EXAMPLE_JOBID" LSB_JOBINDEX="$i" LS_SUBCWD="$work" \
     LSB_CONTAINER_IMAGE="$EXAMPLE_IMAGE" LSF_DOCKER_VOLUMES="$volumes" \
     "${in_dir[@]}" "$work" "$berth_bin" --policy "$BERTH_POLICY" run -- 'sh /code/element.sh lsf $((LSB_JOBINDEX - 1))') \
     >"$priv/lsf.$i.log" 2>&1 &
   lsf_pids+=("$!")
 done
 i=0
-for p in "${lsf_pids[@]}"; do
+while [ "${#lsf_pids[@]}" -gt 0 ]; do
   i=$((i + 1))
   rc=0
-  wait "$p" || rc=$?
+  wait "${lsf_pids[0]}" || rc=$?
+  # Waited for: no longer one for the cleanup to kill.
+  lsf_pids=("${lsf_pids[@]:1}")
   [ "$rc" -eq 0 ] || fail "LSF-style element $i exited $rc$(code_hint "$rc"):
-$(cat "$priv/lsf.$i.log")"
+$(cat -v "$priv/lsf.$i.log")"
 done
-lsf_pids=()
 check lsf
 
 # 2. Slurm: one sbatch of an array; each element is a job of its own whose
@@ -280,23 +361,28 @@ berth bundle create "$bundle" --from-image "$EXAMPLE_IMAGE" || fail "berth bundl
   fail "no bundle directory $EXAMPLE_BUNDLE_CACHE/$bundle (EXAMPLE_BUNDLE_CACHE)"
 read -r -a extra <<<"$EXAMPLE_SLURM_ARGS"
 # shellcheck disable=SC2016 # expanded in the container
-slurm_job=$(as_user LSF_DOCKER_VOLUMES="$volumes" "${in_dir[@]}" "$work" sbatch --parsable \
+submitted=$(as_user LSF_DOCKER_VOLUMES="$volumes" "${in_dir[@]}" "$work" sbatch --parsable \
   --array="0-$last" --job-name=berth-example-chunks --output="$work/logs/slurm.%a.log" \
   ${extra[@]+"${extra[@]}"} --container="$EXAMPLE_BUNDLE_CACHE/$bundle" \
   --wrap 'sh /code/element.sh slurm $SLURM_ARRAY_TASK_ID') || fail "sbatch failed"
-slurm_job=${slurm_job%%;*}
+# What her sbatch printed: a job id is digits and nothing else. Squeue,
+# scontrol and scancel run as her too.
+case ${submitted%%;*} in
+  '' | *[!0-9]*) fail "sbatch --parsable printed $(vis "$submitted"), not a job id" ;;
+esac
+slurm_job=${submitted%%;*}
 say "sbatch --array=0-$last --container=$EXAMPLE_BUNDLE_CACHE/$bundle: job $slurm_job"
 deadline=$((SECONDS + EXAMPLE_SLURM_TIMEOUT))
-while [ -n "$(squeue -h -j "$slurm_job" -o %i 2>/dev/null)" ]; do
+while [ -n "$(as_user squeue -h -j "$slurm_job" -o %i 2>/dev/null)" ]; do
   [ "$SECONDS" -lt "$deadline" ] || fail "Slurm array $slurm_job still running after ${EXAMPLE_SLURM_TIMEOUT}s"
   sleep 1
 done
 # Every element ended COMPLETED with exit 0 (while Slurm still knows it).
-states=$(scontrol -o show job "$slurm_job" 2>/dev/null |
+states=$(as_user scontrol -o show job "$slurm_job" 2>/dev/null |
   grep -o 'JobState=[A-Z_]* .*ExitCode=[0-9:]*' | sed 's/ .*ExitCode=/ /' | sort | uniq -c) || true
 if [ -n "$states" ] && ! printf '%s\n' "$states" | grep -q "^ *$EXAMPLE_CHUNKS JobState=COMPLETED 0:0\$"; then
-  for k in $(seq 0 "$last"); do user_read "$work/logs/slurm.$k.log" >&2 2>/dev/null || true; done
-  fail "Slurm array $slurm_job: elements ended $states"
+  for k in $(seq 0 "$last"); do user_read "$work/logs/slurm.$k.log" 2>/dev/null | cat -v >&2 || true; done
+  fail "Slurm array $slurm_job: elements ended $(vis "$states")"
 fi
 slurm_job=''
 check slurm
@@ -304,4 +390,4 @@ check slurm
 # The two arrays ran the same image in 2N containers, none shared.
 # (root's copies of container.K, from check)
 dup=$(cat "$priv"/containers.* | sort | uniq -d)
-[ -z "$dup" ] || fail "an LSF-style and a Slurm element shared a container: $dup"
+[ -z "$dup" ] || fail "an LSF-style and a Slurm element shared a container: $(vis "$dup")"

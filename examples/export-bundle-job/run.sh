@@ -47,6 +47,11 @@ uid=$(id -u "$EXAMPLE_USER" 2>/dev/null) || fail "no user $EXAMPLE_USER (EXAMPLE
 gid=$(id -g "$EXAMPLE_USER")
 [ "$uid" -ne 0 ] || fail "EXAMPLE_USER must not be root"
 [ -d "$EXAMPLE_STORAGE" ] || fail "EXAMPLE_STORAGE=$EXAMPLE_STORAGE is not a directory"
+# The user's commands run in /: paths given relative to here, made absolute.
+abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "${PWD%/}" "$1" ;; esac; }
+berth_bin=$(abspath "$berth_bin")
+BERTH_POLICY=$(abspath "$BERTH_POLICY")
+EXAMPLE_STORAGE=$(abspath "$EXAMPLE_STORAGE")
 "$docker_bin" image inspect "$EXAMPLE_BASE_IMAGE" >/dev/null 2>&1 ||
   fail "base image $EXAMPLE_BASE_IMAGE is not on this node's engine (EXAMPLE_BASE_IMAGE; the test bed builds berth-test/busybox:1)"
 
@@ -57,31 +62,95 @@ user_bundle=berth-example-push-$EXAMPLE_JOBID
 
 berth() { "$berth_bin" --policy "$BERTH_POLICY" "$@"; }
 # A command as the user, with a clean environment plus NAME=value pairs
-# given first (as a scheduler's job starter would call berth).
+# given first (as a scheduler's job starter would call berth), started in /
+# (never in root's working directory).
 as_user() {
   local home
   home=$(getent passwd "$EXAMPLE_USER" | cut -d: -f6)
-  runuser -u "$EXAMPLE_USER" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    HOME="$home" USER="$EXAMPLE_USER" LOGNAME="$EXAMPLE_USER" "$@"
+  # setsid: in a session of her own, without root's terminal as her
+  # controlling tty (TIOCSTI could type into root's shell otherwise).
+  (cd / && exec setsid --wait runuser -u "$EXAMPLE_USER" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME="$home" USER="$EXAMPLE_USER" LOGNAME="$EXAMPLE_USER" "$@")
 }
 # Root never opens, reads, lists or changes a path in the user's tree (she
 # could have put a link or a FIFO there): every step on it runs as her.
 # Root's own files (the build context, the export, what it reads back) are
 # in a 0700 directory of its own under /tmp.
-# user_mktemp PARENT NAME: a fresh directory of hers in PARENT, made by her;
-# where she cannot write PARENT, made by root and handed to her at once
-# (chown -h: a link put in its place gets her uid, nothing else does).
+# Text of the user's (her files, what her commands print) as root's
+# terminal shows it: control characters made visible (cat -v).
+vis() { printf '%s' "$1" | cat -v; }
+# root_only DIR: DIR and every directory above it, up to /, are directories
+# (no link) of root's that no one else can write (group or other write only
+# with the sticky bit, as /tmp). Looked at by root, following no link;
+# prints what fails.
+root_only() {
+  local p=$1 st u m t
+  case $p in /*) ;; *) echo "$p is not an absolute path"; return 1 ;; esac
+  case /$p/ in */./* | */../*) echo "$p has a . or .. in it"; return 1 ;; esac
+  while :; do
+    while [ "$p" != / ] && [ "${p%/}" != "$p" ]; do p=${p%/}; done
+    if [ -L "$p" ]; then echo "$p is a symbolic link"; return 1; fi
+    st=$(stat -c '%u %a %F' -- "$p") || { echo "cannot stat $p"; return 1; }
+    read -r u m t <<<"$st"
+    [ "$t" = directory ] || { echo "$p is not a directory ($t)"; return 1; }
+    [ "$u" = 0 ] || { echo "$p is owned by uid $u, not root"; return 1; }
+    if ((8#$m & 8#022)) && ! ((8#$m & 8#1000)); then echo "$p is writable by group or others (mode $m)"; return 1; fi
+    [ "$p" != / ] || return 0
+    p=${p%/*}
+    p=${p:-/}
+  done
+}
+# One character of the names mktemp makes (XXXXXX).
+alnum='[ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789]'
+# user_mktemp PARENT NAME VAR: a fresh directory of hers, PARENT/NAME.XXXXXX,
+# its path put in VAR (and yes in VAR_by_root where root made it), not
+# printed: the path is set before anything else can fail, for the cleanup.
+# Made by her where she can write PARENT (what her mktemp prints must be
+# such a name, or nothing is used); else, only where root_only PARENT,
+# made by root and handed to her at once (chown -h: a link put in its place
+# gets her uid, nothing else does); else none.
 user_mktemp() {
-  local d
+  local um_d um_why
+  printf -v "$3" '%s' ''
+  printf -v "$3_by_root" '%s' no
   # shellcheck disable=SC2016 # expanded by the user's sh
   if as_user sh -c '[ -w "$1" ] && [ -x "$1" ]' user_mktemp "$1"; then
-    d=$(as_user mktemp -d "$1/$2.XXXXXX") || return 1
+    um_d=$(as_user mktemp -d "$1/$2.XXXXXX") || return 1
+    # shellcheck disable=SC2254 # $alnum is a pattern
+    case $um_d in
+      "$1/$2."$alnum$alnum$alnum$alnum$alnum$alnum) ;;
+      *)
+        printf '%s: mktemp as %s printed %s, not a name %s/%s.XXXXXX\n' \
+          "$me" "$EXAMPLE_USER" "$(vis "$um_d")" "$1" "$2" >&2
+        return 1
+        ;;
+    esac
+    printf -v "$3" '%s' "$um_d"
+  elif um_why=$(root_only "$1"); then
+    um_d=$(mktemp -d "$1/$2.XXXXXX") || return 1
+    printf -v "$3" '%s' "$um_d"
+    printf -v "$3_by_root" '%s' yes
+    chown -h "$uid:$gid" "$um_d" || return 1
   else
-    d=$(mktemp -d "$1/$2.XXXXXX") || return 1
-    chown -h "$uid:$gid" "$d" || return 1
+    printf '%s: %s cannot write %s, and root makes no directory for her there: %s\n' \
+      "$me" "$EXAMPLE_USER" "$1" "$um_why" >&2
+    return 1
   fi
-  as_user chmod 0755 "$d" || return 1
-  printf '%s\n' "$d"
+  as_user chmod 0755 "$um_d" || return 1
+}
+# user_rmtree VAR: the directory user_mktemp put in VAR, and all in it,
+# removed by the user; then, where root made it, by root with rmdir (which
+# removes no link, nor a directory with anything left in it).
+user_rmtree() {
+  local by_root=$1_by_root
+  [ -n "${!1}" ] || return 0
+  if [ "${!by_root}" = yes ]; then
+    # She cannot remove the directory itself (its parent is root's).
+    as_user timeout 60 rm -rf -- "${!1}" 2>/dev/null || :
+    rmdir -- "${!1}"
+  else
+    as_user timeout 60 rm -rf -- "${!1}"
+  fi
 }
 # Standard input into FILE, written by the user.
 # shellcheck disable=SC2016 # expanded by the user's sh
@@ -102,6 +171,8 @@ bundle_repo() {
 
 build=''
 work=''
+# shellcheck disable=SC2034 # read by user_rmtree
+work_by_root=no
 cid=''
 cleanup() {
   local rc=$?
@@ -119,7 +190,7 @@ cleanup() {
   done
   "$docker_bin" rmi "$tag" >/dev/null 2>&1
   [ -z "$build" ] || rm -rf "$build"
-  [ -z "$work" ] || rm -rf "$work"
+  user_rmtree work
   if [ "$rc" -eq 0 ]; then
     say "OK (cleaned up)"
   else
@@ -171,7 +242,7 @@ berth bundle create "$site_bundle" --from-export "$build/tool.tar" "${changes[@]
 # The user's side: code, data and a results folder of theirs on the
 # storage root, and their own copy of the tar (as if scp'd from a laptop),
 # all made by the user (root only streams her the tar it exported).
-work=$(user_mktemp "$EXAMPLE_STORAGE" berth-example-export) ||
+user_mktemp "$EXAMPLE_STORAGE" berth-example-export work ||
   fail "cannot make a work directory in $EXAMPLE_STORAGE (EXAMPLE_STORAGE)"
 as_user mkdir "$work/code" "$work/data" "$work/out-site" "$work/out-user"
 user_write "$work/tool.tar" <"$build/tool.tar" || fail "cannot copy the export to $work/tool.tar as $EXAMPLE_USER"
@@ -191,7 +262,7 @@ as_user "${in_dir[@]}" "$work" "$berth_bin" --policy "$BERTH_POLICY" bundle push
 as_user "${in_dir[@]}" "$work" "$berth_bin" --policy "$BERTH_POLICY" bundle list >"$build/list.txt" ||
   fail "berth bundle list failed as $EXAMPLE_USER"
 grep -q "$EXAMPLE_USER/$user_bundle .*yours" "$build/list.txt" ||
-  fail "the user's bundle list does not show $EXAMPLE_USER/$user_bundle as theirs: $(cat "$build/list.txt")"
+  fail "the user's bundle list does not show $EXAMPLE_USER/$user_bundle as theirs: $(cat -v "$build/list.txt")"
 
 expected='3 the
 1 brown
@@ -221,13 +292,13 @@ for pair in "bundle:$site_bundle out-site" "bundle:~/$user_bundle out-user"; do
   got=$(user_read "$work/$out/result.txt" 2>/dev/null) || fail "the job from $image wrote no result.txt"
   [ "$got" = "$expected" ] ||
     fail "the job from $image wrote a wrong result.txt:
-$got
+$(vis "$got")
 --- expected:
 $expected"
   who=$(user_read "$work/$out/whoami.txt") || fail "the job from $image wrote no whoami.txt"
   [ "$who" = "uid=$uid gid=$gid user=$EXAMPLE_USER tool=/opt/tool" ] ||
-    fail "the job from $image did not run as $EXAMPLE_USER ($uid:$gid) with the bundle's ENV: $who"
+    fail "the job from $image did not run as $EXAMPLE_USER ($uid:$gid) with the bundle's ENV: $(vis "$who")"
   owner=$(as_user stat -c %u:%g -- "$work/$out/result.txt")
-  [ "$owner" = "$uid:$gid" ] || fail "result.txt of $image is owned by $owner, not $uid:$gid"
+  [ "$owner" = "$uid:$gid" ] || fail "result.txt of $image is owned by $(vis "$owner"), not $uid:$gid"
   say "  ran as $who; result.txt (owned $owner) is right"
 done
