@@ -225,7 +225,7 @@ impl Engine {
 /// Status, headers, and the bytes read past the head.
 type Head = (u16, Vec<(String, String)>, Vec<u8>);
 
-fn read_head(s: &mut UnixStream) -> std::io::Result<Head> {
+pub(super) fn read_head(s: &mut UnixStream) -> std::io::Result<Head> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {

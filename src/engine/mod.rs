@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod check;
 mod container;
+pub mod exec;
 pub mod facts;
 pub use container::{Attach, ContainerApi, Wait};
 
