@@ -163,6 +163,16 @@ fn decide_inner(
 
     let nonce = crate::sys::random_hex(4)?;
     let hostname = crate::sys::hostname();
+    let lsf_task = match caller.scheduler {
+        Scheduler::Lsf => crate::sched::lsf::task::task_id(&caller.env)?,
+        Scheduler::Env => None,
+    };
+    // A blaunch task's plan is that of its job's container on this host,
+    // which every task of the job here shares: one name per (host, user).
+    let name_nonce = match lsf_task {
+        Some(_) => crate::sched::lsf::task::host_nonce(&hostname, id.uid),
+        None => nonce.clone(),
+    };
     let node_gpus = crate::sys::devices::on_node(&policy.gpus);
     let has_gpus = !node_gpus.0.is_empty();
     let job_cgroup = locate_job(policy, caller, &id, has_gpus)?;
@@ -187,7 +197,7 @@ fn decide_inner(
     };
     let ctx = Context {
         env_file_vars: read_env_files(&id, &req)?,
-        nonce: nonce.clone(),
+        nonce: name_nonce,
         tmp_files,
         scheduler_env,
         slurm_id: caller.slurm_id.clone(),
@@ -197,6 +207,7 @@ fn decide_inner(
         gpus,
         mpi_step,
         fabric,
+        lsf_task,
     };
     // An image policy refuses is never asked about (nor pulled).
     plan::check_image(policy, &req)?;

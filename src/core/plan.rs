@@ -75,6 +75,10 @@ pub struct Context {
     pub mpi_step: Option<crate::core::mpi::Step>,
     /// The node's device nodes that `mpi.fabric_devices` names.
     pub fabric: Vec<PathBuf>,
+    /// An LSF parallel job's task, started on this host by blaunch (its
+    /// `LSF_PM_TASKID`, SPEC §14): it runs in the job's container on this
+    /// host, never a container of its own.
+    pub lsf_task: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -173,6 +177,10 @@ pub struct LaunchPlan {
     /// this node (`mpi.ipc = "step"`): created by the first rank, removed
     /// with the last.
     pub holder: Option<ContainerSpec>,
+    /// An LSF blaunch task (SPEC §14): run as a process of the job's
+    /// container on this host, created (as `task.host_spec`) by the first
+    /// task here when the job's own container is elsewhere.
+    pub task: Option<TaskPlan>,
     /// The container, as the engine is asked to create it.
     pub spec: ContainerSpec,
     /// The equivalent docker command line, argv[0] the docker binary
@@ -180,6 +188,22 @@ pub struct LaunchPlan {
     pub argv: Vec<String>,
     pub socket: PathBuf,
     pub stop_timeout: u32,
+}
+
+/// How an LSF blaunch task runs (SPEC §14): IBM's model, one container
+/// per execution host of a parallel job, each task a process in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskPlan {
+    /// `LSF_PM_TASKID` (LSF numbers a job's tasks from 1).
+    pub id: u32,
+    /// This host's name, the `berth.host` label of the job's containers.
+    pub host: String,
+    /// The task's process: `spec`'s entrypoint and command.
+    pub argv: Vec<String>,
+    /// The container of the job on this host when the job's own container
+    /// runs elsewhere: the task's container settings, waiting on a stdin
+    /// nobody writes; made by the first task here, removed after the last.
+    pub host_spec: ContainerSpec,
 }
 
 fn roots_list(policy: &Policy) -> String {
@@ -571,6 +595,10 @@ pub fn plan(
         }
     }
     let mut labels = std::collections::BTreeMap::new();
+    if let Some(h) = &ctx.hostname {
+        // An LSF parallel job's tasks on this host find its container by it.
+        labels.insert("berth.host".to_string(), h.clone());
+    }
     labels.insert("berth.job".to_string(), req.job.id.clone());
     labels.insert("berth.index".to_string(), req.job.index.to_string());
     labels.insert("berth.user".to_string(), id.name.clone());
@@ -671,6 +699,9 @@ pub fn plan(
         memlock_unlimited: rank.as_ref().is_some_and(|m| m.memlock_unlimited),
         attach: true,
     };
+    let mut spec = spec;
+    spec.labels
+        .insert("berth.shape".to_string(), shape(&spec, &mounts));
     let argv = spec.argv(&policy.docker.path.display().to_string());
     let holder = match (shared, &ctx.mpi_step) {
         (Some(mpi::Sharing::Step { holder }), Some(step)) => Some(holder_spec(
@@ -682,6 +713,16 @@ pub fn plan(
         )),
         _ => None,
     };
+
+    let task =
+        match ctx.lsf_task {
+            Some(_) if req.job.id == "local" => return Err(Error::Malformed(
+                "LSF_PM_TASKID is set but LSB_JOBID is not: a blaunch task belongs to an LSF job"
+                    .into(),
+            )),
+            Some(id) => Some(task_plan(id, ctx, &spec, rank.is_some())?),
+            None => None,
+        };
 
     let pins_dir = mounts
         .iter()
@@ -714,6 +755,7 @@ pub fn plan(
         gpus,
         mpi: rank,
         holder,
+        task,
         spec,
         argv,
         socket: policy.docker.socket.clone(),
@@ -774,6 +816,86 @@ fn holder_spec(
         memlock_unlimited: false,
         attach: false,
     }
+}
+
+/// What a blaunch task must share with the container it runs in (SPEC
+/// §14): the image, the user and groups, the network and IPC, the job's
+/// own mounts (not the per-container /tmp, passwd or image volumes). An
+/// exec cannot change any of them, so a task that would differ is refused
+/// rather than run with what it did not ask for.
+fn shape(spec: &ContainerSpec, mounts: &[MountPlan]) -> String {
+    let mut own: Vec<String> = mounts
+        .iter()
+        .filter(|m| matches!(m.kind, MountKind::Volume | MountKind::Workdir))
+        .map(|m| {
+            format!(
+                "{}\0{}\0{}",
+                m.src.display(),
+                m.dst.display(),
+                m.mode.as_str()
+            )
+        })
+        .collect();
+    own.sort();
+    let text = serde_json::json!({
+        "image": spec.image,
+        "user": spec.user,
+        "groups": spec.group_add,
+        "network": spec.network,
+        "ipc": spec.ipc,
+        "mounts": own,
+        "devices": spec.devices,
+    })
+    .to_string();
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An LSF blaunch task's process and its host's container (SPEC §14).
+fn task_plan(id: u32, ctx: &Context, spec: &ContainerSpec, mpi_rank: bool) -> Result<TaskPlan> {
+    let host = ctx
+        .hostname
+        .clone()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| Error::Internal("an LSF task's host has no name".into()))?;
+    if mpi_rank {
+        return Err(Error::Malformed(
+            "a job has both an LSF task id (LSF_PM_TASKID) and a Slurm PMIx rank".into(),
+        ));
+    }
+    let argv: Vec<String> = spec
+        .entrypoint
+        .iter()
+        .cloned()
+        .chain(spec.cmd.iter().cloned())
+        .collect();
+    if argv.is_empty() {
+        return deny(
+            "images.raw_args",
+            "LSB_DOCKER_PLACE_HOLDER",
+            "a blaunch task runs a command in the job's container on its host, and this one gives none (the image's own command runs only as a job)",
+            "give blaunch the task's command, and unset LSF_DOCKER_RUN_RAW_ARGS for it",
+        );
+    }
+    let mut host_spec = spec.clone();
+    host_spec
+        .labels
+        .insert("berth.role".to_string(), "host".to_string());
+    host_spec.entrypoint = Some("/bin/sh".into());
+    host_spec.cmd = vec!["-c".into(), "read x".into()];
+    host_spec.env_names = Vec::new();
+    host_spec.attach = false;
+    host_spec.init = true;
+    Ok(TaskPlan {
+        id,
+        host,
+        argv,
+        host_spec,
+    })
 }
 
 /// The repository of the tags berth puts on images it loaded for bundles

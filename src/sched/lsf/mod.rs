@@ -13,6 +13,7 @@ pub mod control;
 pub mod esub;
 pub mod jobfile;
 pub mod monitor;
+pub mod task;
 
 use crate::cli::{JobSelector, LsfCommand};
 use crate::core::error::{Denial, Error, Result};
