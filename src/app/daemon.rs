@@ -499,7 +499,10 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
             );
             p.spec.labels.insert(label.0.clone(), label.1.clone());
             if let Some(h) = &mut p.holder {
-                h.labels.insert(label.0, label.1);
+                h.labels.insert(label.0.clone(), label.1.clone());
+            }
+            if let Some(t) = &mut p.task {
+                t.host_spec.labels.insert(label.0, label.1);
             }
             p
         }
@@ -559,6 +562,9 @@ fn run_job(
     engine: &Engine,
     fds: Vec<OwnedFd>,
 ) -> Result<Option<i32>> {
+    if plan.task.is_some() {
+        return run_task(state, stream, plan, engine, fds);
+    }
     launch::prepare(plan).inspect_err(|_| launch::remove_job_dir(&plan.job_dir))?;
     launch::pin(plan).inspect_err(|_| launch::cleanup(plan))?;
     // An MPI rank joins its step's holder, which its hold keeps until the
@@ -633,6 +639,76 @@ fn run_job(
         Ok(Outcome::Abandoned) => {
             log::warn!(
                 "client of {} disconnected: its container was killed and removed",
+                plan.name
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// An LSF blaunch task (SPEC §14): a process in its job's container on this
+/// host — the job's own, or the one the host's tasks share, which the
+/// first makes and the last removes (after the task's end, before the
+/// client hears its code, as a rank's holder).
+fn run_task(
+    state: &State,
+    stream: &UnixStream,
+    plan: &LaunchPlan,
+    engine: &Engine,
+    fds: Vec<OwnedFd>,
+) -> Result<Option<i32>> {
+    let (_hold, container) = match launch::tasks::own_container(engine, plan)? {
+        Some((id, _)) => (None, id),
+        None => {
+            let h = state.holders.hold_host(engine, plan)?;
+            let name = plan
+                .task
+                .as_ref()
+                .map(|t| t.host_spec.name.clone())
+                .unwrap_or_default();
+            (Some(h), name)
+        }
+    };
+    let mut fds = fds.into_iter();
+    let stdio = Stdio {
+        stdin: fds.next(),
+        stdout: fds.next(),
+        stderr: fds.next(),
+    };
+    if state.stopping.load(Ordering::SeqCst) {
+        return Err(stopped());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = stream.set_read_timeout(None);
+    let reader_tx = tx.clone();
+    let mut reader = stream
+        .try_clone()
+        .map_err(|e| Error::internal("cloning the client socket", e))?;
+    std::thread::Builder::new()
+        .name("client".into())
+        .spawn(move || client_events(&mut reader, &reader_tx))
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "the broker cannot start a thread for the task ({e}); requeue the job"
+            ))
+        })?;
+    let result = launch::tasks::run_exec(plan, engine, &container, stdio, tx, &rx, &mut || {
+        send(
+            stream,
+            &DaemonMsg::Started {
+                container: plan.name.clone(),
+            },
+        )
+    });
+    let _ = stream.shutdown(std::net::Shutdown::Read);
+    match result {
+        _ if state.stopping.load(Ordering::SeqCst) => Err(stopped()),
+        Ok(Outcome::Exited(code)) => Ok(Some(code)),
+        Ok(Outcome::Abandoned) => {
+            log::warn!(
+                "client of task {} of {} disconnected: the task was killed",
+                plan.task.as_ref().map_or(0, |t| t.id),
                 plan.name
             );
             Ok(None)

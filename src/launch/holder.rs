@@ -15,6 +15,7 @@
 use crate::core::cgroup::Placement;
 use crate::core::error::{Error, Result};
 use crate::core::plan::spec::ContainerSpec;
+use crate::core::plan::LaunchPlan;
 use crate::engine::Engine;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +38,9 @@ struct Entry {
     /// Taken out of the map (its holder removed): a rank that found it
     /// there just before looks again.
     gone: bool,
+    /// An LSF host container's plan (SPEC §14): its per-job directory and
+    /// pins, made with it and removed after it.
+    dirs: Option<LaunchPlan>,
 }
 
 /// A rank's hold on its step's holder; dropping it lets the holder go.
@@ -51,6 +55,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn unavailable(spec: &ContainerSpec, what: &str, e: impl std::fmt::Display) -> Error {
+    if spec.labels.get("berth.role").is_some_and(|r| r == "host") {
+        return Error::Unavailable(format!(
+            "cannot {what} {}, the LSF job's container on this host that its blaunch tasks run in: {e}; requeue the job",
+            spec.name
+        ));
+    }
     Error::Unavailable(format!(
         "cannot {what} {}, the holder of the MPI step's shared memory on this node (it runs the job's image's /bin/sh): {e}; requeue the job, or the site sets mpi.ipc = \"private\"",
         spec.name
@@ -69,6 +79,26 @@ impl Holders {
         spec: &ContainerSpec,
         placement: Option<&Placement>,
     ) -> Result<Hold<'a>> {
+        self.hold_with(engine, spec, placement, None)
+    }
+
+    /// An LSF task's hold on its job's container on this host, made from
+    /// `plan` (its directory, pins and `task.host_spec`) by the first task.
+    pub fn hold_host<'a>(&'a self, engine: &Engine, plan: &LaunchPlan) -> Result<Hold<'a>> {
+        let task = plan
+            .task
+            .as_ref()
+            .ok_or_else(|| Error::Internal("not an LSF task".into()))?;
+        self.hold_with(engine, &task.host_spec, plan.placement.as_ref(), Some(plan))
+    }
+
+    fn hold_with<'a>(
+        &'a self,
+        engine: &Engine,
+        spec: &ContainerSpec,
+        placement: Option<&Placement>,
+        dirs: Option<&LaunchPlan>,
+    ) -> Result<Hold<'a>> {
         loop {
             let entry = lock(&self.0).entry(spec.name.clone()).or_default().clone();
             let mut e = lock(&entry);
@@ -76,7 +106,7 @@ impl Holders {
                 continue;
             }
             if e.ranks == 0 {
-                if let Err(err) = Self::make(engine, spec, placement, &mut e) {
+                if let Err(err) = Self::make(engine, spec, placement, dirs, &mut e) {
                     self.forget(&spec.name, &entry, &mut e);
                     return Err(err);
                 }
@@ -95,6 +125,7 @@ impl Holders {
         engine: &Engine,
         spec: &ContainerSpec,
         placement: Option<&Placement>,
+        dirs: Option<&LaunchPlan>,
         e: &mut Entry,
     ) -> Result<()> {
         // One of an earlier run of this name (a broker stopped mid-step
@@ -102,6 +133,35 @@ impl Holders {
         if matches!(engine.inspect_container(&spec.name), Ok(Some(_))) {
             crate::launch::supervise::destroy(engine, &spec.name);
         }
+        if let Some(plan) = dirs {
+            // What a job's container has: its /tmp, passwd, pinned volumes.
+            if plan.job_dir.exists() {
+                crate::launch::cleanup(plan);
+            }
+            crate::launch::prepare(plan)
+                .inspect_err(|_| crate::launch::remove_job_dir(&plan.job_dir))?;
+            crate::launch::pin(plan).inspect_err(|_| crate::launch::cleanup(plan))?;
+        }
+        let made = Self::make_container(engine, spec, placement, e);
+        match (made, dirs) {
+            (Err(err), Some(plan)) => {
+                crate::launch::cleanup(plan);
+                Err(err)
+            }
+            (Err(err), None) => Err(err),
+            (Ok(()), dirs) => {
+                e.dirs = dirs.cloned();
+                Ok(())
+            }
+        }
+    }
+
+    fn make_container(
+        engine: &Engine,
+        spec: &ContainerSpec,
+        placement: Option<&Placement>,
+        e: &mut Entry,
+    ) -> Result<()> {
         if let (Some(p), Some(parent)) = (placement, &spec.cgroup_parent) {
             // docker's `c *:* m` under a job that denies GPUs (Placement::mknod).
             crate::sys::devices::unmask_mknod(parent, &p.mknod).map_err(|err| {
@@ -144,6 +204,9 @@ impl Holders {
             if e.ranks > 0 {
                 crate::launch::supervise::destroy(&Engine::new(&e.socket), &name);
                 crate::sys::cgroup::remove_dirs(&e.made);
+                if let Some(plan) = e.dirs.take() {
+                    crate::launch::cleanup(&plan);
+                }
             }
         }
     }
@@ -159,6 +222,9 @@ impl Drop for Hold<'_> {
         if e.ranks == 0 {
             crate::launch::supervise::destroy(&Engine::new(&e.socket), &self.name);
             crate::sys::cgroup::remove_dirs(&e.made);
+            if let Some(plan) = e.dirs.take() {
+                crate::launch::cleanup(&plan);
+            }
             self.holders.forget(&self.name, &self.entry, &mut e);
         }
     }

@@ -13,6 +13,7 @@
 pub mod holder;
 pub mod streams;
 pub mod supervise;
+pub mod tasks;
 
 use crate::core::error::{Error, Result};
 use crate::core::plan::LaunchPlan;
@@ -481,6 +482,13 @@ pub fn run(plan: &LaunchPlan) -> Result<i32> {
         // The count of a step's ranks on the node lives in the broker.
         return Err(Error::Config(
             "an MPI task sharing its step's namespaces (mpi.ipc = \"step\") runs through the broker (berth daemon)".into(),
+        ));
+    }
+    if plan.task.is_some() {
+        // Its host's container is shared by the job's tasks here, counted
+        // by the broker.
+        return Err(Error::Config(
+            "an LSF blaunch task (LSF_PM_TASKID) runs through the broker (berth daemon): start it on this host, or run the starter as the job's user".into(),
         ));
     }
     let engine = Engine::new(&plan.socket);
