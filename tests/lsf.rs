@@ -193,6 +193,11 @@ struct Bed {
 impl Bed {
     /// A root-owned directory with a policy and the wrapper/lsf scripts.
     fn new(raw_args: bool) -> Bed {
+        Self::with_docker(raw_args, "")
+    }
+
+    /// As [`Bed::new`], with `docker` lines added to the policy's [docker].
+    fn with_docker(raw_args: bool, docker: &str) -> Bed {
         require_testbed();
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = PathBuf::from(format!(
@@ -227,6 +232,7 @@ mode = "rw"
 base = "{d}/jobs"
 [docker]
 stop_timeout = 3
+{docker}
 [bundles]
 cache = "{d}/bundles"
 [gpus]
@@ -289,16 +295,32 @@ log = "{d}/audit.log"
 
     /// Start the broker (berth daemon) on this bed's socket.
     fn start_broker(&mut self) {
+        self.start_broker_on(None)
+    }
+
+    /// The broker of another host of a parallel job: the same engine, in a
+    /// UTS namespace of its own named `host` (the name berth reads).
+    fn start_broker_on(&mut self, host: Option<&str>) {
         let sock = self.dir.join("run/berth.sock");
-        let child = Command::new(berth())
-            .args(["--policy", self.policy().to_str().unwrap(), "daemon"])
+        let mut c = Command::new(berth());
+        c.args(["--policy", self.policy().to_str().unwrap(), "daemon"])
             .env_clear()
             .env("PATH", PATH)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        if let Some(h) = host {
+            let h = h.to_string();
+            // SAFETY: unshare and sethostname between fork and exec.
+            unsafe {
+                c.pre_exec(move || {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)?;
+                    nix::unistd::sethostname(&h)?;
+                    Ok(())
+                });
+            }
+        }
+        let child = c.spawn().unwrap();
         self.daemon = Some(child);
         assert!(
             wait_until(Duration::from_secs(10), || {
@@ -1320,7 +1342,22 @@ impl LsfCgroup {
     /// cgroup denying `deny` (the GPUs the job was not given). `None`: no
     /// devices cgroup, as without enforcement.
     fn with_devices(job: &Job, memory: u64, deny: Option<&[&str]>) -> LsfCgroup {
-        let rel = format!("lsf/berthtest/job.{}.{}.1795238400", job.id, job.index);
+        Self::make(job, memory, deny, 0)
+    }
+
+    /// The job's cgroup on the `n`th other host of a parallel job: this
+    /// machine plays every host, so each has its own creation time.
+    fn on_host(job: &Job, memory: u64, n: u32) -> LsfCgroup {
+        Self::make(job, memory, None, n)
+    }
+
+    fn make(job: &Job, memory: u64, deny: Option<&[&str]>, n: u32) -> LsfCgroup {
+        let rel = format!(
+            "lsf/berthtest/job.{}.{}.{}",
+            job.id,
+            job.index,
+            1795238400 + n
+        );
         let mut dirs = Vec::new();
         let mut ctrls = LSF_CONTROLLERS.to_vec();
         if deny.is_some() {
@@ -2239,4 +2276,504 @@ fn cromwell_lsf_call_runs_in_its_call_dir() {
         );
         assert_eq!((envfile, modfile), (None, None), "{what}: nothing written");
     }
+}
+
+// ---------------------------------------------------------------------------
+// parallel jobs: blaunch (SPEC §14)
+//
+// A job of several hosts, all played by this machine: each "host" has its
+// own job cgroup (LSF's `job.<id>.<index>.<time>`), its own broker (berth
+// daemon) in a UTS namespace carrying the host's name, and the one engine.
+// The job's command starts its tasks with blaunch (tests/fake-lsf/blaunch,
+// which behaves as blaunch(8) documents), whose RES here is FakeRes: it
+// starts each task on its host as LSF's RES does — through the job starter
+// (JOB_STARTER style, as the job's user), in the job's cgroup on that host,
+// with the job's LSF variables, the caller's other variables and
+// LSF_PM_TASKID — and relays its output and exit status.
+// ---------------------------------------------------------------------------
+
+/// One host of the fake allocation, as FakeRes starts tasks on it.
+struct ResHost {
+    name: String,
+    starter: PathBuf,
+    procs: Vec<std::ffi::CString>,
+    /// Started in a UTS namespace of this name (every host but the first).
+    uts: bool,
+}
+
+/// LSF's RES for the fake hosts: a TCP listener on 127.0.0.1 that blaunch
+/// asks to start a task on a host.
+struct FakeRes {
+    port: u16,
+    /// The process groups of the tasks started, by host.
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<(String, i32)>>>,
+}
+
+impl FakeRes {
+    fn start(job: &Job, hosts: Vec<ResHost>) -> FakeRes {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (job_env, user) = (job.lsf_env(), job.user.clone());
+        let (hosts, t) = (std::sync::Arc::new(hosts), tasks.clone());
+        let next = std::sync::Arc::new(AtomicU32::new(1));
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (hosts, t, job_env, user, next) = (
+                    hosts.clone(),
+                    t.clone(),
+                    job_env.clone(),
+                    user.clone(),
+                    next.clone(),
+                );
+                std::thread::spawn(move || {
+                    let id = next.fetch_add(1, Ordering::SeqCst);
+                    res_task(conn, &hosts, &job_env, &user, id, &t)
+                });
+            }
+        });
+        FakeRes { port, tasks }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// What LSF does to a job's tasks on `host` at bkill: SIGKILL.
+    fn kill_tasks_on(&self, host: &str) -> usize {
+        let t = self.tasks.lock().unwrap();
+        let mut n = 0;
+        for (h, pgid) in t.iter() {
+            if h == host {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(*pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+fn res_frame(out: &std::sync::Mutex<std::net::TcpStream>, kind: u8, data: &[u8]) {
+    use std::io::Write;
+    let mut f = vec![kind];
+    f.extend((data.len() as u32).to_be_bytes());
+    f.extend(data);
+    let _ = out.lock().unwrap().write_all(&f);
+}
+
+/// One blaunch request: start the task on its host and relay it.
+fn res_task(
+    conn: std::net::TcpStream,
+    hosts: &[ResHost],
+    job_env: &[(String, String)],
+    user: &str,
+    id: u32,
+    tasks: &std::sync::Mutex<Vec<(String, i32)>>,
+) {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    let out = std::sync::Arc::new(std::sync::Mutex::new(conn));
+    let req: serde_json::Value = match serde_json::from_str(&line) {
+        Ok(v) => v,
+        Err(e) => return res_frame(&out, b'x', format!("255 {e}").as_bytes()),
+    };
+    let Some(host) = hosts
+        .iter()
+        .find(|h| Some(h.name.as_str()) == req["host"].as_str())
+    else {
+        res_frame(&out, b'e', b"res: no such host\n");
+        return res_frame(&out, b'x', b"255");
+    };
+    // The job's execution environment (its container settings among it),
+    // the caller's variables over it — but never LSF's own for the job
+    // (which job it is, its image, its hosts) — and the task's id.
+    let mut env: std::collections::BTreeMap<String, String> = job_env.iter().cloned().collect();
+    let lsf_own = |k: &str| k.starts_with("LSB_") || ["LSFUSER", "PATH", "HOME"].contains(&k);
+    for (k, v) in req["env"].as_object().into_iter().flatten() {
+        if let (false, Some(v)) = (lsf_own(k), v.as_str()) {
+            env.insert(k.clone(), v.to_string());
+        }
+    }
+    env.insert("LSF_PM_TASKID".into(), id.to_string());
+    // JOB_STARTER = starter "%USRCMD": the task's command line in one word.
+    let cmdline: Vec<String> = req["argv"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut c = Command::new(&host.starter);
+    c.arg(cmdline.join(" "))
+        .env_clear()
+        .envs(&env)
+        .current_dir(req["cwd"].as_str().unwrap_or("/"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let u = nix::unistd::User::from_name(user).unwrap().unwrap();
+    let cname = std::ffi::CString::new(user).unwrap();
+    let groups = nix::unistd::getgrouplist(&cname, u.gid).unwrap();
+    let (uid, gid) = (u.uid, u.gid);
+    let procs = host.procs.clone();
+    let uts = host.uts.then(|| host.name.clone());
+    // SAFETY: open/write/close, setsid, unshare, sethostname and the id
+    // changes between fork and exec, on values built before it.
+    unsafe {
+        c.pre_exec(move || {
+            for p in &procs {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if ok != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            nix::unistd::setsid()?;
+            if let Some(h) = &uts {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)?;
+                nix::unistd::sethostname(h)?;
+            }
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setresgid(gid, gid, gid)?;
+            nix::unistd::setresuid(uid, uid, uid)?;
+            Ok(())
+        });
+    }
+    let mut child = match c.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            res_frame(&out, b'e', format!("res: {e}\n").as_bytes());
+            return res_frame(&out, b'x', b"255");
+        }
+    };
+    tasks
+        .lock()
+        .unwrap()
+        .push((host.name.clone(), child.id() as i32));
+    let relay = |mut from: Box<dyn Read + Send>, kind: u8| {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                res_frame(&out, kind, &buf[..n]);
+            }
+        })
+    };
+    let a = relay(Box::new(child.stdout.take().unwrap()), b'o');
+    let b = relay(Box::new(child.stderr.take().unwrap()), b'e');
+    let status = child.wait().unwrap();
+    let _ = (a.join(), b.join());
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    res_frame(&out, b'x', code.to_string().as_bytes());
+}
+
+/// The second host's name (the first is this machine's).
+const HOST2: &str = "berth-lsf-h2";
+
+/// A two-host parallel job of alice's: 2 slots on this host, 2 on HOST2,
+/// one bed and broker per host, the fake RES, blaunch in her tree.
+struct ParallelJob {
+    job: Job,
+    beds: [Bed; 2],
+    cgroups: [LsfCgroup; 2],
+    res: FakeRes,
+    host1: String,
+    tree: AliceTree,
+}
+
+impl ParallelJob {
+    fn new(what: &str) -> ParallelJob {
+        // Tasks reach the RES, as MPI reaches its peers, over the network:
+        // the site allows the host network for parallel jobs.
+        let docker = r#"networks = ["none", "bridge", "host"]"#;
+        let mut beds = [
+            Bed::with_docker(false, docker),
+            Bed::with_docker(false, docker),
+        ];
+        beds[0].start_broker();
+        beds[1].start_broker_on(Some(HOST2));
+        let host1 = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        let tree = AliceTree::new(what);
+        tree.mkdir("bin");
+        let blaunch = std::fs::read_to_string(repo().join("tests/fake-lsf/blaunch")).unwrap();
+        tree.file("bin/blaunch", &blaunch, 0o755);
+        let hostfile = tree.file(
+            "hostfile",
+            &format!("{host1}\n{host1}\n{HOST2}\n{HOST2}\n"),
+            0o644,
+        );
+        let mut job = Job::new(ALICE, "berth-test/parsl:1");
+        job.cwd = tree.0.display().to_string();
+        let job = job
+            .env("LSF_DOCKER_NETWORK", "host")
+            .env("LSB_HOSTS", &format!("{host1} {host1} {HOST2} {HOST2}"))
+            .env("LSB_MCPU_HOSTS", &format!("{host1} 2 {HOST2} 2"))
+            .env("LSB_DJOB_HOSTFILE", &hostfile.display().to_string())
+            .env("LSB_DJOB_NUMPROC", "4");
+        let cgroups = [
+            LsfCgroup::new(&job, 512 << 20),
+            LsfCgroup::on_host(&job, 512 << 20, 1),
+        ];
+        let hosts = vec![
+            ResHost {
+                name: host1.clone(),
+                starter: beds[0].script("berth-starter"),
+                procs: cgroups[0].procs(),
+                uts: false,
+            },
+            ResHost {
+                name: HOST2.into(),
+                starter: beds[1].script("berth-starter"),
+                procs: cgroups[1].procs(),
+                uts: true,
+            },
+        ];
+        let res = FakeRes::start(&job, hosts);
+        let job = job.env("BERTH_TEST_RES", &res.addr());
+        ParallelJob {
+            job,
+            beds,
+            cgroups,
+            res,
+            host1,
+            tree,
+        }
+    }
+
+    /// sbatchd starting the job on its first host: the starter as alice,
+    /// in the job's cgroup there, with blaunch on the job's PATH.
+    fn start(&self, command: &str) -> Child {
+        // (The job's LSB_HOSTS and LSB_MCPU_HOSTS come after the
+        // one-host defaults, and win.)
+        let env = self.job.lsf_env();
+        let command = format!("PATH={}/bin:$PATH; {command}", self.tree.0.display());
+        let mut c = command_as(
+            None,
+            &[
+                self.beds[0].script("berth-starter").to_str().unwrap(),
+                &command,
+            ],
+            &env,
+            &self.job.cwd,
+        );
+        let procs = self.cgroups[0].procs();
+        let u = nix::unistd::User::from_name(ALICE).unwrap().unwrap();
+        let cname = std::ffi::CString::new(ALICE).unwrap();
+        let groups = nix::unistd::getgrouplist(&cname, u.gid).unwrap();
+        let (uid, gid) = (u.uid, u.gid);
+        // SAFETY: as in res_task.
+        unsafe {
+            c.pre_exec(move || {
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let ok = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if ok != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                nix::unistd::setgroups(&groups)?;
+                nix::unistd::setresgid(gid, gid, gid)?;
+                nix::unistd::setresuid(uid, uid, uid)?;
+                Ok(())
+            });
+        }
+        c.spawn().unwrap()
+    }
+
+    /// What this job left: containers, per-job directories, cgroups.
+    fn leftovers(&self) -> Vec<String> {
+        let mut v: Vec<String> = containers_of(&self.job.id)
+            .into_iter()
+            .map(|c| format!("container {c}"))
+            .collect();
+        for b in &self.beds {
+            for e in std::fs::read_dir(b.jobs()).into_iter().flatten().flatten() {
+                v.push(format!("job dir {}", e.path().display()));
+            }
+        }
+        for c in &self.cgroups {
+            v.extend(c.left().into_iter().map(|d| format!("cgroup {d}")));
+        }
+        v
+    }
+}
+
+/// `key=value` words of the lines of `out` that start with `tag`.
+fn tagged<'a>(out: &'a str, tag: &str) -> Vec<std::collections::BTreeMap<&'a str, &'a str>> {
+    out.lines()
+        .filter(|l| l.starts_with(tag))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_parallel_job_runs_one_container_per_host_and_its_tasks_inside_as_the_user() {
+    let p = ParallelJob::new("blaunch");
+    // Each task says where it runs: its task id, host, ids, the container
+    // (from its cgroup) and the job cgroup it is in. The two on HOST2 run
+    // side by side and each waits for the other's file in /dev/shm.
+    let report = r#"cg=$(grep -m1 memory /proc/self/cgroup | cut -d: -f3); echo "$0 task=${LSF_PM_TASKID:-none} host=$(hostname) uid=$(id -u) gid=$(id -g) groups=$(id -G | tr ' ' ,) container=$(basename $cg) jobcg=$(dirname $cg) pid1=$(tr '\0 ' __ < /proc/1/cmdline | cut -c1-40)""#;
+    let pair = r#"touch /dev/shm/t$LSF_PM_TASKID; for i in $(seq 100); do [ $(ls /dev/shm | wc -l) -ge 2 ] && break; sleep 0.1; done; echo "PAIR task=$LSF_PM_TASKID seen=$(ls /dev/shm | tr '\n' ,)""#;
+    let command = format!(
+        "sh -c '{r}' JOB && blaunch {h1} sh -c '{r}' T1 && blaunch -z '{h2} {h2}' sh -c '{r}; {pair}' T2",
+        r = report.replace('\'', r"'\''"),
+        pair = pair.replace('\'', r"'\''"),
+        h1 = p.host1,
+        h2 = HOST2,
+    );
+    let out = output(p.start(&command));
+    out.expect(0);
+    let job = tagged(&out.stdout, "JOB ");
+    let t1 = tagged(&out.stdout, "T1 ");
+    let t2 = tagged(&out.stdout, "T2 ");
+    assert_eq!((job.len(), t1.len(), t2.len()), (1, 1, 2), "{out:?}");
+    let alice = nix::unistd::User::from_name(ALICE).unwrap().unwrap();
+    let cname = std::ffi::CString::new(ALICE).unwrap();
+    let mut groups: Vec<String> = nix::unistd::getgrouplist(&cname, alice.gid)
+        .unwrap()
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    for r in job.iter().chain(&t1).chain(&t2) {
+        assert_eq!(r["uid"], alice.uid.to_string(), "{r:?}");
+        assert_eq!(r["gid"], alice.gid.to_string(), "{r:?}");
+        let mut g: Vec<&str> = r["groups"].split(',').collect();
+        g.sort();
+        g.dedup();
+        assert_eq!(g, groups, "the user's host groups in every task: {r:?}");
+    }
+    // The job and its task on the first host: one container, the job's.
+    assert_eq!(job[0]["task"], "none");
+    assert_eq!(t1[0]["container"], job[0]["container"], "{out:?}");
+    assert_eq!(t1[0]["host"], p.host1);
+    assert!(job[0]["jobcg"].ends_with(&format!("job.{}.0.1795238400", p.job.id)));
+    // The tasks on HOST2: both in one container of their own, in the
+    // job's cgroup on HOST2, with HOST2's name, under docker-init.
+    assert_eq!(t2[0]["container"], t2[1]["container"], "{out:?}");
+    assert_ne!(t2[0]["container"], job[0]["container"]);
+    for r in &t2 {
+        assert_eq!(r["host"], HOST2);
+        assert!(
+            r["jobcg"].ends_with(&format!("job.{}.0.1795238401", p.job.id)),
+            "{r:?}"
+        );
+        assert!(r["pid1"].starts_with("/sbin/docker-init"), "{r:?}");
+    }
+    let mut ids: Vec<&str> = t1.iter().chain(&t2).map(|r| r["task"]).collect();
+    ids.sort();
+    assert_eq!(ids, ["1", "2", "3"], "LSF_PM_TASKID, from 1");
+    // They share /dev/shm (the one container's IPC) and saw each other.
+    let pairs = tagged(&out.stdout, "PAIR ");
+    assert_eq!(pairs.len(), 2, "{out:?}");
+    for r in &pairs {
+        for t in &t2 {
+            assert!(
+                r["seen"].contains(&format!("t{},", t["task"])),
+                "{r:?} {out:?}"
+            );
+        }
+    }
+    // The audit log of each host names the container its tasks ran in.
+    let host2_launches: Vec<String> = p.beds[1]
+        .audit(&p.job.id)
+        .iter()
+        .filter(|r| r["event"] == "launch")
+        .filter_map(|r| r["container"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(host2_launches.len(), 2, "two tasks on HOST2");
+    assert_eq!(host2_launches[0], host2_launches[1]);
+    assert!(
+        wait_until(Duration::from_secs(10), || p.leftovers().is_empty()),
+        "left: {:?}",
+        p.leftovers()
+    );
+}
+
+#[test]
+fn a_task_that_asks_for_other_volumes_than_its_jobs_container_is_refused() {
+    let p = ParallelJob::new("blaunch-deny");
+    let command = format!(
+        "LSF_DOCKER_VOLUMES=/scratch1/fs1/alice:/scratch blaunch {} true; echo rc=$?",
+        p.host1
+    );
+    let out = output(p.start(&command));
+    out.expect(0);
+    assert!(out.stdout.contains("rc=77"), "{out:?}");
+    let berth: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("berth:"))
+        .collect();
+    assert_eq!(berth.len(), 1, "{out:?}");
+    assert!(
+        berth[0].contains("[rule lsf.task]") && berth[0].contains("blaunch task"),
+        "{}",
+        berth[0]
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || p.leftovers().is_empty()),
+        "left: {:?}",
+        p.leftovers()
+    );
+}
+
+#[test]
+fn killing_a_hosts_tasks_removes_its_container_and_everything_it_had() {
+    let p = ParallelJob::new("blaunch-kill");
+    let mut job = p.start(&format!("blaunch {HOST2} sleep 300; echo rc=$?"));
+    let on_host2 = || {
+        docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=berth.job={}", p.job.id),
+            "--filter",
+            &format!("label=berth.host={HOST2}"),
+        ])
+        .stdout
+        .split_whitespace()
+        .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || on_host2() == 1),
+        "no container on {HOST2}"
+    );
+    // bkill: LSF kills the job's processes on every host, here the task's.
+    assert_eq!(p.res.kill_tasks_on(HOST2), 1);
+    let status = wait_child(&mut job, Duration::from_secs(60)).expect("the job did not end");
+    let out = output(job);
+    assert!(status.success(), "{out:?}");
+    assert!(out.stdout.contains("rc="), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(15), || p.leftovers().is_empty()),
+        "left: {:?}",
+        p.leftovers()
+    );
 }
