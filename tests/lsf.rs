@@ -2402,13 +2402,18 @@ fn res_task(
         }
     }
     env.insert("LSF_PM_TASKID".into(), id.to_string());
-    // JOB_STARTER = starter "%USRCMD": the task's command line in one word.
+    // JOB_STARTER = starter "%USRCMD": the task's command line in one word;
+    // through a shell (blaunch's default, as rsh's), its words as they are.
+    let shell = req["shell"].as_bool().unwrap_or(true);
     let cmdline: Vec<String> = req["argv"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|a| a.as_str())
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .map(|a| match shell {
+            true => a.to_string(),
+            false => format!("'{}'", a.replace('\'', r"'\''")),
+        })
         .collect();
     let mut c = Command::new(&host.starter);
     c.arg(cmdline.join(" "))
@@ -2500,6 +2505,10 @@ struct ParallelJob {
 
 impl ParallelJob {
     fn new(what: &str) -> ParallelJob {
+        Self::of_image(what, "berth-test/parsl:1")
+    }
+
+    fn of_image(what: &str, image: &str) -> ParallelJob {
         // Tasks reach the RES, as MPI reaches its peers, over the network:
         // the site allows the host network for parallel jobs.
         let docker = r#"networks = ["none", "bridge", "host"]"#;
@@ -2519,7 +2528,7 @@ impl ParallelJob {
             &format!("{host1}\n{host1}\n{HOST2}\n{HOST2}\n"),
             0o644,
         );
-        let mut job = Job::new(ALICE, "berth-test/parsl:1");
+        let mut job = Job::new(ALICE, image);
         job.cwd = tree.0.display().to_string();
         let job = job
             .env("LSF_DOCKER_NETWORK", "host")
@@ -2640,7 +2649,7 @@ fn a_parallel_job_runs_one_container_per_host_and_its_tasks_inside_as_the_user()
     let report = r#"cg=$(grep -m1 memory /proc/self/cgroup | cut -d: -f3); echo "$0 task=${LSF_PM_TASKID:-none} host=$(hostname) uid=$(id -u) gid=$(id -g) groups=$(id -G | tr ' ' ,) container=$(basename $cg) jobcg=$(dirname $cg) pid1=$(tr '\0 ' __ < /proc/1/cmdline | cut -c1-40)""#;
     let pair = r#"touch /dev/shm/t$LSF_PM_TASKID; for i in $(seq 100); do [ $(ls /dev/shm | wc -l) -ge 2 ] && break; sleep 0.1; done; echo "PAIR task=$LSF_PM_TASKID seen=$(ls /dev/shm | tr '\n' ,)""#;
     let command = format!(
-        "sh -c '{r}' JOB && blaunch {h1} sh -c '{r}' T1 && blaunch -z '{h2} {h2}' sh -c '{r}; {pair}' T2",
+        "sh -c '{r}' JOB && blaunch -no-shell {h1} sh -c '{r}' T1 && blaunch -z '{h2} {h2}' -no-shell sh -c '{r}; {pair}' T2",
         r = report.replace('\'', r"'\''"),
         pair = pair.replace('\'', r"'\''"),
         h1 = p.host1,
@@ -2773,6 +2782,56 @@ fn killing_a_hosts_tasks_removes_its_container_and_everything_it_had() {
     assert!(out.stdout.contains("rc="), "{out:?}");
     assert!(
         wait_until(Duration::from_secs(15), || p.leftovers().is_empty()),
+        "left: {:?}",
+        p.leftovers()
+    );
+}
+
+#[test]
+fn an_mpi_job_starts_its_ranks_on_both_hosts_through_blaunch() {
+    let p = ParallelJob::of_image("blaunch-mpi", "berth-test/mpi:1");
+    let command = format!(
+        "mpirun --prtemca plm_ssh_agent {}/bin/blaunch --host {}:2,{HOST2}:2 -np 4 /usr/local/bin/mpihello",
+        p.tree.0.display(),
+        p.host1
+    );
+    let out = output(p.start(&command));
+    out.expect(0);
+    // mpihello rank R of N node NODE uid U sum S ring L ok
+    let mut nodes = std::collections::BTreeMap::new();
+    for l in out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("mpihello rank "))
+    {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(w.len(), 14, "{l}");
+        assert_eq!((w[4], w[8], w[10], w[13]), ("4", "2001", "6", "ok"), "{l}");
+        assert!(
+            nodes.insert(w[2].to_string(), w[6].to_string()).is_none(),
+            "{out:?}"
+        );
+    }
+    let want: std::collections::BTreeMap<String, String> = [
+        ("0", p.host1.as_str()),
+        ("1", p.host1.as_str()),
+        ("2", HOST2),
+        ("3", HOST2),
+    ]
+    .iter()
+    .map(|(r, n)| (r.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(nodes, want, "two ranks on each host: {out:?}");
+    // mpirun ran in the job's container; on HOST2 its daemon (prted) was
+    // the one blaunch task, in the host's container with its two ranks.
+    let launches: Vec<serde_json::Value> = p.beds[1]
+        .audit(&p.job.id)
+        .into_iter()
+        .filter(|r| r["event"] == "launch")
+        .collect();
+    assert_eq!(launches.len(), 1, "{launches:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || p.leftovers().is_empty()),
         "left: {:?}",
         p.leftovers()
     );
