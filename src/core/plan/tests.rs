@@ -1311,3 +1311,112 @@ fn an_mpi_rank_may_not_pick_its_network_or_ipc_and_gets_only_listed_fabric() {
         .any(|d| d.name == "PMIX_RANK" && d.reason.contains("mpi.pmix")));
     assert!(p.mpi.is_none());
 }
+
+// --- LSF parallel jobs: blaunch tasks (SPEC §14) ---------------------------
+
+fn task_plan_with(env: &[(&str, &str)], task: Option<u32>, cmd: &[&str]) -> Result<LaunchPlan> {
+    let policy = Policy::parse(POLICY, "test").unwrap();
+    let mut e: BTreeMap<String, String> = BTreeMap::from([
+        ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
+        ("LSB_JOBID".into(), "42".into()),
+        ("LS_SUBCWD".into(), "/storage1/fs1/alice/proj".into()),
+    ]);
+    for (k, v) in env {
+        e.insert(k.to_string(), v.to_string());
+    }
+    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
+    let req = from_env(&e, None, cmd.iter().map(|s| s.to_string()).collect())?;
+    let c = Context {
+        hostname: Some("node7".into()),
+        lsf_task: task,
+        ..ctx()
+    };
+    plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c)
+}
+
+#[test]
+fn a_blaunch_task_is_a_process_of_its_hosts_container() {
+    let job = task_plan_with(&[], None, &["mpirun ./app"]).unwrap();
+    assert!(job.task.is_none());
+    assert_eq!(job.spec.labels["berth.host"], "node7");
+    let p = task_plan_with(&[], Some(3), &["prted --x"]).unwrap();
+    let t = p.task.as_ref().unwrap();
+    assert_eq!((t.id, t.host.as_str()), (3, "node7"));
+    // The task's process: the job's command under /bin/sh, as a job's.
+    assert_eq!(t.argv, ["/bin/sh", "-c", "prted --x"]);
+    // The host's container: the task's settings, waiting, unattached,
+    // under docker-init, marked as the host's, with no variables of its own.
+    let h = &t.host_spec;
+    assert_eq!(h.name, p.spec.name);
+    assert_eq!(h.labels["berth.role"], "host");
+    assert_eq!(h.labels["berth.host"], "node7");
+    assert_eq!(h.cmd, ["-c", "read x"]);
+    assert_eq!(h.entrypoint.as_deref(), Some("/bin/sh"));
+    assert!(!h.attach && h.init && h.env_names.is_empty());
+    assert_eq!(
+        (
+            &h.user,
+            &h.group_add,
+            &h.binds,
+            &h.network,
+            &h.ipc,
+            &h.image
+        ),
+        (
+            &p.spec.user,
+            &p.spec.group_add,
+            &p.spec.binds,
+            &p.spec.network,
+            &p.spec.ipc,
+            &p.spec.image
+        )
+    );
+    assert_eq!(h.pids_limit, p.spec.pids_limit);
+}
+
+#[test]
+fn the_shape_names_what_a_task_must_share_with_its_container() {
+    let shape = |env: &[(&str, &str)], cmd: &str| {
+        task_plan_with(env, None, &[cmd]).unwrap().spec.labels["berth.shape"].clone()
+    };
+    let base = shape(&[], "a");
+    assert_eq!(base.len(), 16);
+    // Not the command nor the variables: those are the task's own.
+    assert_eq!(base, shape(&[("FOO", "1")], "b"));
+    for env in [
+        [("LSF_DOCKER_VOLUMES", "/scratch1/fs1/alice:/scratch")],
+        [("LSF_DOCKER_NETWORK", "bridge")],
+        [("LS_SUBCWD", "/storage1/fs1/alice")],
+    ] {
+        assert_ne!(base, shape(&env, "a"), "{env:?}");
+    }
+}
+
+#[test]
+fn a_task_without_a_command_or_a_job_is_refused() {
+    let raw = task_plan_with(
+        &[("LSF_DOCKER_RUN_RAW_ARGS", "1")],
+        Some(1),
+        &["LSB_DOCKER_PLACE_HOLDER"],
+    );
+    match raw {
+        Err(Error::Denied(d)) => assert_eq!(d.rule, "images.raw_args"),
+        other => panic!("{other:?}"),
+    }
+    let policy = Policy::parse(POLICY, "test").unwrap();
+    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
+    let e = BTreeMap::from([("LSB_CONTAINER_IMAGE".to_string(), "alpine".to_string())]);
+    let req = from_env(
+        &e,
+        Some("/storage1/fs1/alice/proj".into()),
+        vec!["true".into()],
+    )
+    .unwrap();
+    let c = Context {
+        hostname: Some("node7".into()),
+        lsf_task: Some(1),
+        ..ctx()
+    };
+    let r = plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c);
+    assert!(matches!(r, Err(Error::Malformed(_))), "{r:?}");
+}
