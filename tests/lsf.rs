@@ -2646,7 +2646,7 @@ fn a_parallel_job_runs_one_container_per_host_and_its_tasks_inside_as_the_user()
     // Each task says where it runs: its task id, host, ids, the container
     // (from its cgroup) and the job cgroup it is in. The two on HOST2 run
     // side by side and each waits for the other's file in /dev/shm.
-    let report = r#"cg=$(grep -m1 memory /proc/self/cgroup | cut -d: -f3); echo "$0 task=${LSF_PM_TASKID:-none} host=$(hostname) uid=$(id -u) gid=$(id -g) groups=$(id -G | tr ' ' ,) container=$(basename $cg) jobcg=$(dirname $cg) pid1=$(tr '\0 ' __ < /proc/1/cmdline | cut -c1-40)""#;
+    let report = r#"cg=$(grep -m1 memory /proc/self/cgroup | cut -d: -f3); echo "$0 task=${LSF_PM_TASKID:-none} host=$(hostname) uid=$(id -u) gid=$(id -g) groups=$(id -G | tr ' ' ,) container=$(basename $cg) jobcg=$(dirname $cg) pid1=$(tr '\0 ' __ < /proc/1/cmdline | cut -c1-40) caps=$(grep CapEff /proc/self/status | cut -f2) nnp=$(grep NoNewPrivs /proc/self/status | cut -f2)""#;
     let pair = r#"touch /dev/shm/t$LSF_PM_TASKID; for i in $(seq 100); do [ $(ls /dev/shm | wc -l) -ge 2 ] && break; sleep 0.1; done; echo "PAIR task=$LSF_PM_TASKID seen=$(ls /dev/shm | tr '\n' ,)""#;
     let command = format!(
         "sh -c '{r}' JOB && blaunch -no-shell {h1} sh -c '{r}' T1 && blaunch -z '{h2} {h2}' -no-shell sh -c '{r}; {pair}' T2",
@@ -2677,6 +2677,9 @@ fn a_parallel_job_runs_one_container_per_host_and_its_tasks_inside_as_the_user()
         g.sort();
         g.dedup();
         assert_eq!(g, groups, "the user's host groups in every task: {r:?}");
+        // A task is a process of its container: no capability, no new
+        // privileges, whatever the engine's defaults for an exec.
+        assert_eq!((r["caps"], r["nnp"]), ("0000000000000000", "1"), "{r:?}");
     }
     // The job and its task on the first host: one container, the job's.
     assert_eq!(job[0]["task"], "none");

@@ -187,7 +187,9 @@ fn decide_inner(
         })
         .flatten();
     let mpi_step = mpi_step(policy, caller, &id, job_cgroup.as_ref(), &hostname)?;
-    let fabric = if mpi_step.is_some() {
+    let lsf_parallel = caller.scheduler == Scheduler::Lsf
+        && (lsf_task.is_some() || crate::sched::lsf::task::spans_hosts(&caller.env));
+    let fabric = if mpi_step.is_some() || lsf_parallel {
         crate::sys::devices::nodes(&policy.mpi.fabric_devices)
             .into_iter()
             .map(|d| d.path)
@@ -208,6 +210,7 @@ fn decide_inner(
         mpi_step,
         fabric,
         lsf_task,
+        lsf_parallel,
     };
     // An image policy refuses is never asked about (nor pulled).
     plan::check_image(policy, &req)?;
@@ -480,6 +483,19 @@ pub fn describe(p: &LaunchPlan, facts_checked: bool) -> String {
             } else {
                 ""
             }
+        );
+    }
+    if let Some(t) = &p.task {
+        s += &format!(
+            "lsf task   {} on {}: runs in the job's container on this host (the job's own, else {}, made by the host's first task and removed after its last), as: {}\n",
+            t.id,
+            t.host,
+            t.host_spec.name,
+            t.argv
+                .iter()
+                .map(|a| plan::shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     for m in &p.mounts {

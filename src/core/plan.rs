@@ -79,6 +79,10 @@ pub struct Context {
     /// `LSF_PM_TASKID`, SPEC §14): it runs in the job's container on this
     /// host, never a container of its own.
     pub lsf_task: Option<u32>,
+    /// An LSF job whose allocation spans hosts (`LSB_MCPU_HOSTS`), or one
+    /// of its tasks: its containers get the fabric and memlock limit the
+    /// site's `[mpi]` allows, as a Slurm MPI rank's do.
+    pub lsf_parallel: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -677,6 +681,7 @@ pub fn plan(
         }
         .into_iter()
         .chain(rank.iter().flat_map(|m| m.devices.iter().cloned()))
+        .chain(ctx.fabric.iter().filter(|_| ctx.lsf_parallel).cloned())
         .collect(),
         device_requests: match gpus.mode {
             _ if gpus.given.is_empty() => Vec::new(),
@@ -696,7 +701,8 @@ pub fn plan(
         },
         init: pid_mode.is_none(),
         pid_mode,
-        memlock_unlimited: rank.as_ref().is_some_and(|m| m.memlock_unlimited),
+        memlock_unlimited: rank.as_ref().is_some_and(|m| m.memlock_unlimited)
+            || (ctx.lsf_parallel && policy.mpi.memlock == crate::core::policy::Memlock::Unlimited),
         attach: true,
     };
     let mut spec = spec;

@@ -42,7 +42,7 @@ impl Engine {
                 .ok_or_else(|| Error::Internal("exec create reply without an Id".into())),
             // The host's container ended between the lookup and the exec.
             404 | 409 => Err(Error::Unavailable(format!(
-                "the job's container on this host is gone ({}); the job has ended or is ending",
+                "the job's container on this host is not running ({}): the job has ended, is ending or is suspended; start the task again when the job runs",
                 r.message()
             ))),
             s => Err(Error::Internal(format!(

@@ -52,7 +52,10 @@ pub fn own_container(engine: &Engine, plan: &LaunchPlan) -> Result<Option<(Strin
                 .map(str::to_string)
         };
         // The host's own container is joined through the broker's count.
-        if l("berth.role").is_some() || c.get("State").and_then(Value::as_str) != Some("running") {
+        // A suspended job's container is still the job's: its task waits
+        // for nothing else (the engine refuses the exec until it resumes).
+        let state = c.get("State").and_then(Value::as_str);
+        if l("berth.role").is_some() || !matches!(state, Some("running" | "paused")) {
             continue;
         }
         let (Some(id), Some(name)) = (

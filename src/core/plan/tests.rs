@@ -1420,3 +1420,36 @@ fn a_task_without_a_command_or_a_job_is_refused() {
     let r = plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c);
     assert!(matches!(r, Err(Error::Malformed(_))), "{r:?}");
 }
+
+#[test]
+fn a_parallel_lsf_jobs_containers_get_the_fabric_and_memlock_the_site_allows() {
+    let policy = Policy::parse(
+        &format!(
+            "{POLICY}\n[mpi]\nmemlock = \"unlimited\"\nfabric_devices = [\"/dev/infiniband/*\"]\n"
+        ),
+        "test",
+    )
+    .unwrap();
+    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
+    let e = BTreeMap::from([
+        ("LSB_CONTAINER_IMAGE".to_string(), "alpine".to_string()),
+        ("LSB_JOBID".to_string(), "42".to_string()),
+        (
+            "LS_SUBCWD".to_string(),
+            "/storage1/fs1/alice/proj".to_string(),
+        ),
+    ]);
+    let req = from_env(&e, None, vec!["true".into()]).unwrap();
+    let uverbs = PathBuf::from("/dev/infiniband/uverbs0");
+    for parallel in [false, true] {
+        let c = Context {
+            hostname: Some("node7".into()),
+            lsf_parallel: parallel,
+            fabric: vec![uverbs.clone()],
+            ..ctx()
+        };
+        let p = plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c).unwrap();
+        assert_eq!(p.spec.devices.contains(&uverbs), parallel);
+        assert_eq!(p.spec.memlock_unlimited, parallel);
+    }
+}

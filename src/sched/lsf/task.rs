@@ -30,6 +30,19 @@ pub fn task_id(env: &BTreeMap<String, String>) -> Result<Option<u32>> {
     }
 }
 
+/// Whether the job's allocation spans hosts: `LSB_MCPU_HOSTS` (`host n
+/// host n …`, as LSF sets it for every job) names more than one.
+pub fn spans_hosts(env: &BTreeMap<String, String>) -> bool {
+    let words: Vec<&str> = env
+        .get("LSB_MCPU_HOSTS")
+        .map(|v| v.split_whitespace().collect())
+        .unwrap_or_default();
+    let mut hosts: Vec<&str> = words.iter().step_by(2).copied().collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts.len() > 1
+}
+
 /// The name suffix of the job's container on this host for `uid`'s tasks:
 /// the same for every task of the job here, another for another user, so no
 /// job's task can name another user's container.
@@ -62,6 +75,15 @@ mod tests {
         for bad in ["", "0", "-1", "+2", "1x", "99999999999", " 1", "4294967296"] {
             assert!(task_id(&env(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_job_spans_hosts_when_its_allocation_names_two() {
+        let e = |v: &str| BTreeMap::from([("LSB_MCPU_HOSTS".to_string(), v.to_string())]);
+        assert!(!spans_hosts(&BTreeMap::new()));
+        assert!(!spans_hosts(&e("node1 4")));
+        assert!(!spans_hosts(&e("node1 2 node1 2")));
+        assert!(spans_hosts(&e("node1 2 node2 2")));
     }
 
     #[test]
