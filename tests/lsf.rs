@@ -2839,3 +2839,56 @@ fn an_mpi_job_starts_its_ranks_on_both_hosts_through_blaunch() {
         p.leftovers()
     );
 }
+
+#[test]
+fn another_users_task_never_runs_in_the_jobs_container() {
+    let p = ParallelJob::new("blaunch-bob");
+    // alice's job holds its container on this host for a while.
+    let mut job = p.start("sleep 30");
+    assert!(
+        wait_until(Duration::from_secs(30), || containers_of(&p.job.id).len()
+            == 1),
+        "alice's job did not start"
+    );
+    // bob names himself a task of alice's job on the same host: same
+    // LSB_JOBID, an LSF_PM_TASKID, the same broker.
+    let mut env = p.job.lsf_env();
+    env.retain(|(k, _)| !["USER", "LOGNAME", "LSFUSER", "HOME"].contains(&k.as_str()));
+    env.extend(pairs(&[
+        ("USER", "berth-bob"),
+        ("LOGNAME", "berth-bob"),
+        ("LSFUSER", "berth-bob"),
+        ("HOME", "/home/berth-bob"),
+        ("LSF_PM_TASKID", "1"),
+    ]));
+    let report = "echo uid=$(id -u) pid1=$(tr '\\0 ' __ < /proc/1/cmdline | cut -c1-60)";
+    let out = output(
+        command_as(
+            Some("berth-bob"),
+            &[p.beds[0].script("berth-starter").to_str().unwrap(), report],
+            &env,
+            "/",
+        )
+        .spawn()
+        .unwrap(),
+    );
+    // His task ran as bob, in a container of his own on this host (the
+    // host container of his tasks, named for him), not in alice's.
+    out.expect(0);
+    let r = &tagged(&out.stdout, "uid=")[0];
+    assert_eq!(r["uid"], "2002", "{out:?}");
+    assert!(
+        r["pid1"].contains("read_x"),
+        "not his own container: {out:?}"
+    );
+    assert!(!out.stdout.contains("sleep"), "{out:?}");
+    let _ = std::process::Command::new("/bin/kill")
+        .args(["-KILL", &job.id().to_string()])
+        .status();
+    let _ = wait_child(&mut job, Duration::from_secs(30));
+    assert!(
+        wait_until(Duration::from_secs(15), || p.leftovers().is_empty()),
+        "left: {:?}",
+        p.leftovers()
+    );
+}
