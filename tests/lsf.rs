@@ -2731,24 +2731,31 @@ fn a_parallel_job_runs_one_container_per_host_and_its_tasks_inside_as_the_user()
 #[test]
 fn a_task_that_asks_for_other_volumes_than_its_jobs_container_is_refused() {
     let p = ParallelJob::new("blaunch-deny");
+    // On the first host against the job's container; on HOST2 against the
+    // host's container a first task made (it sleeps while the second asks).
     let command = format!(
-        "LSF_DOCKER_VOLUMES=/scratch1/fs1/alice:/scratch blaunch {} true; echo rc=$?",
+        "LSF_DOCKER_VOLUMES=/scratch1/fs1/alice:/scratch blaunch {} true; echo rc=$?; \
+         blaunch {HOST2} sleep 4 & sleep 2; \
+         LSF_DOCKER_VOLUMES=/scratch1/fs1/alice:/scratch blaunch {HOST2} true; echo rc2=$?; wait",
         p.host1
     );
     let out = output(p.start(&command));
     out.expect(0);
     assert!(out.stdout.contains("rc=77"), "{out:?}");
+    assert!(out.stdout.contains("rc2=77"), "{out:?}");
     let berth: Vec<&str> = out
         .stderr
         .lines()
         .filter(|l| l.starts_with("berth:"))
         .collect();
-    assert_eq!(berth.len(), 1, "{out:?}");
-    assert!(
-        berth[0].contains("[rule lsf.task]") && berth[0].contains("blaunch task"),
-        "{}",
-        berth[0]
-    );
+    assert_eq!(berth.len(), 2, "{out:?}");
+    for b in &berth {
+        assert!(
+            b.contains("[rule lsf.task]") && b.contains("blaunch task"),
+            "{b}"
+        );
+    }
+    assert!(berth[1].contains(HOST2), "{}", berth[1]);
     assert!(
         wait_until(Duration::from_secs(10), || p.leftovers().is_empty()),
         "left: {:?}",

@@ -61,8 +61,12 @@ struct State {
     stopping: AtomicBool,
     /// Connections per peer uid still waiting for their request.
     pending: Mutex<HashMap<u32, usize>>,
-    /// MPI steps' holders on this node, counted by their running ranks.
+    /// MPI steps' holders on this node, counted by their running ranks,
+    /// and LSF jobs' containers on this host, counted by their tasks.
     holders: launch::holder::Holders,
+    /// LSF tasks running as execs, for shutdown (a task in a job's own
+    /// container is not ended by removing a holder).
+    tasks: launch::tasks::Running,
 }
 
 /// A connection counted against its uid until its request is read.
@@ -159,6 +163,7 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
         stopping: AtomicBool::new(false),
         pending: Mutex::new(HashMap::new()),
         holders: Default::default(),
+        tasks: Default::default(),
     });
 
     let mut set = SigSet::empty();
@@ -316,6 +321,17 @@ fn control_loop(state: Arc<State>, set: SigSet, socket: PathBuf) {
                 };
                 for plan in &jobs {
                     launch::abandon(plan, &Engine::new(&plan.socket));
+                }
+                // (`stopping` is set: a task starting now is refused.)
+                let tasks: Vec<(i32, String)> = state
+                    .tasks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                for (pid, container) in &tasks {
+                    launch::tasks::kill(*pid, container);
                 }
                 // Every holder, also one whose ranks are between their hold
                 // and their place in `active`.
@@ -534,7 +550,7 @@ fn handle(state: &State, stream: UnixStream, pending: Pending) {
         );
         return;
     }
-    let code = run_job(state, &stream, &plan, &engine, fds);
+    let code = run_job(state, &stream, &plan, &engine, fds, &mut record);
     record.finish(code.as_ref().copied());
     state
         .audit
@@ -561,9 +577,10 @@ fn run_job(
     plan: &LaunchPlan,
     engine: &Engine,
     fds: Vec<OwnedFd>,
+    record: &mut crate::audit::Record,
 ) -> Result<Option<i32>> {
     if plan.task.is_some() {
-        return run_task(state, stream, plan, engine, fds);
+        return run_task(state, stream, plan, engine, fds, record);
     }
     launch::prepare(plan).inspect_err(|_| launch::remove_job_dir(&plan.job_dir))?;
     launch::pin(plan).inspect_err(|_| launch::cleanup(plan))?;
@@ -657,9 +674,14 @@ fn run_task(
     plan: &LaunchPlan,
     engine: &Engine,
     fds: Vec<OwnedFd>,
+    record: &mut crate::audit::Record,
 ) -> Result<Option<i32>> {
     let (_hold, container) = match launch::tasks::own_container(engine, plan)? {
-        Some((id, _)) => (None, id),
+        Some((id, name)) => {
+            // The exit record names the container the task really ran in.
+            record.container = Some(name);
+            (None, id)
+        }
         None => {
             let h = state.holders.hold_host(engine, plan)?;
             let name = plan
@@ -677,7 +699,7 @@ fn run_task(
         stderr: fds.next(),
     };
     if state.stopping.load(Ordering::SeqCst) {
-        return Err(stopped());
+        return Err(stopped_task());
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let _ = stream.set_read_timeout(None);
@@ -693,17 +715,26 @@ fn run_task(
                 "the broker cannot start a thread for the task ({e}); requeue the job"
             ))
         })?;
-    let result = launch::tasks::run_exec(plan, engine, &container, stdio, tx, &rx, &mut || {
-        send(
-            stream,
-            &DaemonMsg::Started {
-                container: plan.name.clone(),
-            },
-        )
-    });
+    let result = launch::tasks::run_exec(
+        plan,
+        engine,
+        &container,
+        stdio,
+        tx,
+        &rx,
+        &state.tasks,
+        &mut || {
+            send(
+                stream,
+                &DaemonMsg::Started {
+                    container: plan.name.clone(),
+                },
+            )
+        },
+    );
     let _ = stream.shutdown(std::net::Shutdown::Read);
     match result {
-        _ if state.stopping.load(Ordering::SeqCst) => Err(stopped()),
+        _ if state.stopping.load(Ordering::SeqCst) => Err(stopped_task()),
         Ok(Outcome::Exited(code)) => Ok(Some(code)),
         Ok(Outcome::Abandoned) => {
             log::warn!(
@@ -740,6 +771,13 @@ fn client_events(r: &mut UnixStream, tx: &std::sync::mpsc::Sender<Event>) {
 fn stopped() -> Error {
     Error::Unavailable(
         "the berth broker was stopped while the job ran; its container was removed: requeue the job"
+            .into(),
+    )
+}
+
+fn stopped_task() -> Error {
+    Error::Unavailable(
+        "the berth broker was stopped while the LSF task ran; the task was killed: requeue the job"
             .into(),
     )
 }

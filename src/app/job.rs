@@ -187,8 +187,13 @@ fn decide_inner(
         })
         .flatten();
     let mpi_step = mpi_step(policy, caller, &id, job_cgroup.as_ref(), &hostname)?;
+    // What LSF says of the allocation counts only inside an LSF job the
+    // kernel places the caller in: anyone can set LSB_MCPU_HOSTS.
     let lsf_parallel = caller.scheduler == Scheduler::Lsf
-        && (lsf_task.is_some() || crate::sched::lsf::task::spans_hosts(&caller.env));
+        && job_cgroup
+            .as_ref()
+            .is_some_and(|f| f.0.scheduler == crate::core::cgroup::Scheduler::Lsf)
+        && crate::sched::lsf::task::spans_hosts(&caller.env);
     let fabric = if mpi_step.is_some() || lsf_parallel {
         crate::sys::devices::nodes(&policy.mpi.fabric_devices)
             .into_iter()

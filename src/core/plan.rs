@@ -826,7 +826,8 @@ fn holder_spec(
 
 /// What a blaunch task must share with the container it runs in (SPEC
 /// §14): the image, the user and groups, the network and IPC, the job's
-/// own mounts (not the per-container /tmp, passwd or image volumes). An
+/// own mounts and working directory (not the per-container /tmp, passwd or
+/// image volumes), devices, /dev/shm's size, extra hosts and ports. An
 /// exec cannot change any of them, so a task that would differ is refused
 /// rather than run with what it did not ask for.
 fn shape(spec: &ContainerSpec, mounts: &[MountPlan]) -> String {
@@ -851,6 +852,9 @@ fn shape(spec: &ContainerSpec, mounts: &[MountPlan]) -> String {
         "ipc": spec.ipc,
         "mounts": own,
         "devices": spec.devices,
+        "shm": spec.shm_size,
+        "hosts": spec.extra_hosts,
+        "ports": spec.publish.iter().map(|p| format!("{:?}:{}:{}/{}", p.host_ip, p.host_port, p.container_port, p.proto)).collect::<Vec<_>>(),
     })
     .to_string();
     use sha2::Digest;

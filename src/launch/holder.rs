@@ -110,6 +110,16 @@ impl Holders {
                     self.forget(&spec.name, &entry, &mut e);
                     return Err(err);
                 }
+            } else if let Some(plan) = dirs {
+                // A task joining the host's container gets what its first
+                // task planned: only if it asks for the same.
+                let made = e
+                    .dirs
+                    .as_ref()
+                    .and_then(|p| p.spec.labels.get("berth.shape"));
+                if made != spec.labels.get("berth.shape") {
+                    return Err(crate::launch::tasks::differs(plan, &spec.name));
+                }
             }
             e.ranks += 1;
             drop(e);

@@ -488,7 +488,7 @@ pub fn run(plan: &LaunchPlan) -> Result<i32> {
         // Its host's container is shared by the job's tasks here, counted
         // by the broker.
         return Err(Error::Config(
-            "an LSF blaunch task (LSF_PM_TASKID) runs through the broker (berth daemon): start it on this host, or run the starter as the job's user".into(),
+            "an LSF blaunch task (LSF_PM_TASKID) runs through the broker: run the broker (berth daemon) on this host, and have LSF run the starter as the job's user or as a relay (wrapper/lsf/README.md), not as root".into(),
         ));
     }
     let engine = Engine::new(&plan.socket);

@@ -18,7 +18,6 @@ use crate::core::error::{Denial, Error, Result};
 use crate::core::plan::LaunchPlan;
 use crate::engine::Engine;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -68,27 +67,40 @@ pub fn own_container(engine: &Engine, plan: &LaunchPlan) -> Result<Option<(Strin
             continue;
         };
         if l("berth.shape") != Some(label("berth.shape")) {
-            return Err(Denial::new(
-                "lsf.task",
-                name.trim_start_matches('/'),
-                format!(
-                    "blaunch task {} of job {} would run in the job's container {} on {}, which has another image, user, network or set of volumes than the task asks for",
-                    task.id,
-                    plan.job.id,
-                    name.trim_start_matches('/'),
-                    task.host
-                ),
-                "start tasks with the job's own LSF_DOCKER_* settings and image (blaunch passes the job's environment; do not change those variables for a task)",
-            )
-            .into());
+            return Err(differs(plan, name.trim_start_matches('/')));
         }
         found = Some((id.to_string(), name.trim_start_matches('/').to_string()));
     }
     Ok(found)
 }
 
+/// The denial of a task that asks for other container settings than the
+/// container it would run in has.
+pub fn differs(plan: &LaunchPlan, container: &str) -> Error {
+    let (id, host) = plan
+        .task
+        .as_ref()
+        .map_or((0, ""), |t| (t.id, t.host.as_str()));
+    Denial::new(
+        "lsf.task",
+        container,
+        format!(
+            "blaunch task {id} of job {} would run in the job's container {container} on {host}, made with other settings than the task asks for (one of: image, user and groups, network, IPC, volumes, working directory, devices, shm size, extra hosts, ports)",
+            plan.job.id
+        ),
+        "start tasks with the job's own LSF_DOCKER_* settings, image and working directory (blaunch passes the job's environment on; do not change those for a task)",
+    )
+    .into()
+}
+
+/// The tasks running through this broker: exec id → (host pid, full id of
+/// its container), killed when the broker stops.
+pub type Running = std::sync::Mutex<std::collections::HashMap<String, (i32, String)>>;
+
 /// Run the task in container `container` (running) with `stdio`; `events`
-/// carries signals and the client's end, as for a container.
+/// carries signals and the client's end, as for a container. The task is
+/// in `running` from the moment it has a process until it is gone.
+#[allow(clippy::too_many_arguments)]
 pub fn run_exec(
     plan: &LaunchPlan,
     engine: &Engine,
@@ -96,12 +108,24 @@ pub fn run_exec(
     stdio: Stdio,
     tx: Sender<Event>,
     events: &Receiver<Event>,
+    running: &Running,
     started: &mut dyn FnMut(),
 ) -> Result<Outcome> {
     let task = plan
         .task
         .as_ref()
         .ok_or_else(|| Error::Internal("not an LSF task".into()))?;
+    // Its processes are told from others by this container's cgroup: no
+    // id, no task.
+    let full_id = engine
+        .inspect_container(container)?
+        .and_then(|v| v.get("Id").and_then(Value::as_str).map(str::to_string))
+        .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            Error::Unavailable(format!(
+                "the job's container {container} on this host is gone: the job has ended or is ending"
+            ))
+        })?;
     let env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let body = json!({
         "AttachStdin": true,
@@ -114,13 +138,97 @@ pub fn run_exec(
         "WorkingDir": plan.spec.workdir.display().to_string(),
         "Privileged": false,
     });
-    let exec = engine.exec_create(container, &body)?;
+    let exec = engine.exec_create(&full_id, &body)?;
+    // A client gone, or a termination, before the start: never start it
+    // (an exec never started runs nothing; the engine drops it with its
+    // container).
+    while let Ok(ev) = events.try_recv() {
+        match ev {
+            Event::Abandon => return Ok(Outcome::Abandoned),
+            Event::Signal(s) if matches!(s, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => {
+                return Ok(Outcome::Exited(128 + s as i32))
+            }
+            _ => {}
+        }
+    }
     let attach = engine.exec_start(&exec)?;
-    let full_id = engine
-        .inspect_container(container)?
-        .and_then(|v| v.get("Id").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_default();
+    // The engine answers the start before the process exists: wait for its
+    // pid (or its end), so that a kill from here on always has a target.
+    let mut pid = 0;
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        match engine.exec_inspect(&exec) {
+            Ok(Some(s)) if s.pid > 0 || (!s.running && s.exit_code.is_some()) => {
+                pid = s.pid;
+                break;
+            }
+            Ok(None) => break,
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    if pid > 0 {
+        lock(running).insert(exec.clone(), (pid, full_id.clone()));
+    }
+    let result = follow(
+        plan,
+        engine,
+        &exec,
+        (pid, &full_id),
+        attach,
+        stdio,
+        tx,
+        events,
+        started,
+    );
+    if pid > 0 {
+        if !matches!(result, Ok(Outcome::Exited(_))) {
+            // Abandoned, or lost: the task must not outlive its client.
+            kill_until_gone(engine, &exec, pid, &full_id);
+        }
+        lock(running).remove(&exec);
+    }
+    result
+}
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// SIGKILL the task until the engine says it is gone (at most 10 s).
+fn kill_until_gone(engine: &Engine, exec: &str, pid: i32, container_id: &str) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        signal_task(pid, container_id, Signal::SIGKILL);
+        match engine.exec_inspect(exec) {
+            Ok(Some(s)) if s.running && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Kill a task the broker stops with (SPEC §14: nothing outlives it).
+pub fn kill(pid: i32, container_id: &str) {
+    signal_task(pid, container_id, Signal::SIGKILL);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn follow(
+    plan: &LaunchPlan,
+    engine: &Engine,
+    exec: &str,
+    (pid, full_id): (i32, &str),
+    attach: crate::engine::Attach,
+    stdio: Stdio,
+    tx: Sender<Event>,
+    events: &Receiver<Event>,
+    started: &mut dyn FnMut(),
+) -> Result<Outcome> {
+    let task = plan
+        .task
+        .as_ref()
+        .ok_or_else(|| Error::Internal("not an LSF task".into()))?;
     let mut out_stream = attach
         .stream
         .try_clone()
@@ -163,28 +271,36 @@ pub fn run_exec(
     )?;
     // The engine has no wait for an exec: its state is polled, briefly at
     // first (most tasks of a short step end within milliseconds), then
-    // every quarter second.
+    // every quarter second, until it ends or this task is done with (the
+    // flag: an abandoned task's poller stops with it). A failed query is
+    // retried before it counts.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poll_done = done.clone();
     let poll_engine = Engine::new(engine.socket());
-    let poll_exec = exec.clone();
+    let poll_exec = exec.to_string();
     spawn(
         "task-wait",
         Box::new(move || {
             let mut pause = Duration::from_millis(5);
-            loop {
+            let mut failures = 0;
+            while !poll_done.load(std::sync::atomic::Ordering::SeqCst) {
                 match poll_engine.exec_inspect(&poll_exec) {
                     Ok(Some(s)) if !s.running && s.exit_code.is_some() => {
                         let _ = tx.send(Event::Exited(Ok(s.exit_code.unwrap_or(0))));
                         return;
                     }
-                    Ok(Some(_)) => {}
+                    Ok(Some(_)) => failures = 0,
                     // The container went (the job ended, or was killed).
                     Ok(None) => {
                         let _ = tx.send(Event::Exited(Ok(137)));
                         return;
                     }
                     Err(e) => {
-                        let _ = tx.send(Event::Exited(Err(e)));
-                        return;
+                        failures += 1;
+                        if failures >= 5 {
+                            let _ = tx.send(Event::Exited(Err(e)));
+                            return;
+                        }
                     }
                 }
                 std::thread::sleep(pause);
@@ -195,10 +311,8 @@ pub fn run_exec(
     started();
 
     let signal = |sig: Signal| {
-        if let Ok(Some(s)) = engine.exec_inspect(&exec) {
-            if s.running && s.pid > 0 {
-                signal_task(s.pid, &full_id, sig);
-            }
+        if pid > 0 {
+            signal_task(pid, full_id, sig);
         }
     };
     let mut kill_at: Option<Instant> = None;
@@ -206,34 +320,58 @@ pub fn run_exec(
         let timeout = kill_at
             .map(|at| at.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
-        match events.recv_timeout(timeout) {
-            Ok(Event::Exited(r)) => break r,
-            Ok(Event::Abandon) => {
-                signal(Signal::SIGKILL);
-                let _ = nix::unistd::write(&stop_w, b"x");
-                let _ = attach.stream.shutdown(std::net::Shutdown::Both);
-                return Ok(Outcome::Abandoned);
-            }
-            Ok(Event::Signal(s)) => {
-                log::info!("forwarding {s} to task {} of {}", task.id, plan.name);
-                signal(s);
-                if matches!(s, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)
-                    && kill_at.is_none()
-                {
-                    kill_at = Some(Instant::now() + Duration::from_secs(plan.stop_timeout.into()));
-                }
-            }
+        let first = match events.recv_timeout(timeout) {
+            Ok(ev) => ev,
             Err(RecvTimeoutError::Timeout) => {
                 if kill_at.is_some_and(|at| Instant::now() >= at) {
                     signal(Signal::SIGKILL);
                     kill_at = None;
                 }
+                continue;
             }
             Err(RecvTimeoutError::Disconnected) => {
                 break Err(Error::Internal("lost the task's wait".into()))
             }
+        };
+        // What is queued is handled together, a repeated signal once (as
+        // the launcher of containers does).
+        let mut batch = vec![first];
+        while batch.len() < 1 << 16 {
+            match events.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(_) => break,
+            }
+        }
+        let mut sent: Vec<Signal> = Vec::new();
+        let mut end = None;
+        for ev in batch {
+            match ev {
+                Event::Exited(r) => end = Some(r),
+                Event::Abandon => {
+                    done.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = nix::unistd::write(&stop_w, b"x");
+                    let _ = attach.stream.shutdown(std::net::Shutdown::Both);
+                    return Ok(Outcome::Abandoned);
+                }
+                Event::Signal(s) if !sent.contains(&s) => {
+                    sent.push(s);
+                    log::info!("forwarding {s} to task {} of {}", task.id, plan.name);
+                    signal(s);
+                    if matches!(s, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)
+                        && kill_at.is_none()
+                    {
+                        kill_at =
+                            Some(Instant::now() + Duration::from_secs(plan.stop_timeout.into()));
+                    }
+                }
+                Event::Signal(_) => {}
+            }
+        }
+        if let Some(r) = end {
+            break r;
         }
     };
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     if out_done.recv_timeout(OUTPUT_GRACE).is_err() {
         log::info!(
             "the output of task {} of {} outlived it (a background process); cut",
@@ -246,44 +384,7 @@ pub fn run_exec(
     status.map(Outcome::Exited)
 }
 
-/// Signal the task's process and its descendants, each only while it is
-/// in the container's cgroup (a pid the task left behind may name another
-/// process by now).
+/// Signal the task's process and its descendants in its container.
 fn signal_task(pid: i32, container_id: &str, sig: Signal) {
-    if container_id.len() < 12 {
-        return;
-    }
-    let in_container = |p: i32| {
-        std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| c.contains(container_id))
-    };
-    let mut children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                continue;
-            };
-            // `pid (comm) state ppid …`: comm may hold spaces and parens.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|x| x.parse::<i32>().ok());
-            if let Some(pp) = ppid {
-                children.entry(pp).or_default().push(p);
-            }
-        }
-    }
-    let mut todo = vec![pid];
-    let mut seen = std::collections::HashSet::new();
-    while let Some(p) = todo.pop() {
-        if !seen.insert(p) {
-            continue;
-        }
-        if in_container(p) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(p), sig);
-        }
-        todo.extend(children.get(&p).into_iter().flatten().copied());
-    }
+    crate::sys::process::signal_tree_in_container(pid, container_id, sig);
 }

@@ -139,3 +139,77 @@ pub fn rename_exchange(a: &Path, b: &Path) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Signal the task's process and its descendants, each only while it is
+/// in the container's cgroup (a pid the task left behind may name another
+/// process by now): the process is pinned by a pidfd, then checked, then
+/// signalled through the pidfd, so the check and the signal are about one
+/// process. Descendants that a double fork handed to the container's init
+/// are not found here; they end with the container.
+pub fn signal_tree_in_container(pid: i32, container_id: &str, sig: Signal) {
+    if container_id.len() != 64 {
+        return;
+    }
+    let scope = format!("docker-{container_id}.scope");
+    let in_container = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| {
+            c.lines().any(|l| {
+                l.rsplit_once(':').is_some_and(|(_, path)| {
+                    path.split('/')
+                        .any(|seg| seg == container_id || seg == scope)
+                })
+            })
+        })
+    };
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid …`: comm may hold spaces and parens.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|x| x.parse::<i32>().ok());
+            if let Some(pp) = ppid {
+                children.entry(pp).or_default().push(p);
+            }
+        }
+    }
+    let mut todo = vec![pid];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(p) = todo.pop() {
+        if !seen.insert(p) {
+            continue;
+        }
+        todo.extend(children.get(&p).into_iter().flatten().copied());
+        // SAFETY: pidfd_open(2) on a pid, no pointers.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p, 0) };
+        if fd < 0 {
+            // No pidfd (a kernel before 5.3): check, then kill.
+            if in_container(p) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
+            }
+            continue;
+        }
+        // SAFETY: the descriptor was just returned to us and is closed once.
+        let fd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        if in_container(p) {
+            // SAFETY: pidfd_send_signal(2) with a null siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    sig as i32,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+        }
+    }
+}
