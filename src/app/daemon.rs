@@ -323,15 +323,17 @@ fn control_loop(state: Arc<State>, set: SigSet, socket: PathBuf) {
                     launch::abandon(plan, &Engine::new(&plan.socket));
                 }
                 // (`stopping` is set: a task starting now is refused.)
-                let tasks: Vec<(i32, String)> = state
+                let tasks: Vec<(String, String, PathBuf)> = state
                     .tasks
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
+                    .iter()
+                    .map(|(exec, (_, container, socket))| {
+                        (exec.clone(), container.clone(), socket.clone())
+                    })
                     .collect();
-                for (pid, container) in &tasks {
-                    launch::tasks::kill(*pid, container);
+                for (exec, container, socket) in &tasks {
+                    launch::tasks::kill_until_gone(&Engine::new(socket), exec, container);
                 }
                 // Every holder, also one whose ranks are between their hold
                 // and their place in `active`.
@@ -692,6 +694,10 @@ fn run_task(
             (Some(h), name)
         }
     };
+    let shown = record
+        .container
+        .clone()
+        .unwrap_or_else(|| plan.name.clone());
     let mut fds = fds.into_iter();
     let stdio = Stdio {
         stdin: fds.next(),
@@ -723,11 +729,12 @@ fn run_task(
         tx,
         &rx,
         &state.tasks,
+        &state.stopping,
         &mut || {
             send(
                 stream,
                 &DaemonMsg::Started {
-                    container: plan.name.clone(),
+                    container: shown.clone(),
                 },
             )
         },

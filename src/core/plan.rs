@@ -853,6 +853,7 @@ fn shape(spec: &ContainerSpec, mounts: &[MountPlan]) -> String {
         "mounts": own,
         "devices": spec.devices,
         "shm": spec.shm_size,
+        "memlock": spec.memlock_unlimited,
         "hosts": spec.extra_hosts,
         "ports": spec.publish.iter().map(|p| format!("{:?}:{}:{}/{}", p.host_ip, p.host_port, p.container_port, p.proto)).collect::<Vec<_>>(),
     })

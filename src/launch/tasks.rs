@@ -19,6 +19,7 @@ use crate::core::plan::LaunchPlan;
 use crate::engine::Engine;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -93,13 +94,14 @@ pub fn differs(plan: &LaunchPlan, container: &str) -> Error {
     .into()
 }
 
-/// The tasks running through this broker: exec id → (host pid, full id of
-/// its container), killed when the broker stops.
-pub type Running = std::sync::Mutex<std::collections::HashMap<String, (i32, String)>>;
+/// The tasks of this broker: exec id → (host pid, 0 until known; full id
+/// of its container; the engine's socket), killed when the broker stops.
+pub type Running = std::sync::Mutex<std::collections::HashMap<String, (i32, String, PathBuf)>>;
 
 /// Run the task in container `container` (running) with `stdio`; `events`
 /// carries signals and the client's end, as for a container. The task is
-/// in `running` from the moment it has a process until it is gone.
+/// in `running` from before its start until it is gone; `stopping` (the
+/// broker's stop, read under `running`'s lock) refuses a start.
 #[allow(clippy::too_many_arguments)]
 pub fn run_exec(
     plan: &LaunchPlan,
@@ -109,6 +111,7 @@ pub fn run_exec(
     tx: Sender<Event>,
     events: &Receiver<Event>,
     running: &Running,
+    stopping: &std::sync::atomic::AtomicBool,
     started: &mut dyn FnMut(),
 ) -> Result<Outcome> {
     let task = plan
@@ -151,66 +154,109 @@ pub fn run_exec(
             _ => {}
         }
     }
-    let attach = engine.exec_start(&exec)?;
-    // The engine answers the start before the process exists: wait for its
-    // pid (or its end), so that a kill from here on always has a target.
-    let mut pid = 0;
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        match engine.exec_inspect(&exec) {
-            Ok(Some(s)) if s.pid > 0 || (!s.running && s.exit_code.is_some()) => {
-                pid = s.pid;
-                break;
-            }
-            Ok(None) => break,
-            _ => std::thread::sleep(Duration::from_millis(2)),
+    {
+        let mut r = lock(running);
+        if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Unavailable(
+                "the berth broker is stopping; the task was not started: requeue the job".into(),
+            ));
         }
+        r.insert(
+            exec.clone(),
+            (0, full_id.clone(), engine.socket().to_path_buf()),
+        );
     }
-    if pid > 0 {
-        lock(running).insert(exec.clone(), (pid, full_id.clone()));
-    }
-    let result = follow(
-        plan,
-        engine,
-        &exec,
-        (pid, &full_id),
-        attach,
-        stdio,
-        tx,
-        events,
-        started,
+    let result = start_and_follow(
+        plan, engine, &exec, &full_id, stdio, tx, events, running, started,
     );
-    if pid > 0 {
-        if !matches!(result, Ok(Outcome::Exited(_))) {
-            // Abandoned, or lost: the task must not outlive its client.
-            kill_until_gone(engine, &exec, pid, &full_id);
-        }
-        lock(running).remove(&exec);
+    if !matches!(result, Ok(Outcome::Exited(_))) {
+        // Abandoned, or lost (also a start whose answer was lost): the
+        // task must not outlive its client.
+        kill_until_gone(engine, &exec, &full_id);
     }
+    lock(running).remove(&exec);
     result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_and_follow(
+    plan: &LaunchPlan,
+    engine: &Engine,
+    exec: &str,
+    full_id: &str,
+    stdio: Stdio,
+    tx: Sender<Event>,
+    events: &Receiver<Event>,
+    running: &Running,
+    started: &mut dyn FnMut(),
+) -> Result<Outcome> {
+    let attach = engine.exec_start(exec)?;
+    // The engine answers the start before the process exists: wait for its
+    // pid (or its end), so that a kill from here on has a target.
+    let pid = wait_pid(engine, exec);
+    if pid > 0 {
+        if let Some(e) = lock(running).get_mut(exec) {
+            e.0 = pid;
+        }
+    } else {
+        log::warn!(
+            "the engine gave no pid for task exec {exec} of {}",
+            plan.name
+        );
+    }
+    follow(
+        plan, engine, exec, full_id, attach, stdio, tx, events, started,
+    )
+}
+
+/// The exec's host pid once it has one (0: it ended first, or the engine
+/// never said within 30 s), asked with a growing pause.
+fn wait_pid(engine: &Engine, exec: &str) -> i32 {
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(1);
+    while Instant::now() < until {
+        match engine.exec_inspect(exec) {
+            Ok(Some(s)) if s.pid > 0 => return s.pid,
+            Ok(Some(s)) if !s.running && s.exit_code.is_some() => return 0,
+            Ok(None) => return 0,
+            _ => {}
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+    0
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// SIGKILL the task until the engine says it is gone (at most 10 s).
-fn kill_until_gone(engine: &Engine, exec: &str, pid: i32, container_id: &str) {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        signal_task(pid, container_id, Signal::SIGKILL);
-        match engine.exec_inspect(exec) {
-            Ok(Some(s)) if s.running && Instant::now() < until => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            _ => return,
+/// Signal the task while the engine says it runs (its pid is then still
+/// the task's: never a process that took the pid after it).
+fn signal_running(engine: &Engine, exec: &str, container_id: &str, sig: Signal) -> bool {
+    match engine.exec_inspect(exec) {
+        Ok(Some(s)) if s.running && s.pid > 0 => {
+            signal_task(s.pid, container_id, sig);
+            true
         }
+        _ => false,
     }
 }
 
-/// Kill a task the broker stops with (SPEC §14: nothing outlives it).
-pub fn kill(pid: i32, container_id: &str) {
-    signal_task(pid, container_id, Signal::SIGKILL);
+/// SIGKILL the task until the engine says it is gone (at most 10 s).
+pub fn kill_until_gone(engine: &Engine, exec: &str, container_id: &str) {
+    let until = Instant::now() + Duration::from_secs(10);
+    // (A start whose answer was lost may still be starting.)
+    let _ = wait_pid(engine, exec);
+    while signal_running(engine, exec, container_id, Signal::SIGKILL) {
+        if Instant::now() >= until {
+            log::error!(
+                "task exec {exec} still runs after 10 s of SIGKILL; it ends with its container"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -218,7 +264,7 @@ fn follow(
     plan: &LaunchPlan,
     engine: &Engine,
     exec: &str,
-    (pid, full_id): (i32, &str),
+    full_id: &str,
     attach: crate::engine::Attach,
     stdio: Stdio,
     tx: Sender<Event>,
@@ -311,9 +357,7 @@ fn follow(
     started();
 
     let signal = |sig: Signal| {
-        if pid > 0 {
-            signal_task(pid, full_id, sig);
-        }
+        signal_running(engine, exec, full_id, sig);
     };
     let mut kill_at: Option<Instant> = None;
     let status = loop {

@@ -151,13 +151,15 @@ pub fn signal_tree_in_container(pid: i32, container_id: &str, sig: Signal) {
         return;
     }
     let scope = format!("docker-{container_id}.scope");
+    // `id:controllers:path`, the path ending in the container's own cgroup
+    // (cgroupfs driver: `…/<id>`; systemd driver: `…/docker-<id>.scope`).
     let in_container = |p: i32| {
         std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| {
             c.lines().any(|l| {
-                l.rsplit_once(':').is_some_and(|(_, path)| {
-                    path.split('/')
-                        .any(|seg| seg == container_id || seg == scope)
-                })
+                l.splitn(3, ':')
+                    .nth(2)
+                    .and_then(|path| path.rsplit('/').next())
+                    .is_some_and(|last| last == container_id || last == scope)
             })
         })
     };
@@ -190,8 +192,9 @@ pub fn signal_tree_in_container(pid: i32, container_id: &str, sig: Signal) {
         // SAFETY: pidfd_open(2) on a pid, no pointers.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p, 0) };
         if fd < 0 {
-            // No pidfd (a kernel before 5.3): check, then kill.
-            if in_container(p) {
+            // No pidfd (a kernel before 5.3): check, then kill. Any other
+            // failure (the process is gone, no descriptor left): skip it.
+            if nix::errno::Errno::last() == nix::errno::Errno::ENOSYS && in_container(p) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
             }
             continue;
