@@ -6,8 +6,9 @@
 //! last task removes it).
 //!
 //! A task is an exec: the engine runs it with the container's process
-//! settings (user namespace of ids, capabilities, no new privileges,
-//! limits, cgroup); berth gives its command, environment, user and working
+//! settings (capabilities, no new privileges, limits, seccomp and AppArmor
+//! profiles, cgroup, namespaces); berth gives its command, environment,
+//! user (the job's uid:gid; the container's added groups) and working
 //! directory, carries its streams as for a container, and reads its exit
 //! status. Signals go to the task's processes only, found on the host by
 //! the exec's pid and checked to be in that container's cgroup.
@@ -193,7 +194,7 @@ fn start_and_follow(
     let attach = engine.exec_start(exec)?;
     // The engine answers the start before the process exists: wait for its
     // pid (or its end), so that a kill from here on has a target.
-    let pid = wait_pid(engine, exec);
+    let pid = wait_pid(engine, exec, Duration::from_secs(30));
     if pid > 0 {
         if let Some(e) = lock(running).get_mut(exec) {
             e.0 = pid;
@@ -210,9 +211,9 @@ fn start_and_follow(
 }
 
 /// The exec's host pid once it has one (0: it ended first, or the engine
-/// never said within 30 s), asked with a growing pause.
-fn wait_pid(engine: &Engine, exec: &str) -> i32 {
-    let until = Instant::now() + Duration::from_secs(30);
+/// did not say within `max`), asked with a growing pause.
+fn wait_pid(engine: &Engine, exec: &str, max: Duration) -> i32 {
+    let until = Instant::now() + max;
     let mut pause = Duration::from_millis(1);
     while Instant::now() < until {
         match engine.exec_inspect(exec) {
@@ -246,8 +247,9 @@ fn signal_running(engine: &Engine, exec: &str, container_id: &str, sig: Signal) 
 /// SIGKILL the task until the engine says it is gone (at most 10 s).
 pub fn kill_until_gone(engine: &Engine, exec: &str, container_id: &str) {
     let until = Instant::now() + Duration::from_secs(10);
-    // (A start whose answer was lost may still be starting.)
-    let _ = wait_pid(engine, exec);
+    // (A start whose answer was lost may still be starting; an exec the
+    // stop caught before its start never will.)
+    let _ = wait_pid(engine, exec, Duration::from_secs(2));
     while signal_running(engine, exec, container_id, Signal::SIGKILL) {
         if Instant::now() >= until {
             log::error!(
