@@ -614,24 +614,7 @@ fn run_job(
         active.insert(plan.name.clone(), plan.clone());
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    // The client's frames become events: signals to forward, and its end
-    // (killed, disconnected) abandons the job. A client that sends half a
-    // frame blocks only this reader, never the job.
-    let _ = stream.set_read_timeout(None);
-    let reader = stream
-        .try_clone()
-        .map_err(|e| Error::internal("cloning the client socket", e));
-    let reader_tx = tx.clone();
-    let spawned = reader.and_then(|mut r| {
-        std::thread::Builder::new()
-            .name("client".into())
-            .spawn(move || client_events(&mut r, &reader_tx))
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "the broker cannot start a thread for the job ({e}); requeue the job"
-                ))
-            })
-    });
+    let spawned = listen(stream, tx.clone());
     let result = match spawned {
         Err(e) => Err(e),
         Ok(_) => supervise::run(plan, engine, stdio, tx, &rx, &mut || {
@@ -708,19 +691,7 @@ fn run_task(
         return Err(stopped_task());
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    let _ = stream.set_read_timeout(None);
-    let reader_tx = tx.clone();
-    let mut reader = stream
-        .try_clone()
-        .map_err(|e| Error::internal("cloning the client socket", e))?;
-    std::thread::Builder::new()
-        .name("client".into())
-        .spawn(move || client_events(&mut reader, &reader_tx))
-        .map_err(|e| {
-            Error::Unavailable(format!(
-                "the broker cannot start a thread for the task ({e}); requeue the job"
-            ))
-        })?;
+    listen(stream, tx.clone())?;
     let result = launch::tasks::run_exec(
         plan,
         engine,
@@ -753,6 +724,25 @@ fn run_task(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The client's frames become events: signals to forward, and its end
+/// (killed, disconnected) abandons the job. A client that sends half a
+/// frame blocks only this reader thread, never the job.
+fn listen(stream: &UnixStream, tx: std::sync::mpsc::Sender<Event>) -> Result<()> {
+    let _ = stream.set_read_timeout(None);
+    let mut reader = stream
+        .try_clone()
+        .map_err(|e| Error::internal("cloning the client socket", e))?;
+    std::thread::Builder::new()
+        .name("client".into())
+        .spawn(move || client_events(&mut reader, &tx))
+        .map(|_| ())
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "the broker cannot start a thread for the job ({e}); requeue the job"
+            ))
+        })
 }
 
 /// Read a client's frames until it goes away.

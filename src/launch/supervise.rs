@@ -139,7 +139,7 @@ fn run_created(
     events: &Receiver<Event>,
     started: &mut dyn FnMut(),
 ) -> Result<Outcome> {
-    let attach = engine.attach(id)?;
+    let mut attach = engine.attach(id)?;
     let wait = engine.wait(id)?;
     // A termination that arrived while the container was being created:
     // never start it.
@@ -157,48 +157,10 @@ fn run_created(
         }
     }
 
-    let mut out_stream = attach
-        .stream
-        .try_clone()
-        .map_err(|e| Error::internal("cloning the attach stream", e))?;
-    let mut in_stream = attach
-        .stream
-        .try_clone()
-        .map_err(|e| Error::internal("cloning the attach stream", e))?;
-    let (stop_r, stop_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::internal("pipe", e))?;
-    let (out_done_tx, out_done) = std::sync::mpsc::channel::<u64>();
-    let Stdio {
-        stdin,
-        stdout,
-        stderr,
-    } = stdio;
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(f)
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot start a thread for the job's streams ({e}); the node is out of threads: requeue the job"
-                ))
-            })
-    };
-    let early_bytes = attach.early;
-    spawn(
-        "job-output",
-        Box::new(move || {
-            let mut o = Sink::new(stdout);
-            let mut e = Sink::new(stderr);
-            let n = streams::demux(&mut out_stream, early_bytes, &mut o, &mut e);
-            let _ = out_done_tx.send(n);
-        }),
-    )?;
-    spawn(
-        "job-input",
-        Box::new(move || streams::feed(stdin, &mut in_stream, stop_r)),
-    )?;
+    let early_bytes = std::mem::take(&mut attach.early);
+    let Pumps { stop_w, out_done } = pump("job", &attach.stream, early_bytes, stdio)?;
     let waiter_tx = tx.clone();
-    spawn(
+    spawn_thread(
         "job-wait",
         Box::new(move || {
             let _ = waiter_tx.send(Event::Exited(wait.result()));
@@ -267,6 +229,66 @@ fn run_created(
     let _ = nix::unistd::write(&stop_w, b"x");
     let _ = attach.stream.shutdown(std::net::Shutdown::Both);
     status.map(Outcome::Exited)
+}
+
+/// The job's (or task's) stream threads, and how to stop and await them.
+pub(super) struct Pumps {
+    /// Written once the job is over: the input thread stops reading.
+    pub stop_w: std::os::fd::OwnedFd,
+    /// Receives the output byte count when the engine's stream ends.
+    pub out_done: std::sync::mpsc::Receiver<u64>,
+}
+
+/// Start a thread, or say the node is out of them.
+pub(super) fn spawn_thread(name: &str, f: Box<dyn FnOnce() + Send>) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot start a thread for the job's streams ({e}); the node is out of threads: requeue the job"
+            ))
+        })
+}
+
+/// Copy the engine's multiplexed stream (`early`: what came with its
+/// upgrade) to the caller's stdout and stderr, and the caller's stdin to
+/// it, each in a thread named `<what>-output` and `<what>-input`.
+pub(super) fn pump(
+    what: &str,
+    stream: &std::os::unix::net::UnixStream,
+    early: Vec<u8>,
+    stdio: Stdio,
+) -> Result<Pumps> {
+    let mut out_stream = stream
+        .try_clone()
+        .map_err(|e| Error::internal("cloning the attach stream", e))?;
+    let mut in_stream = stream
+        .try_clone()
+        .map_err(|e| Error::internal("cloning the attach stream", e))?;
+    let (stop_r, stop_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::internal("pipe", e))?;
+    let (out_done_tx, out_done) = std::sync::mpsc::channel::<u64>();
+    let Stdio {
+        stdin,
+        stdout,
+        stderr,
+    } = stdio;
+    spawn_thread(
+        &format!("{what}-output"),
+        Box::new(move || {
+            let mut o = Sink::new(stdout);
+            let mut e = Sink::new(stderr);
+            let n = streams::demux(&mut out_stream, early, &mut o, &mut e);
+            let _ = out_done_tx.send(n);
+        }),
+    )?;
+    spawn_thread(
+        &format!("{what}-input"),
+        Box::new(move || streams::feed(stdin, &mut in_stream, stop_r)),
+    )?;
+    Ok(Pumps { stop_w, out_done })
 }
 
 fn is_termination(s: Signal) -> bool {

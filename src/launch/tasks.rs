@@ -13,8 +13,7 @@
 //! status. Signals go to the task's processes only, found on the host by
 //! the exec's pid and checked to be in that container's cgroup.
 
-use super::streams::{self, Sink};
-use super::supervise::{Event, Outcome, Stdio};
+use super::supervise::{pump, spawn_thread, Event, Outcome, Pumps, Stdio};
 use crate::core::error::{Denial, Error, Result};
 use crate::core::plan::LaunchPlan;
 use crate::engine::Engine;
@@ -277,46 +276,9 @@ fn follow(
         .task
         .as_ref()
         .ok_or_else(|| Error::Internal("not an LSF task".into()))?;
-    let mut out_stream = attach
-        .stream
-        .try_clone()
-        .map_err(|e| Error::internal("cloning the exec stream", e))?;
-    let mut in_stream = attach
-        .stream
-        .try_clone()
-        .map_err(|e| Error::internal("cloning the exec stream", e))?;
-    let (stop_r, stop_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::internal("pipe", e))?;
-    let (out_done_tx, out_done) = std::sync::mpsc::channel::<u64>();
-    let Stdio {
-        stdin,
-        stdout,
-        stderr,
-    } = stdio;
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(f)
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot start a thread for the task's streams ({e}); the node is out of threads: requeue the job"
-                ))
-            })
-    };
-    let early = attach.early;
-    spawn(
-        "task-output",
-        Box::new(move || {
-            let mut o = Sink::new(stdout);
-            let mut e = Sink::new(stderr);
-            let n = streams::demux(&mut out_stream, early, &mut o, &mut e);
-            let _ = out_done_tx.send(n);
-        }),
-    )?;
-    spawn(
-        "task-input",
-        Box::new(move || streams::feed(stdin, &mut in_stream, stop_r)),
-    )?;
+    let mut attach = attach;
+    let early = std::mem::take(&mut attach.early);
+    let Pumps { stop_w, out_done } = pump("task", &attach.stream, early, stdio)?;
     // The engine has no wait for an exec: its state is polled, briefly at
     // first (most tasks of a short step end within milliseconds), then
     // every quarter second, until it ends or this task is done with (the
@@ -326,7 +288,7 @@ fn follow(
     let poll_done = done.clone();
     let poll_engine = Engine::new(engine.socket());
     let poll_exec = exec.to_string();
-    spawn(
+    spawn_thread(
         "task-wait",
         Box::new(move || {
             let mut pause = Duration::from_millis(5);
