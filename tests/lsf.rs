@@ -1447,6 +1447,27 @@ impl Drop for LsfCgroup {
     }
 }
 
+/// Enter the cgroups whose `cgroup.procs` files are `procs` (in a child
+/// between fork and exec: open, write and close only).
+fn join_cgroups(procs: &[std::ffi::CString]) -> std::io::Result<()> {
+    for p in procs {
+        // SAFETY: a NUL-terminated path, a 1-byte buffer, a descriptor
+        // closed once.
+        unsafe {
+            let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if ok != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// sbatchd's start of a starter, as root, inside the job's cgroup.
 fn start_in_cgroup(job: &Job, bed: &Bed, cg: &LsfCgroup, command: &str) -> Child {
     let line = format!("{} \"{command}\"", bed.script("berth-starter").display());
@@ -1455,17 +1476,7 @@ fn start_in_cgroup(job: &Job, bed: &Bed, cg: &LsfCgroup, command: &str) -> Child
     // SAFETY: open/write/close of paths built before the fork.
     unsafe {
         c.pre_exec(move || {
-            for p in &procs {
-                let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let ok = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if ok != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
+            join_cgroups(&procs)?;
             Ok(())
         });
     }
@@ -2433,17 +2444,7 @@ fn res_task(
     // changes between fork and exec, on values built before it.
     unsafe {
         c.pre_exec(move || {
-            for p in &procs {
-                let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let ok = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if ok != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
+            join_cgroups(&procs)?;
             nix::unistd::setsid()?;
             if let Some(h) = &uts {
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)?;
@@ -2590,17 +2591,7 @@ impl ParallelJob {
         // SAFETY: as in res_task.
         unsafe {
             c.pre_exec(move || {
-                for p in &procs {
-                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let ok = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if ok != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
+                join_cgroups(&procs)?;
                 nix::unistd::setgroups(&groups)?;
                 nix::unistd::setresgid(gid, gid, gid)?;
                 nix::unistd::setresuid(uid, uid, uid)?;

@@ -130,6 +130,16 @@ fn try_plan_with(
     f: Option<ImageFacts>,
     cmd: &[&str],
 ) -> Result<LaunchPlan> {
+    try_plan_in(policy, env, f, cmd, &ctx())
+}
+
+fn try_plan_in(
+    policy: &str,
+    env: &[(&str, &str)],
+    f: Option<ImageFacts>,
+    cmd: &[&str],
+    c: &Context,
+) -> Result<LaunchPlan> {
     let policy = Policy::parse(policy, "test").unwrap();
     let mut e: BTreeMap<String, String> = BTreeMap::from([
         ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
@@ -141,7 +151,7 @@ fn try_plan_with(
     }
     let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
     let req = from_env(&e, None, cmd.iter().map(|s| s.to_string()).collect())?;
-    plan(&policy, &id, &req, f.as_ref(), &FakeFs::site(), &ctx())
+    plan(&policy, &id, &req, f.as_ref(), &FakeFs::site(), c)
 }
 
 fn try_plan(env: &[(&str, &str)]) -> Result<LaunchPlan> {
@@ -1315,23 +1325,12 @@ fn an_mpi_rank_may_not_pick_its_network_or_ipc_and_gets_only_listed_fabric() {
 // --- LSF parallel jobs: blaunch tasks (SPEC §14) ---------------------------
 
 fn task_plan_with(env: &[(&str, &str)], task: Option<u32>, cmd: &[&str]) -> Result<LaunchPlan> {
-    let policy = Policy::parse(POLICY, "test").unwrap();
-    let mut e: BTreeMap<String, String> = BTreeMap::from([
-        ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
-        ("LSB_JOBID".into(), "42".into()),
-        ("LS_SUBCWD".into(), "/storage1/fs1/alice/proj".into()),
-    ]);
-    for (k, v) in env {
-        e.insert(k.to_string(), v.to_string());
-    }
-    let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
-    let req = from_env(&e, None, cmd.iter().map(|s| s.to_string()).collect())?;
     let c = Context {
         hostname: Some("node7".into()),
         lsf_task: task,
         ..ctx()
     };
-    plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c)
+    try_plan_in(POLICY, env, Some(facts()), cmd, &c)
 }
 
 #[test]
