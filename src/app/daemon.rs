@@ -598,12 +598,7 @@ fn run_job(
         ),
         None => None,
     };
-    let mut fds = fds.into_iter();
-    let stdio = Stdio {
-        stdin: fds.next(),
-        stdout: fds.next(),
-        stderr: fds.next(),
-    };
+    let stdio = stdio_of(fds);
     {
         let mut active = state.active.lock().unwrap_or_else(|e| e.into_inner());
         if state.stopping.load(Ordering::SeqCst) {
@@ -681,12 +676,7 @@ fn run_task(
         .container
         .clone()
         .unwrap_or_else(|| plan.name.clone());
-    let mut fds = fds.into_iter();
-    let stdio = Stdio {
-        stdin: fds.next(),
-        stdout: fds.next(),
-        stderr: fds.next(),
-    };
+    let stdio = stdio_of(fds);
     if state.stopping.load(Ordering::SeqCst) {
         return Err(stopped_task());
     }
@@ -723,6 +713,16 @@ fn run_task(
             Ok(None)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The client's descriptors, as the job's stdin, stdout and stderr.
+fn stdio_of(fds: Vec<OwnedFd>) -> Stdio {
+    let mut fds = fds.into_iter();
+    Stdio {
+        stdin: fds.next(),
+        stdout: fds.next(),
+        stderr: fds.next(),
     }
 }
 

@@ -171,56 +171,25 @@ fn run_created(
     engine.start(id).map_err(device_error)?;
     started();
 
-    let mut killer = Killer::new(plan.stop_timeout);
-    for ev in early {
-        if let Event::Signal(s) = ev {
-            killer.forward(engine, id, s);
+    let early: Vec<Signal> = early
+        .into_iter()
+        .filter_map(|ev| match ev {
+            Event::Signal(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let status = match follow_events(
+        events,
+        plan.stop_timeout,
+        early,
+        &mut ContainerTarget { engine, id },
+    ) {
+        Ended::Abandoned => {
+            let _ = nix::unistd::write(&stop_w, b"x");
+            let _ = attach.stream.shutdown(std::net::Shutdown::Both);
+            return Ok(Outcome::Abandoned);
         }
-    }
-    let status = loop {
-        let timeout = killer
-            .kill_at
-            .map(|at| at.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(3600));
-        let first = match events.recv_timeout(timeout) {
-            Ok(ev) => ev,
-            Err(RecvTimeoutError::Timeout) => {
-                killer.escalate(engine, id);
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                break Err(Error::Internal("lost the job's wait".into()))
-            }
-        };
-        // Everything already queued is handled together: a repeated signal
-        // is forwarded once.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match events.try_recv() {
-                Ok(ev) => batch.push(ev),
-                Err(_) => break,
-            }
-        }
-        let mut sent: Vec<Signal> = Vec::new();
-        let mut end = None;
-        for ev in batch {
-            match ev {
-                Event::Exited(r) => end = Some(r),
-                Event::Abandon => {
-                    let _ = nix::unistd::write(&stop_w, b"x");
-                    let _ = attach.stream.shutdown(std::net::Shutdown::Both);
-                    return Ok(Outcome::Abandoned);
-                }
-                Event::Signal(s) if !sent.contains(&s) => {
-                    sent.push(s);
-                    killer.forward(engine, id, s);
-                }
-                Event::Signal(_) => {}
-            }
-        }
-        if let Some(r) = end {
-            break r;
-        }
+        Ended::Exited(r) => r,
     };
     // The container is gone (or the engine is): its output ends now.
     if out_done.recv_timeout(OUTPUT_GRACE).is_err() {
@@ -295,40 +264,105 @@ fn is_termination(s: Signal) -> bool {
     matches!(s, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)
 }
 
-/// Signal forwarding with the one escalation: a termination signal is
-/// followed by SIGKILL after `stop_timeout` seconds if the container is
-/// still there. A paused (LSF-suspended) container is thawed after a
-/// termination signal, so it can act on it.
-struct Killer {
-    stop_timeout: u32,
-    kill_at: Option<Instant>,
+/// Where the event loop's signals go: a container, or a task in one.
+pub(super) trait Target {
+    /// Pass a job-control signal on.
+    fn forward(&mut self, sig: Signal);
+    /// The one escalation, `stop_timeout` after a termination signal.
+    fn kill(&mut self);
 }
 
-impl Killer {
-    fn new(stop_timeout: u32) -> Killer {
-        Killer {
-            stop_timeout,
-            kill_at: None,
-        }
-    }
+/// How [`follow_events`] ended.
+pub(super) enum Ended {
+    /// The engine's report of the end (its exit status, or its loss).
+    Exited(Result<i32>),
+    /// The caller went away.
+    Abandoned,
+}
 
-    fn forward(&mut self, engine: &dyn ContainerApi, id: &str, sig: Signal) {
-        log::info!("forwarding {sig} to container {id}");
-        let _ = engine.kill(id, sig.as_str());
-        if is_termination(sig) {
-            let _ = engine.unpause(id);
-            if self.kill_at.is_none() {
-                self.kill_at = Some(Instant::now() + Duration::from_secs(self.stop_timeout.into()));
+/// Follow `events` until the end: signals go to `target` (`early` ones
+/// first), everything queued is handled together and a repeated signal
+/// forwarded once, and a termination signal is followed by `target.kill()`
+/// after `stop_timeout` seconds if the end has not come.
+pub(super) fn follow_events(
+    events: &Receiver<Event>,
+    stop_timeout: u32,
+    early: Vec<Signal>,
+    target: &mut dyn Target,
+) -> Ended {
+    let mut kill_at: Option<Instant> = None;
+    let forward = |target: &mut dyn Target, s: Signal, kill_at: &mut Option<Instant>| {
+        target.forward(s);
+        if is_termination(s) && kill_at.is_none() {
+            *kill_at = Some(Instant::now() + Duration::from_secs(stop_timeout.into()));
+        }
+    };
+    for s in early {
+        forward(target, s, &mut kill_at);
+    }
+    loop {
+        let timeout = kill_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        let first = match events.recv_timeout(timeout) {
+            Ok(ev) => ev,
+            Err(RecvTimeoutError::Timeout) => {
+                if kill_at.is_some_and(|at| Instant::now() >= at) {
+                    target.kill();
+                    kill_at = None;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Ended::Exited(Err(Error::Internal("lost the job's wait".into())))
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match events.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(_) => break,
             }
         }
+        let mut sent: Vec<Signal> = Vec::new();
+        let mut end = None;
+        for ev in batch {
+            match ev {
+                Event::Exited(r) => end = Some(r),
+                Event::Abandon => return Ended::Abandoned,
+                Event::Signal(s) if !sent.contains(&s) => {
+                    sent.push(s);
+                    forward(target, s, &mut kill_at);
+                }
+                Event::Signal(_) => {}
+            }
+        }
+        if let Some(r) = end {
+            return Ended::Exited(r);
+        }
+    }
+}
+
+/// A container as the event loop's target. A paused (LSF-suspended)
+/// container is thawed after a termination signal, so it can act on it,
+/// and before the escalation's SIGKILL.
+struct ContainerTarget<'a> {
+    engine: &'a dyn ContainerApi,
+    id: &'a str,
+}
+
+impl Target for ContainerTarget<'_> {
+    fn forward(&mut self, sig: Signal) {
+        log::info!("forwarding {sig} to container {}", self.id);
+        let _ = self.engine.kill(self.id, sig.as_str());
+        if is_termination(sig) {
+            let _ = self.engine.unpause(self.id);
+        }
     }
 
-    fn escalate(&mut self, engine: &dyn ContainerApi, id: &str) {
-        if self.kill_at.is_some_and(|at| Instant::now() >= at) {
-            let _ = engine.unpause(id);
-            let _ = engine.kill(id, "KILL");
-            self.kill_at = None;
-        }
+    fn kill(&mut self) {
+        let _ = self.engine.unpause(self.id);
+        let _ = self.engine.kill(self.id, "KILL");
     }
 }
 

@@ -13,14 +13,14 @@
 //! status. Signals go to the task's processes only, found on the host by
 //! the exec's pid and checked to be in that container's cgroup.
 
-use super::supervise::{pump, spawn_thread, Event, Outcome, Pumps, Stdio};
+use super::supervise::{follow_events, pump, spawn_thread, Ended, Event, Outcome, Pumps, Stdio};
 use crate::core::error::{Denial, Error, Result};
 use crate::core::plan::LaunchPlan;
 use crate::engine::Engine;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 /// How long output may trail a task's exit (a background process of the
@@ -320,64 +320,20 @@ fn follow(
     )?;
     started();
 
-    let signal = |sig: Signal| {
-        signal_running(engine, exec, full_id, sig);
+    let mut target = TaskTarget {
+        engine,
+        exec,
+        full_id,
+        name: format!("task {} of {}", task.id, plan.name),
     };
-    let mut kill_at: Option<Instant> = None;
-    let status = loop {
-        let timeout = kill_at
-            .map(|at| at.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(3600));
-        let first = match events.recv_timeout(timeout) {
-            Ok(ev) => ev,
-            Err(RecvTimeoutError::Timeout) => {
-                if kill_at.is_some_and(|at| Instant::now() >= at) {
-                    signal(Signal::SIGKILL);
-                    kill_at = None;
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                break Err(Error::Internal("lost the task's wait".into()))
-            }
-        };
-        // What is queued is handled together, a repeated signal once (as
-        // the launcher of containers does).
-        let mut batch = vec![first];
-        while batch.len() < 1 << 16 {
-            match events.try_recv() {
-                Ok(ev) => batch.push(ev),
-                Err(_) => break,
-            }
+    let status = match follow_events(events, plan.stop_timeout, Vec::new(), &mut target) {
+        Ended::Abandoned => {
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = nix::unistd::write(&stop_w, b"x");
+            let _ = attach.stream.shutdown(std::net::Shutdown::Both);
+            return Ok(Outcome::Abandoned);
         }
-        let mut sent: Vec<Signal> = Vec::new();
-        let mut end = None;
-        for ev in batch {
-            match ev {
-                Event::Exited(r) => end = Some(r),
-                Event::Abandon => {
-                    done.store(true, std::sync::atomic::Ordering::SeqCst);
-                    let _ = nix::unistd::write(&stop_w, b"x");
-                    let _ = attach.stream.shutdown(std::net::Shutdown::Both);
-                    return Ok(Outcome::Abandoned);
-                }
-                Event::Signal(s) if !sent.contains(&s) => {
-                    sent.push(s);
-                    log::info!("forwarding {s} to task {} of {}", task.id, plan.name);
-                    signal(s);
-                    if matches!(s, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)
-                        && kill_at.is_none()
-                    {
-                        kill_at =
-                            Some(Instant::now() + Duration::from_secs(plan.stop_timeout.into()));
-                    }
-                }
-                Event::Signal(_) => {}
-            }
-        }
-        if let Some(r) = end {
-            break r;
-        }
+        Ended::Exited(r) => r,
     };
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     if out_done.recv_timeout(OUTPUT_GRACE).is_err() {
@@ -390,6 +346,25 @@ fn follow(
     let _ = nix::unistd::write(&stop_w, b"x");
     let _ = attach.stream.shutdown(std::net::Shutdown::Both);
     status.map(Outcome::Exited)
+}
+
+/// A task as the event loop's target: its processes, while it runs.
+struct TaskTarget<'a> {
+    engine: &'a Engine,
+    exec: &'a str,
+    full_id: &'a str,
+    name: String,
+}
+
+impl super::supervise::Target for TaskTarget<'_> {
+    fn forward(&mut self, sig: Signal) {
+        log::info!("forwarding {sig} to {}", self.name);
+        signal_running(self.engine, self.exec, self.full_id, sig);
+    }
+
+    fn kill(&mut self) {
+        signal_running(self.engine, self.exec, self.full_id, Signal::SIGKILL);
+    }
 }
 
 /// Signal the task's process and its descendants in its container.
