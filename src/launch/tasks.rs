@@ -212,8 +212,12 @@ fn start_and_follow(
 /// The exec's host pid once it has one (0: it ended first, or the engine
 /// did not say within `max`), asked with a growing pause.
 fn wait_pid(engine: &Engine, exec: &str, max: Duration) -> i32 {
-    let until = Instant::now() + max;
-    let mut pause = Duration::from_millis(1);
+    // Every 2 ms for the first quarter second (the pid normally shows
+    // within ~30 ms: a doubling pause would overshoot it by as much), then
+    // a doubling pause up to 100 ms.
+    let start = Instant::now();
+    let until = start + max;
+    let mut pause = Duration::from_millis(2);
     while Instant::now() < until {
         match engine.exec_inspect(exec) {
             Ok(Some(s)) if s.pid > 0 => return s.pid,
@@ -222,7 +226,9 @@ fn wait_pid(engine: &Engine, exec: &str, max: Duration) -> i32 {
             _ => {}
         }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
+        if start.elapsed() > Duration::from_millis(250) {
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
     0
 }
