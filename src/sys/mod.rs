@@ -88,11 +88,16 @@ const MIN_NOFILE: u64 = 64;
 /// What berth, as root, uses of root's power: switching to the job user's
 /// credentials (SETUID, SETGID), handing the per-job /tmp to the user
 /// (CHOWN, FOWNER), reaching and removing what users left in their 0700
-/// directories (DAC_OVERRIDE, DAC_READ_SEARCH), and pinning volumes
-/// (SYS_ADMIN, for mount). Everything else is dropped from the bounding,
+/// directories (DAC_OVERRIDE, DAC_READ_SEARCH), pinning volumes
+/// (SYS_ADMIN, for mount), signalling the job user's processes of a task
+/// in a shared container, which the engine has no call for (KILL), and
+/// binding an MPI rank to its task's CPUs (SYS_NICE, for
+/// sched_setaffinity). Everything else is dropped from the bounding,
 /// permitted, effective and inheritable sets, so neither berth nor the
 /// docker client it runs (a mere client of dockerd's socket) holds it.
-const KEPT_CAPS: [caps::Capability; 7] = [
+const KEPT_CAPS: [caps::Capability; 9] = [
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_SYS_NICE,
     caps::Capability::CAP_SETUID,
     caps::Capability::CAP_SETGID,
     caps::Capability::CAP_CHOWN,
