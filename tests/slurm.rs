@@ -1278,6 +1278,114 @@ fn mpihello_ranks(text: &str, n: usize, uid: u32) -> BTreeMap<usize, String> {
     ranks
 }
 
+/// The processes of job `job` running `cmdline` (its words joined by
+/// spaces), as alice: (node, task cgroup leaf, pid), from their cpuset
+/// cgroup `/slurm_<node>/uid_2001/job_<job>/step_<s>/task_<n>`.
+fn rank_processes(job: &str, cmdline: &str) -> Vec<(String, String, i32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let (Ok(cmd), Ok(cg), Ok(st)) = (
+            std::fs::read(format!("/proc/{pid}/cmdline")),
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")),
+            std::fs::read_to_string(format!("/proc/{pid}/status")),
+        ) else {
+            continue;
+        };
+        let words: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .filter(|w| !w.is_empty())
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        let uid_ok = st.lines().any(|l| {
+            l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&ALICE_UID.to_string())
+        });
+        if words.join(" ") != cmdline || !uid_ok {
+            continue;
+        }
+        let Some(path) = cg
+            .lines()
+            .find_map(|l| l.split_once(":cpuset:").map(|(_, p)| p.to_string()))
+        else {
+            continue;
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() == 6 && parts[3] == format!("job_{job}") {
+            let node = parts[1].trim_start_matches("slurm_").to_string();
+            out.push((node, parts[5].to_string(), pid));
+        }
+    }
+    out
+}
+
+/// The broker's policy with `edit` applied, reloaded (SIGHUP); the
+/// testbed's own again when the guard drops.
+fn reload_policy<'a>(s: &'a Slurm, edit: &dyn Fn(&mut toml::Table)) -> impl Drop + 'a {
+    let write = |p: &toml::Table| {
+        let tmp = s.bed.policy_path().with_extension("toml.new");
+        std::fs::write(&tmp, toml::to_string(p).unwrap()).unwrap();
+        std::fs::rename(&tmp, s.bed.policy_path()).unwrap();
+        let before = s.daemon.log_text().matches("policy reloaded").count();
+        s.daemon.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(10), || s
+                .daemon
+                .log_text()
+                .matches("policy reloaded")
+                .count()
+                > before),
+            "the broker did not reload its policy: {}",
+            s.daemon.log_text()
+        );
+    };
+    let mut p = s.bed.policy.clone();
+    edit(&mut p);
+    write(&p);
+    struct Restore<'a>(&'a Slurm);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let tmp = self.0.bed.policy_path().with_extension("toml.new");
+            std::fs::write(&tmp, toml::to_string(&self.0.bed.policy).unwrap()).unwrap();
+            std::fs::rename(&tmp, self.0.bed.policy_path()).unwrap();
+            let before = self.0.daemon.log_text().matches("policy reloaded").count();
+            self.0.daemon.signal(nix::sys::signal::Signal::SIGHUP);
+            wait_until(Duration::from_secs(10), || {
+                self.0.daemon.log_text().matches("policy reloaded").count() > before
+            });
+        }
+    }
+    Restore(s)
+}
+
+/// The execs berth asked the engine for in job `job`'s containers (an MPI
+/// rank run in its step's container): their bodies.
+fn rank_execs(s: &Slurm, job: &str) -> Vec<serde_json::Value> {
+    s.bed
+        .engine_calls()
+        .into_iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("/exec"))
+        .map(|c| c.body)
+        .filter(|b| {
+            b["Env"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|v| v.as_str() == Some(&format!("SLURM_JOB_ID={job}")))
+            })
+        })
+        .collect()
+}
+
+/// The step containers (`berth.role=step`) and the rank containers of job
+/// `job`'s creates.
+fn step_and_rank_creates(s: &Slurm, job: &str) -> (Vec<EngineCall>, Vec<EngineCall>) {
+    s.bed
+        .creates(job)
+        .into_iter()
+        .filter(|c| !c.is_probe())
+        .partition(|c| c.body["Labels"]["berth.mpi"].is_string())
+}
+
 /// Every cgroup directory of job `job` left on `node`, under any controller.
 fn node_cgroup_dirs(node: &str, job: &str) -> Vec<String> {
     std::fs::read_dir("/sys/fs/cgroup")
@@ -1323,50 +1431,44 @@ fn an_mpi_program_runs_across_two_nodes_with_srun_and_sbatch() {
             "two ranks on {node}: {ranks:?}"
         );
     }
-    // Each rank was a container of its own, as alice, with the host
-    // network, in its node's holder's IPC and PID namespaces (SPEC §14);
-    // one holder per node.
+    // One container per node, the step's (SPEC §14): as alice, with the
+    // host network, its IPC shareable, its own init; each rank a process
+    // of it (an exec as alice, with its own PMIx variables, at its gate).
     let id = job_id_named(&name);
-    let creates = s.bed.creates(&id);
-    let (holders, tasks): (Vec<_>, Vec<_>) = creates
-        .iter()
-        .filter(|c| !c.is_probe())
-        .partition(|c| c.body["Labels"]["berth.mpi"].is_string());
-    assert_eq!((holders.len(), tasks.len()), (2, 4), "{creates:?}");
-    for h in &holders {
-        assert_eq!(h.body["User"], "2001:2001", "{:?}", h.body);
-        assert_eq!(h.host()["NetworkMode"], "none");
-        assert_eq!(h.host()["IpcMode"], "shareable");
+    let (steps, own) = step_and_rank_creates(&s, &id);
+    assert_eq!((steps.len(), own.len()), (2, 0), "{steps:?} {own:?}");
+    for c in &steps {
+        assert_eq!(c.body["User"], "2001:2001", "{:?}", c.body);
+        assert_eq!(c.body["Labels"]["berth.role"], "step");
+        assert_eq!(c.host()["NetworkMode"], "host");
+        assert_eq!(c.host()["IpcMode"], "shareable");
+        assert_eq!(c.host()["Init"], true);
     }
-    let holder_names: std::collections::BTreeSet<String> = holders
-        .iter()
-        .map(|h| h.path.split("name=").nth(1).unwrap_or("").to_string())
-        .collect();
     for node in NODES {
         assert!(
-            holder_names
+            steps
                 .iter()
-                .any(|n| n.starts_with(&format!("berth-mpi-{node}-{id}-"))),
-            "{holder_names:?}"
+                .any(|c| c.path.contains(&format!("name=berth-mpi-{node}-{id}-"))),
+            "{steps:?}"
         );
     }
-    for t in &tasks {
-        assert_eq!(
-            t.body["User"].as_str().unwrap().split(':').next(),
-            Some("2001")
-        );
-        assert_eq!(t.host()["NetworkMode"], "host", "{:?}", t.host());
-        let ipc = t.host()["IpcMode"].as_str().unwrap_or_default();
-        let holder = ipc
-            .strip_prefix("container:")
-            .unwrap_or_else(|| panic!("IpcMode {ipc}"));
-        assert!(
-            holder_names.contains(holder),
-            "{holder} not in {holder_names:?}"
-        );
-        assert_eq!(t.host()["PidMode"], ipc);
-        assert!(t.env_var("PMIX_RANK").is_some(), "{:?}", t.env());
+    let execs = rank_execs(&s, &id);
+    assert_eq!(execs.len(), 4, "{execs:?}");
+    let mut ranks_seen: Vec<String> = Vec::new();
+    for e in &execs {
+        assert_eq!(e["User"], "2001:2001", "{e}");
+        assert_eq!(e["Privileged"], false, "{e}");
+        assert_eq!(e["Cmd"][3], "berth-rank", "{e}");
+        let rank = e["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|v| v.as_str().and_then(|v| v.strip_prefix("PMIX_RANK=")))
+            .unwrap_or_else(|| panic!("no PMIX_RANK: {e}"));
+        ranks_seen.push(rank.to_string());
     }
+    ranks_seen.sort();
+    assert_eq!(ranks_seen, ["0", "1", "2", "3"]);
     s.bed.assert_cleaned_within(&id, Duration::from_secs(10));
 
     // sbatch -N2, srun --mpi=pmix inside (the batch step runs bare).
@@ -1400,6 +1502,233 @@ fn an_mpi_program_runs_across_two_nodes_with_srun_and_sbatch() {
             node_cgroup_dirs(node, &id)
         );
     }
+}
+
+#[test]
+fn a_rank_lives_in_its_tasks_cgroups_and_cpus_as_on_bare_metal() {
+    if !gen().is_24() {
+        return; // one node and no PMIx on 22.05
+    }
+    let s = slurm();
+    let _one = mpi_lock();
+    require_mpi_nodes();
+    // Each task says where the kernel has it: its cpuset, memory and pids
+    // cgroups and the CPUs it may run on.
+    // (No single quote: Slurm 24.11 mangles one in a container step's
+    // arguments, docs/install-slurm.md.)
+    let probe = "echo where $SLURM_PROCID $SLURM_LOCALID \
+        $(grep -E \"^[0-9]+:(cpuset|memory|pids):\" /proc/self/cgroup | sort -t: -k2 | cut -d: -f2,3 | tr \"\\n\" \" \") \
+        cpus $(grep Cpus_allowed_list /proc/self/status | cut -f2)";
+    let run = |container: bool| {
+        let mut args = vec!["-N2", "-n4", "--mpi=pmix"];
+        if container {
+            args.push(MPI_IMAGE);
+        }
+        args.extend(["sh", "-c", probe]);
+        let (name, out) = mpi_srun(&[], &args);
+        out.expect_ok();
+        let mut by_task = BTreeMap::new();
+        for l in out.stdout.lines().filter(|l| l.starts_with("where ")) {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            // where PROCID LOCALID cpuset:P memory:P pids:P cpus LIST
+            assert_eq!(w.len(), 8, "{l}");
+            by_task.insert(
+                w[1].to_string(),
+                w[2..].iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(by_task.len(), 4, "{out:?}");
+        (job_id_named(&name), by_task)
+    };
+    let (bare_id, bare) = run(false);
+    let (id, inside) = run(true);
+    assert!(
+        rank_execs(&s, &id).len() == 4,
+        "the ranks were not run in their step's containers"
+    );
+    for (task, w) in &inside {
+        let (cpuset, memory, pids, cpus) = (&w[1], &w[2], &w[3], &w[5]);
+        // The task's own cgroup (Slurm names it by the task's rank in the
+        // step), as the task itself on bare metal…
+        let leaf = format!("/job_{id}/step_0/task_{task}");
+        assert!(
+            cpuset.starts_with("cpuset:/slurm_trixie") && cpuset.ends_with(&leaf),
+            "task {task}: {w:?}"
+        );
+        assert_eq!(
+            memory.strip_prefix("memory:"),
+            cpuset.strip_prefix("cpuset:"),
+            "task {task}: {w:?}"
+        );
+        let b = &bare[task];
+        assert_eq!(
+            b[1].replace(&format!("job_{bare_id}/"), &format!("job_{id}/")),
+            *cpuset,
+            "task {task}: bare {b:?}, berth {w:?}"
+        );
+        // …bound to the CPUs Slurm bound it to there…
+        assert_eq!(*cpus, b[5], "task {task}: bare {b:?}, berth {w:?}");
+        // …while its pids cgroup (the limit) is its step container's own.
+        let last = pids.rsplit('/').next().unwrap();
+        assert!(
+            pids.contains(&format!("/job_{id}/step_0/"))
+                && last.len() == 64
+                && last.bytes().all(|b| b.is_ascii_hexdigit()),
+            "task {task}: {w:?}"
+        );
+    }
+    // Two ranks of a node: two CPUs (each node has two).
+    for node in NODES {
+        let cpus: std::collections::BTreeSet<&String> = inside
+            .values()
+            .filter(|w| w[1].contains(&format!("/slurm_{node}/")))
+            .map(|w| &w[5])
+            .collect();
+        assert_eq!(cpus.len(), 2, "{inside:?}");
+    }
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(10));
+}
+
+#[test]
+fn with_mpi_ranks_container_each_rank_is_a_container_joined_to_its_steps_holder() {
+    if !gen().is_24() {
+        return; // one node and no PMIx on 22.05
+    }
+    let s = slurm();
+    let _one = mpi_lock();
+    require_mpi_nodes();
+    let _policy = reload_policy(&s, &|p| set(p, "mpi.ranks", "container"));
+    let (name, out) = mpi_srun(&[], &["-N2", "-n4", "--mpi=pmix", MPI_IMAGE, MPIHELLO]);
+    out.expect_ok();
+    mpihello_ranks(&out.stdout, 4, ALICE_UID);
+    // Each rank a container of its own, as alice, with the host network,
+    // in its node's holder's IPC and PID namespaces; one holder per node,
+    // with no network; no exec.
+    let id = job_id_named(&name);
+    let (holders, tasks) = step_and_rank_creates(&s, &id);
+    assert_eq!(
+        (holders.len(), tasks.len()),
+        (2, 4),
+        "{holders:?} {tasks:?}"
+    );
+    for h in &holders {
+        assert_eq!(h.body["User"], "2001:2001", "{:?}", h.body);
+        assert_eq!(h.host()["NetworkMode"], "none");
+        assert_eq!(h.host()["IpcMode"], "shareable");
+    }
+    let holder_names: std::collections::BTreeSet<String> = holders
+        .iter()
+        .map(|h| h.path.split("name=").nth(1).unwrap_or("").to_string())
+        .collect();
+    for node in NODES {
+        assert!(
+            holder_names
+                .iter()
+                .any(|n| n.starts_with(&format!("berth-mpi-{node}-{id}-"))),
+            "{holder_names:?}"
+        );
+    }
+    for t in &tasks {
+        assert_eq!(
+            t.body["User"].as_str().unwrap().split(':').next(),
+            Some("2001")
+        );
+        assert_eq!(t.host()["NetworkMode"], "host", "{:?}", t.host());
+        let ipc = t.host()["IpcMode"].as_str().unwrap_or_default();
+        let holder = ipc
+            .strip_prefix("container:")
+            .unwrap_or_else(|| panic!("IpcMode {ipc}"));
+        assert!(
+            holder_names.contains(holder),
+            "{holder} not in {holder_names:?}"
+        );
+        assert_eq!(t.host()["PidMode"], ipc);
+        assert!(t.env_var("PMIX_RANK").is_some(), "{:?}", t.env());
+        // In its task's cgroup (v1: the caller's own).
+        assert!(
+            t.host()["CgroupParent"]
+                .as_str()
+                .is_some_and(|p| p.contains(&format!("/job_{id}/step_0/task_"))),
+            "{:?}",
+            t.host()
+        );
+    }
+    assert!(rank_execs(&s, &id).is_empty());
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(10));
+}
+
+#[test]
+fn a_rank_with_gpus_of_its_own_gets_a_container_joined_to_its_steps() {
+    if !gen().is_24() {
+        return; // one node and no PMIx on 22.05
+    }
+    let s = slurm();
+    let _one = mpi_lock();
+    require_mpi_nodes();
+    // --gpus-per-task: each task its own GPU, which an exec in a shared
+    // container cannot have. The first rank here makes the step's
+    // container (with its GPU) and runs in it; the other, asking for
+    // another GPU, gets a container of its own in the step's namespaces.
+    let script = format!(
+        "{GPU_PROBE}; echo RANK=$PMIX_RANK; \
+         f=/dev/shm/berth-gpu-$SLURM_JOB_ID; echo $PMIX_RANK >> $f; \
+         for i in $(seq 100); do [ $(wc -l < $f) = 2 ] && break; sleep 0.1; done; \
+         echo SHM=$(sort $f | tr \"\\n\" ,)"
+    );
+    let (name, out) = mpi_srun(
+        &[],
+        &[
+            "--label",
+            "-N1",
+            "-n2",
+            "-w",
+            "trixie1",
+            "--gres=gpu:2",
+            "--gpus-per-task=1",
+            "--mpi=pmix",
+            MPI_IMAGE,
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    out.expect_ok();
+    let id = job_id_named(&name);
+    // Each rank opens exactly one GPU, not the other's; both see the
+    // other's /dev/shm file (one IPC namespace and /dev/shm).
+    let mut gpus = Vec::new();
+    let mut per_task: BTreeMap<String, String> = BTreeMap::new();
+    for l in out.stdout.lines() {
+        if let Some((t, rest)) = l.split_once(": ") {
+            let b = per_task.entry(t.trim().to_string()).or_default();
+            b.push_str(rest);
+            b.push('\n');
+        }
+    }
+    assert_eq!(per_task.len(), 2, "{out:?}");
+    for b in per_task.values() {
+        let held: Vec<&str> = ["GPU0", "GPU1"]
+            .into_iter()
+            .filter(|g| field(b, g) == Some("enxio"))
+            .collect();
+        assert_eq!(held.len(), 1, "one GPU each: {b}");
+        gpus.push(held[0].to_string());
+        assert_eq!(field(b, "SHM"), Some("0,1,"), "{b}");
+    }
+    gpus.sort();
+    assert_eq!(gpus, ["GPU0", "GPU1"], "{out:?}");
+    let (steps, own) = step_and_rank_creates(&s, &id);
+    assert_eq!((steps.len(), own.len()), (1, 1), "{steps:?} {own:?}");
+    let step_name = steps[0]
+        .path
+        .split("name=")
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(own[0].host()["IpcMode"], format!("container:{step_name}"));
+    assert_eq!(own[0].host()["PidMode"], format!("container:{step_name}"));
+    assert_eq!(rank_execs(&s, &id).len(), 1);
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(10));
 }
 
 #[test]
@@ -1498,33 +1827,7 @@ fn without_the_host_network_a_multi_node_job_fails_at_once_with_the_rule() {
     let _one = mpi_lock();
     require_mpi_nodes();
     // The site takes the host network away: the broker reloads its policy.
-    let reload = |networks: Vec<&str>| {
-        let mut p = s.bed.policy.clone();
-        set(&mut p, "docker.networks", networks);
-        let tmp = s.bed.policy_path().with_extension("toml.new");
-        std::fs::write(&tmp, toml::to_string(&p).unwrap()).unwrap();
-        std::fs::rename(&tmp, s.bed.policy_path()).unwrap();
-        let before = s.daemon.log_text().matches("policy reloaded").count();
-        s.daemon.signal(nix::sys::signal::Signal::SIGHUP);
-        assert!(
-            wait_until(Duration::from_secs(10), || s
-                .daemon
-                .log_text()
-                .matches("policy reloaded")
-                .count()
-                > before),
-            "the broker did not reload its policy: {}",
-            s.daemon.log_text()
-        );
-    };
-    reload(vec!["none", "bridge"]);
-    struct Restore<'a>(&'a dyn Fn(Vec<&str>));
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            (self.0)(vec!["none", "bridge", "host"]);
-        }
-    }
-    let restore = Restore(&reload);
+    let restore = reload_policy(&s, &|p| set(p, "docker.networks", vec!["none", "bridge"]));
     let t = Instant::now();
     let (name, out) = mpi_srun(&[], &["-N2", "-n2", "--mpi=pmix", MPI_IMAGE, MPIHELLO]);
     let took = t.elapsed();
@@ -1568,12 +1871,12 @@ fn scancel_of_a_two_node_step_removes_every_container_and_directory() {
         &["-N2", "-n4"],
         &format!("srun --mpi=pmix {MPI_IMAGE} sleep 300"),
     );
-    // Four ranks and two holders, running.
+    // Two step containers, running four ranks.
     let mut running = Vec::new();
     assert!(
         wait_until(Duration::from_secs(60), || {
             running = containers(&id, false);
-            running.len() == 6
+            running.len() == 2 && rank_processes(&id, "sleep 300").len() == 4
         }),
         "job {id}: {:?} ({})",
         container_names(&id),
@@ -1587,7 +1890,7 @@ fn scancel_of_a_two_node_step_removes_every_container_and_directory() {
                 .filter(|n| n.starts_with(&format!("berth-mpi-{node}-{id}-")))
                 .count(),
             1,
-            "one holder on {node}: {names:?}"
+            "one step container on {node}: {names:?}"
         );
     }
     let t = Instant::now();
@@ -1599,6 +1902,12 @@ fn scancel_of_a_two_node_step_removes_every_container_and_directory() {
         "job {id}'s containers {:?} are still there {:?} after scancel",
         container_names(&id),
         t.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || rank_processes(&id, "sleep 300")
+            .is_empty()),
+        "job {id}'s ranks {:?} still run after scancel",
+        rank_processes(&id, "sleep 300")
     );
     s.bed.assert_cleaned_within(&id, Duration::from_secs(5));
     for node in NODES {
@@ -1661,7 +1970,7 @@ fn a_failed_node_leaves_no_container_running_on_the_other() {
         &["-N2", "-n2", "--no-requeue"],
         &format!("srun --mpi=pmix {MPI_IMAGE} sleep 300"),
     );
-    // The job's running containers (ranks and holder) placed on `node`.
+    // The job's running containers (its step's) placed on `node`.
     let on = |node: &str| -> Vec<String> {
         let ids = containers(&id, false);
         if ids.is_empty() {
@@ -1679,8 +1988,9 @@ fn a_failed_node_leaves_no_container_running_on_the_other() {
             .collect()
     };
     assert!(
-        wait_until(Duration::from_secs(60), || on("trixie1").len() == 2
-            && on("trixie2").len() == 2),
+        wait_until(Duration::from_secs(60), || on("trixie1").len() == 1
+            && on("trixie2").len() == 1
+            && rank_processes(&id, "sleep 300").len() == 2),
         "job {id}: {:?} ({})",
         container_names(&id),
         read_output(&dir.path.join(format!("{name}.out")))
@@ -1728,8 +2038,18 @@ fn a_failed_node_leaves_no_container_running_on_the_other() {
         on("trixie1"),
         t.elapsed()
     );
+    assert!(
+        wait_until(Duration::from_secs(10), || !rank_processes(
+            &id,
+            "sleep 300"
+        )
+        .iter()
+        .any(|(node, _, _)| node == "trixie1")),
+        "job {id}'s rank on trixie1 still runs: {:?}",
+        rank_processes(&id, "sleep 300")
+    );
     eprintln!(
-        "node failure: trixie1's ranks and holder gone after {:?}",
+        "node failure: trixie1's rank and step container gone after {:?}",
         t.elapsed()
     );
     let (state, _) = wait_job(&id, Duration::from_secs(30));

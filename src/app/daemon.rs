@@ -12,7 +12,7 @@ use crate::audit::Audit;
 use crate::broker::proto::{self, ClientMsg, DaemonMsg};
 use crate::cli::Scheduler;
 use crate::core::error::{Error, Result};
-use crate::core::plan::LaunchPlan;
+use crate::core::plan::{LaunchPlan, TaskKind};
 use crate::core::policy::Policy;
 use crate::engine::Engine;
 use crate::launch::{self, supervise, supervise::Event, supervise::Outcome, supervise::Stdio};
@@ -581,22 +581,32 @@ fn run_job(
     fds: Vec<OwnedFd>,
     record: &mut crate::audit::Record,
 ) -> Result<Option<i32>> {
-    if plan.task.is_some() {
-        return run_task(state, stream, plan, engine, fds, record);
+    // An MPI rank in its step's container (SPEC §14): a process of it,
+    // unless it asks for other settings than the container was made with
+    // (its own GPUs); then a container of its own, joined to it.
+    let mut joined = None;
+    match plan.task.as_ref().map(|t| t.kind) {
+        Some(TaskKind::Blaunch) => return run_task(state, stream, plan, engine, fds, record, None),
+        Some(TaskKind::Rank) => match state.holders.hold_rank(engine, plan)? {
+            (hold, true) => return run_task(state, stream, plan, engine, fds, record, Some(hold)),
+            (hold, false) => joined = Some(hold),
+        },
+        None => {}
     }
     launch::prepare(plan).inspect_err(|_| launch::remove_job_dir(&plan.job_dir))?;
     launch::pin(plan).inspect_err(|_| launch::cleanup(plan))?;
     // An MPI rank joins its step's holder, which its hold keeps until the
     // step's last rank here is gone (dropped when this returns, before the
     // client hears the exit code).
-    let _hold = match &plan.holder {
-        Some(h) => Some(
+    let _hold = match (joined, &plan.holder) {
+        (Some(h), _) => Some(h),
+        (None, Some(h)) => Some(
             state
                 .holders
                 .hold(engine, h, plan.placement.as_ref())
                 .inspect_err(|_| launch::cleanup(plan))?,
         ),
-        None => None,
+        (None, None) => None,
     };
     let stdio = stdio_of(fds);
     {
@@ -655,22 +665,31 @@ fn run_task(
     engine: &Engine,
     fds: Vec<OwnedFd>,
     record: &mut crate::audit::Record,
+    held: Option<launch::holder::Hold<'_>>,
 ) -> Result<Option<i32>> {
-    let (_hold, container) = match launch::tasks::own_container(engine, plan)? {
-        Some((id, name)) => {
-            // The exit record names the container the task really ran in.
-            record.container = Some(name);
-            (None, id)
+    let host_name = || {
+        plan.task
+            .as_ref()
+            .map(|t| t.host_spec.name.clone())
+            .unwrap_or_default()
+    };
+    let (_hold, container) = match held {
+        // A rank in its step's container.
+        Some(h) => {
+            record.container = Some(host_name());
+            (Some(h), host_name())
         }
-        None => {
-            let h = state.holders.hold_host(engine, plan)?;
-            let name = plan
-                .task
-                .as_ref()
-                .map(|t| t.host_spec.name.clone())
-                .unwrap_or_default();
-            (Some(h), name)
-        }
+        None => match launch::tasks::own_container(engine, plan)? {
+            Some((id, name)) => {
+                // The exit record names the container the task really ran in.
+                record.container = Some(name);
+                (None, id)
+            }
+            None => {
+                let h = state.holders.hold_host(engine, plan)?;
+                (Some(h), host_name())
+            }
+        },
     };
     let shown = record
         .container
@@ -774,7 +793,7 @@ fn stopped() -> Error {
 
 fn stopped_task() -> Error {
     Error::Unavailable(
-        "the berth broker was stopped while the LSF task ran; the task was killed: requeue the job"
+        "the berth broker was stopped while the task (an LSF blaunch task or an MPI rank) ran; the task was killed: requeue the job"
             .into(),
     )
 }

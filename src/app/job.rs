@@ -471,6 +471,9 @@ pub fn describe(p: &LaunchPlan, facts_checked: bool) -> String {
             m.tasks,
             p.spec.network,
             match &m.sharing {
+                crate::core::mpi::Sharing::Step { holder } if p.task.is_some() => {
+                    format!("IPC, PIDs and /dev/shm of the step's container {holder}")
+                }
                 crate::core::mpi::Sharing::Step { holder } => {
                     format!("IPC, PIDs and /dev/shm of the step's holder {holder}")
                 }
@@ -491,17 +494,22 @@ pub fn describe(p: &LaunchPlan, facts_checked: bool) -> String {
         );
     }
     if let Some(t) = &p.task {
-        s += &format!(
-            "lsf task   {} on {}: runs in the job's container on this host (the job's own, else {}, made by the host's first task and removed after its last), as: {}\n",
-            t.id,
-            t.host,
-            t.host_spec.name,
-            t.argv
-                .iter()
-                .map(|a| plan::shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        let argv = t
+            .argv
+            .iter()
+            .map(|a| plan::shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        s += &match t.kind {
+            plan::TaskKind::Blaunch => format!(
+                "lsf task   {} on {}: runs in the job's container on this host (the job's own, else {}, made by the host's first task and removed after its last), as: {argv}\n",
+                t.id, t.host, t.host_spec.name,
+            ),
+            plan::TaskKind::Rank => format!(
+                "mpi task   {} on {}: runs in the step's container {} (made by the step's first rank here, removed after its last; a rank asking for other settings gets a container of its own), in its task's cgroup and CPUs, as: {argv}\n",
+                t.id, t.host, t.host_spec.name,
+            ),
+        };
     }
     for m in &p.mounts {
         s += &format!(

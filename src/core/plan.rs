@@ -10,7 +10,7 @@ use crate::core::facts::ImageFacts;
 use crate::core::identity::Identity;
 use crate::core::mpi;
 use crate::core::paths::{is_under, normalize_abs, unsafe_char};
-use crate::core::policy::{EntrypointRule, HostnameRule, Mode, Policy, TmpKind};
+use crate::core::policy::{EntrypointRule, HostnameRule, Mode, MpiRanks, Policy, TmpKind};
 use crate::core::request::{ImageSpec, Request, Workdir};
 use serde::{Deserialize, Serialize};
 pub use spec::ContainerSpec;
@@ -183,7 +183,9 @@ pub struct LaunchPlan {
     pub holder: Option<ContainerSpec>,
     /// An LSF blaunch task (SPEC §14): run as a process of the job's
     /// container on this host, created (as `task.host_spec`) by the first
-    /// task here when the job's own container is elsewhere.
+    /// task here when the job's own container is elsewhere. Or an MPI
+    /// rank run as a process of its step's container (`holder`, made by
+    /// the step's first rank here), unless it asks for other settings.
     pub task: Option<TaskPlan>,
     /// The container, as the engine is asked to create it.
     pub spec: ContainerSpec,
@@ -194,11 +196,25 @@ pub struct LaunchPlan {
     pub stop_timeout: u32,
 }
 
+/// What a task is a process of a shared container for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// An LSF blaunch task (`LSF_PM_TASKID`).
+    Blaunch,
+    /// A rank of a Slurm MPI step (`mpi.ranks = "exec"`), in its step's
+    /// container on the node; its process waits at [`RANK_GATE`].
+    Rank,
+}
+
 /// How an LSF blaunch task runs (SPEC §14): IBM's model, one container
-/// per execution host of a parallel job, each task a process in it.
+/// per execution host of a parallel job, each task a process in it. A
+/// Slurm MPI rank runs the same way in its step's container on its node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskPlan {
-    /// `LSF_PM_TASKID` (LSF numbers a job's tasks from 1).
+    pub kind: TaskKind,
+    /// `LSF_PM_TASKID` (LSF numbers a job's tasks from 1); a rank's
+    /// Slurm task id (`%t`).
     pub id: u32,
     /// This host's name, the `berth.host` label of the job's containers.
     pub host: String,
@@ -709,14 +725,16 @@ pub fn plan(
     spec.labels
         .insert("berth.shape".to_string(), shape(&spec, &mounts));
     let argv = spec.argv(&policy.docker.path.display().to_string());
-    let holder = match (shared, &ctx.mpi_step) {
-        (Some(mpi::Sharing::Step { holder }), Some(step)) => Some(holder_spec(
-            holder,
-            &spec,
-            step,
-            placement.as_ref(),
-            ctx.job_cgroup.as_ref().and_then(|f| f.2),
-        )),
+    let memory = ctx.job_cgroup.as_ref().and_then(|f| f.2);
+    let holder = match (shared, &ctx.mpi_step, &rank) {
+        (Some(mpi::Sharing::Step { holder }), Some(step), Some(m)) => {
+            Some(match policy.mpi.ranks {
+                MpiRanks::Exec => {
+                    step_container_spec(holder, &spec, step, placement.as_ref(), memory, m.tasks)
+                }
+                MpiRanks::Container => holder_spec(holder, &spec, step, placement.as_ref(), memory),
+            })
+        }
         _ => None,
     };
 
@@ -727,7 +745,12 @@ pub fn plan(
                     .into(),
             )),
             Some(id) => Some(task_plan(id, ctx, &spec, rank.is_some())?),
-            None => None,
+            None => match (&holder, &ctx.mpi_step) {
+                (Some(h), Some(step)) if policy.mpi.ranks == MpiRanks::Exec => {
+                    rank_task(step, slurm_id.as_deref(), &spec, h)
+                }
+                _ => None,
+            },
         };
 
     let pins_dir = mounts
@@ -824,6 +847,89 @@ fn holder_spec(
     }
 }
 
+/// The container of an MPI step on this node that its ranks run in
+/// (`mpi.ranks = "exec"`, SPEC §14): what the rank's own container would
+/// be (image, user and groups, the host network, mounts, its per-job /tmp,
+/// devices, limits), waiting on a stdin nobody writes, in the step's cgroup
+/// (not a task's, which ends with its task), its IPC shareable (a rank that
+/// differs joins it in a container of its own), its /dev/shm as big as the
+/// job's memory here. Its processes count against one pids limit: the
+/// rank's, once for each task of the step (an upper bound of its ranks on
+/// the node). Never the task's Slurm id (`berth slurm kill` of one task
+/// must not find the step's container).
+fn step_container_spec(
+    name: &str,
+    task: &ContainerSpec,
+    step: &mpi::Step,
+    placement: Option<&crate::core::cgroup::Placement>,
+    memory: Option<u64>,
+    tasks: u32,
+) -> ContainerSpec {
+    let mut s = task.clone();
+    s.name = name.to_string();
+    s.labels.remove("berth.slurm");
+    s.labels.insert(
+        "berth.mpi".to_string(),
+        format!("{}.{}.{}", step.node, step.job, step.step),
+    );
+    s.labels
+        .insert("berth.role".to_string(), "step".to_string());
+    s.entrypoint = Some("/bin/sh".into());
+    s.cmd = vec!["-c".into(), "read x".into()];
+    s.env_names = Vec::new();
+    s.attach = false;
+    s.init = true;
+    s.ipc = "shareable".into();
+    s.pid_mode = None;
+    s.pids_limit = task.pids_limit.saturating_mul(tasks.max(1));
+    s.shm_size = memory.or(task.shm_size);
+    s.cgroup_parent = placement.map(|p| crate::core::cgroup::step_parent(&p.job, name));
+    s.cpuset_cpus = None;
+    s.memory = None;
+    s
+}
+
+/// The gate an MPI rank's exec waits at (SPEC §14): the broker moves the
+/// waiting shell into its Slurm task's cgroups and CPUs, then writes one
+/// line to its stdin, and the rank's own program starts where its task
+/// lives, bound as Slurm bound the task.
+pub const RANK_GATE: &str = "read -r berth_gate && exec \"$@\"";
+
+/// An MPI rank as a process of its step's container (`mpi.ranks =
+/// "exec"`): `None` (a container of its own) for a rank without a command.
+fn rank_task(
+    step: &mpi::Step,
+    slurm_id: Option<&str>,
+    spec: &ContainerSpec,
+    step_container: &ContainerSpec,
+) -> Option<TaskPlan> {
+    let argv: Vec<String> = spec
+        .entrypoint
+        .iter()
+        .cloned()
+        .chain(spec.cmd.iter().cloned())
+        .collect();
+    if argv.is_empty() {
+        return None;
+    }
+    // `%t` of the Slurm id: the task's number on its step.
+    let id = slurm_id
+        .and_then(|s| s.rsplit('.').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    Some(TaskPlan {
+        kind: TaskKind::Rank,
+        id,
+        host: step.node.clone(),
+        argv: ["/bin/sh", "-c", RANK_GATE, "berth-rank"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(argv)
+            .collect(),
+        host_spec: step_container.clone(),
+    })
+}
+
 /// What a blaunch task must share with the container it runs in (SPEC
 /// §14): the image, the user and groups, the network and IPC, the job's
 /// own mounts and working directory (not the per-container /tmp, passwd or
@@ -902,6 +1008,7 @@ fn task_plan(id: u32, ctx: &Context, spec: &ContainerSpec, mpi_rank: bool) -> Re
     host_spec.attach = false;
     host_spec.init = true;
     Ok(TaskPlan {
+        kind: TaskKind::Blaunch,
         id,
         host,
         argv,

@@ -410,6 +410,20 @@ pub enum MpiIpc {
     Private,
 }
 
+/// How the ranks of a step share their node's step container (`mpi.ipc =
+/// "step"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MpiRanks {
+    /// Each rank a process of the step's container on its node (an exec,
+    /// in its Slurm task's cgroups and CPUs); a rank that asks for other
+    /// container settings (its own GPUs) gets a container of its own.
+    Exec,
+    /// Each rank a container of its own, joined to the step container's
+    /// IPC and PID namespaces.
+    Container,
+}
+
 /// The memlock limit of MPI tasks (RDMA registers memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -428,6 +442,7 @@ pub struct MpiPolicy {
     /// singletons.
     pub pmix: bool,
     pub ipc: MpiIpc,
+    pub ranks: MpiRanks,
     /// Device nodes MPI tasks get (glob patterns under /dev, e.g.
     /// `/dev/infiniband/*`); only those present on the node are given.
     pub fabric_devices: Vec<String>,
@@ -443,6 +458,7 @@ impl Default for MpiPolicy {
         MpiPolicy {
             pmix: false,
             ipc: MpiIpc::Step,
+            ranks: MpiRanks::Exec,
             fabric_devices: Vec::new(),
             memlock: Memlock::Default,
             mount_spool_dir: PathBuf::from("/var/run/slurm"),

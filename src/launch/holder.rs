@@ -55,6 +55,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn unavailable(spec: &ContainerSpec, what: &str, e: impl std::fmt::Display) -> Error {
+    if spec.labels.get("berth.role").is_some_and(|r| r == "step") {
+        return Error::Unavailable(format!(
+            "cannot {what} {}, the MPI step's container on this node that its ranks run in: {e}; requeue the job, or the site sets mpi.ranks = \"container\"",
+            spec.name
+        ));
+    }
     if spec.labels.get("berth.role").is_some_and(|r| r == "host") {
         return Error::Unavailable(format!(
             "cannot {what} {}, the LSF job's container on this host that its blaunch tasks run in: {e}; requeue the job",
@@ -80,6 +86,7 @@ impl Holders {
         placement: Option<&Placement>,
     ) -> Result<Hold<'a>> {
         self.hold_with(engine, spec, placement, None)
+            .map(|(h, _)| h)
     }
 
     /// An LSF task's hold on its job's container on this host, made from
@@ -89,6 +96,22 @@ impl Holders {
             .task
             .as_ref()
             .ok_or_else(|| Error::Internal("not an LSF task".into()))?;
+        match self.hold_with(engine, &task.host_spec, plan.placement.as_ref(), Some(plan))? {
+            (hold, true) => Ok(hold),
+            (_, false) => Err(crate::launch::tasks::differs(plan, &task.host_spec.name)),
+        }
+    }
+
+    /// An MPI rank's hold on its step's container on this node, made from
+    /// `plan` by the step's first rank here: `(hold, true)` when the rank
+    /// runs in it, `(hold, false)` when it asks for other settings than
+    /// the container was made with (its own GPUs) and so needs a container
+    /// of its own, joined to this one's namespaces.
+    pub fn hold_rank<'a>(&'a self, engine: &Engine, plan: &LaunchPlan) -> Result<(Hold<'a>, bool)> {
+        let task = plan
+            .task
+            .as_ref()
+            .ok_or_else(|| Error::Internal("not an MPI rank".into()))?;
         self.hold_with(engine, &task.host_spec, plan.placement.as_ref(), Some(plan))
     }
 
@@ -98,36 +121,38 @@ impl Holders {
         spec: &ContainerSpec,
         placement: Option<&Placement>,
         dirs: Option<&LaunchPlan>,
-    ) -> Result<Hold<'a>> {
+    ) -> Result<(Hold<'a>, bool)> {
         loop {
             let entry = lock(&self.0).entry(spec.name.clone()).or_default().clone();
             let mut e = lock(&entry);
             if e.gone {
                 continue;
             }
+            let mut same = true;
             if e.ranks == 0 {
                 if let Err(err) = Self::make(engine, spec, placement, dirs, &mut e) {
                     self.forget(&spec.name, &entry, &mut e);
                     return Err(err);
                 }
-            } else if let Some(plan) = dirs {
-                // A task joining the host's container gets what its first
-                // task planned: only if it asks for the same.
+            } else if dirs.is_some() {
+                // A task joining the container gets what its first task
+                // planned: only if it asks for the same.
                 let made = e
                     .dirs
                     .as_ref()
                     .and_then(|p| p.spec.labels.get("berth.shape"));
-                if made != spec.labels.get("berth.shape") {
-                    return Err(crate::launch::tasks::differs(plan, &spec.name));
-                }
+                same = made == spec.labels.get("berth.shape");
             }
             e.ranks += 1;
             drop(e);
-            return Ok(Hold {
-                holders: self,
-                entry,
-                name: spec.name.clone(),
-            });
+            return Ok((
+                Hold {
+                    holders: self,
+                    entry,
+                    name: spec.name.clone(),
+                },
+                same,
+            ));
         }
     }
 

@@ -15,7 +15,7 @@
 
 use super::supervise::{follow_events, pump, spawn_thread, Ended, Event, Outcome, Pumps, Stdio};
 use crate::core::error::{Denial, Error, Result};
-use crate::core::plan::LaunchPlan;
+use crate::core::plan::{LaunchPlan, TaskKind};
 use crate::engine::Engine;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -204,6 +204,9 @@ fn start_and_follow(
             plan.name
         );
     }
+    if plan.task.as_ref().is_some_and(|t| t.kind == TaskKind::Rank) {
+        release_rank(plan, pid, full_id, &attach.stream)?;
+    }
     follow(
         plan, engine, exec, full_id, attach, stdio, tx, events, started,
     )
@@ -231,6 +234,31 @@ fn wait_pid(engine: &Engine, exec: &str, max: Duration) -> i32 {
         }
     }
     0
+}
+
+/// An MPI rank's process waits at its gate (`plan::RANK_GATE`) until it
+/// lives where its Slurm task lives: in the task's cgroups that keep its
+/// CPUs and its accounting, bound to the task's CPUs. Then its program
+/// starts (one line on its stdin), before any of the job's own input.
+fn release_rank(
+    plan: &LaunchPlan,
+    pid: i32,
+    container_id: &str,
+    stream: &std::os::unix::net::UnixStream,
+) -> Result<()> {
+    if pid <= 0 {
+        return Err(Error::Unavailable(format!(
+            "the engine did not start MPI rank {} in its step's container: requeue the job",
+            plan.task.as_ref().map_or(0, |t| t.id)
+        )));
+    }
+    if let Some(p) = &plan.placement {
+        crate::sys::cgroup::enter_task(pid, container_id, p)?;
+    }
+    use std::io::Write;
+    (&*stream)
+        .write_all(b"\n")
+        .map_err(|e| Error::internal("releasing the MPI rank", e))
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -288,39 +316,63 @@ fn follow(
     // The engine has no wait for an exec: its state is polled, briefly at
     // first (most tasks of a short step end within milliseconds), then
     // every quarter second, until it ends or this task is done with (the
-    // flag: an abandoned task's poller stops with it). A failed query is
-    // retried before it counts.
+    // flag: an abandoned task's poller stops with it). The end of its
+    // output (its exit, as a rule) starts the brief polls again, so that a
+    // long task's end is not heard up to a quarter second late. A failed
+    // query is retried before it counts.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poll_done = done.clone();
     let poll_engine = Engine::new(engine.socket());
     let poll_exec = exec.to_string();
+    let (output_tx, output_ended) = std::sync::mpsc::channel::<u64>();
     spawn_thread(
         "task-wait",
         Box::new(move || {
             let mut pause = Duration::from_millis(5);
             let mut failures = 0;
+            let mut output = Some(out_done);
             while !poll_done.load(std::sync::atomic::Ordering::SeqCst) {
                 match poll_engine.exec_inspect(&poll_exec) {
                     Ok(Some(s)) if !s.running && s.exit_code.is_some() => {
                         let _ = tx.send(Event::Exited(Ok(s.exit_code.unwrap_or(0))));
-                        return;
+                        break;
                     }
                     Ok(Some(_)) => failures = 0,
                     // The container went (the job ended, or was killed).
                     Ok(None) => {
                         let _ = tx.send(Event::Exited(Ok(137)));
-                        return;
+                        break;
                     }
                     Err(e) => {
                         failures += 1;
                         if failures >= 5 {
                             let _ = tx.send(Event::Exited(Err(e)));
-                            return;
+                            break;
                         }
                     }
                 }
-                std::thread::sleep(pause);
+                // Sleep `pause`, or until the output ends.
+                match output.as_ref().map(|o| o.recv_timeout(pause)) {
+                    Some(Ok(n)) => {
+                        let _ = output_tx.send(n);
+                        output = None;
+                        pause = Duration::from_millis(2);
+                        continue;
+                    }
+                    Some(Err(std::sync::mpsc::RecvTimeoutError::Timeout)) => {}
+                    Some(Err(std::sync::mpsc::RecvTimeoutError::Disconnected)) => {
+                        output = None;
+                        std::thread::sleep(pause);
+                    }
+                    None => std::thread::sleep(pause),
+                }
                 pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            // Its end is still waited for by `follow`.
+            if let Some(o) = output {
+                if let Ok(n) = o.recv_timeout(OUTPUT_GRACE) {
+                    let _ = output_tx.send(n);
+                }
             }
         }),
     )?;
@@ -342,7 +394,7 @@ fn follow(
         Ended::Exited(r) => r,
     };
     done.store(true, std::sync::atomic::Ordering::SeqCst);
-    if out_done.recv_timeout(OUTPUT_GRACE).is_err() {
+    if output_ended.recv_timeout(OUTPUT_GRACE).is_err() {
         log::info!(
             "the output of task {} of {} outlived it (a background process); cut",
             task.id,

@@ -4,7 +4,7 @@
 //! job (so that berth removes them when the job ends: Slurm 22.05 cannot
 //! remove a step whose cgroup still has children).
 
-use crate::core::cgroup::{self as layout, JobCgroup, Version};
+use crate::core::cgroup::{self as layout, JobCgroup, Placement, Version};
 use crate::core::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -131,6 +131,76 @@ fn hierarchies(version: Version) -> Vec<PathBuf> {
     out
 }
 
+/// The v1 controllers an MPI rank run in its step's container enters its
+/// Slurm task's cgroup in: its CPUs (cpuset) and what Slurm accounts per
+/// task (cpu, cpuacct, memory). Its pids, devices and freezer cgroups stay
+/// its container's (the container's limits; how berth finds its processes).
+const TASK_CONTROLLERS: [&str; 4] = ["cpuset", "cpu", "cpuacct", "memory"];
+
+/// Move process `pid` of container `container_id` (an MPI rank held at its
+/// gate: one thread, running nothing of the job's yet) into the job's task
+/// cgroup `p.job.path` in [`TASK_CONTROLLERS`]' hierarchies (v1) and bind
+/// it to the caller's CPUs `p.cpus` (v1 and v2), as slurmstepd placed and
+/// bound the task: a rank's own container would have lived in that cgroup
+/// with that cpuset. Checked to be the container's process first (the pid
+/// is awaited from the engine, and the gate holds it until this returns).
+pub fn enter_task(pid: i32, container_id: &str, p: &Placement) -> Result<()> {
+    if !crate::sys::process::in_container(pid, container_id) {
+        return Err(Error::Unavailable(format!(
+            "MPI rank process {pid} is no longer in its step's container: requeue the job"
+        )));
+    }
+    if p.job.version == Version::V1 {
+        for h in hierarchies(Version::V1) {
+            let name = h.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !name.split(',').any(|c| TASK_CONTROLLERS.contains(&c)) {
+                continue;
+            }
+            let procs = h
+                .join(p.job.path.trim_start_matches('/'))
+                .join("cgroup.procs");
+            // A hierarchy Slurm keeps no task cgroup in.
+            if !procs.exists() {
+                continue;
+            }
+            std::fs::write(&procs, pid.to_string()).map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot move MPI rank process {pid} into its task's cgroup {}: {e}; the task is ending, or requeue the job",
+                    procs.display()
+                ))
+            })?;
+        }
+    }
+    if let Some(cpus) = p.cpus.as_ref().filter(|c| !cpu_list(c).is_empty()) {
+        let mut set = nix::sched::CpuSet::new();
+        for i in cpu_list(cpus) {
+            set.set(i)
+                .map_err(|e| Error::internal("a CPU of the task", e))?;
+        }
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot bind MPI rank process {pid} to its task's CPUs {cpus}: {e}; requeue the job"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// The CPUs of a list as the kernel writes it (`0-3,8`); nothing for a
+/// malformed part.
+fn cpu_list(s: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+            if a <= b && b < nix::sched::CpuSet::count() {
+                out.extend(a..=b);
+            }
+        }
+    }
+    out
+}
+
 /// The directories that do not exist yet on the way to `parent` in every
 /// hierarchy (the engine will create them), deepest first.
 pub fn missing_dirs(version: Version, parent: &str) -> Vec<PathBuf> {
@@ -217,6 +287,15 @@ pub fn is_v1_hybrid() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cpu_list_as_the_kernel_writes_it() {
+        assert_eq!(cpu_list("0-2,5\n"), [0, 1, 2, 5]);
+        assert_eq!(cpu_list("7"), [7]);
+        // Malformed or reversed parts give nothing, never a wider set.
+        assert_eq!(cpu_list("3-1,x,4-,-2,1"), [1]);
+        assert_eq!(cpu_list("0-99999"), Vec::<usize>::new());
+    }
 
     /// A parent busy with the container's own cgroup is waited for; one
     /// holding another job's cgroup is not (plain directories stand in).

@@ -140,6 +140,24 @@ pub fn rename_exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether process `pid` is in container `container_id`'s cgroup in some
+/// hierarchy: `id:controllers:path`, the path ending in the container's
+/// own cgroup (cgroupfs driver: `…/<id>`; systemd driver:
+/// `…/docker-<id>.scope`). An MPI rank keeps its container's pids, devices
+/// and freezer cgroups when it enters its task's others.
+pub fn in_container(pid: i32, container_id: &str) -> bool {
+    let scope = format!("docker-{container_id}.scope");
+    container_id.len() == 64
+        && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| {
+            c.lines().any(|l| {
+                l.splitn(3, ':')
+                    .nth(2)
+                    .and_then(|path| path.rsplit('/').next())
+                    .is_some_and(|last| last == container_id || last == scope)
+            })
+        })
+}
+
 /// Signal the task's process and its descendants, each only while it is
 /// in the container's cgroup (a pid the task left behind may name another
 /// process by now): the process is pinned by a pidfd, then checked, then
@@ -150,19 +168,7 @@ pub fn signal_tree_in_container(pid: i32, container_id: &str, sig: Signal) {
     if container_id.len() != 64 {
         return;
     }
-    let scope = format!("docker-{container_id}.scope");
-    // `id:controllers:path`, the path ending in the container's own cgroup
-    // (cgroupfs driver: `…/<id>`; systemd driver: `…/docker-<id>.scope`).
-    let in_container = |p: i32| {
-        std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| {
-            c.lines().any(|l| {
-                l.splitn(3, ':')
-                    .nth(2)
-                    .and_then(|path| path.rsplit('/').next())
-                    .is_some_and(|last| last == container_id || last == scope)
-            })
-        })
-    };
+    let in_container = |p: i32| in_container(p, container_id);
     let mut children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {

@@ -1225,14 +1225,86 @@ fn plan_rank(extra: &str, env: &[(&str, &str)]) -> Result<LaunchPlan> {
             step: "0".into(),
             dir: "/var/spool/slurmd/oci-job17-0".into(),
         }),
+        slurm_id: Some("vm.alice.17.0.3".into()),
         ..Default::default()
     };
     plan(&policy, &id, &req, Some(&facts()), &FakeFs::site(), &c)
 }
 
 #[test]
-fn an_mpi_rank_joins_its_steps_holder_on_the_host_network() {
+fn an_mpi_rank_runs_in_its_steps_container_at_its_gate() {
     let p = plan_rank("", &[]).unwrap();
+    let t = p.task.as_ref().unwrap();
+    assert_eq!(t.kind, TaskKind::Rank);
+    assert_eq!((t.id, t.host.as_str()), (3, "vm"));
+    // The program starts once the broker has put the waiting shell where
+    // the task lives (RANK_GATE), with the rank's own command.
+    assert_eq!(
+        t.argv,
+        [
+            "/bin/sh",
+            "-c",
+            RANK_GATE,
+            "berth-rank",
+            "/bin/sh",
+            "-c",
+            "mpihello"
+        ]
+        .map(String::from)
+    );
+    // The step's container: the rank's settings (host network, user,
+    // groups, mounts, its /tmp), nothing of its own environment, waiting
+    // on a stdin nobody writes, its IPC shareable and a PID namespace of
+    // its own with an init, in the step's cgroup, /dev/shm as big as the
+    // job's memory, the pids limit once per task of the step.
+    let rank = p.spec.create_body(&p.env);
+    let c = &t.host_spec;
+    assert_eq!(p.holder.as_ref(), Some(c));
+    assert_eq!(c.name, "berth-mpi-vm-17-0-2001");
+    let b = c.create_body(&[]);
+    let h = &b["HostConfig"];
+    assert_eq!(h["NetworkMode"], "host");
+    assert_eq!(h["IpcMode"], "shareable");
+    assert!(h.get("PidMode").is_none());
+    assert_eq!(h["Init"], true);
+    assert_eq!(h["ShmSize"], 1u64 << 30);
+    assert_eq!(
+        h["PidsLimit"],
+        rank["HostConfig"]["PidsLimit"].as_u64().unwrap() * 4
+    );
+    assert_eq!(h["CgroupParent"], "/slurm_vm/uid_2001/job_17/step_0");
+    assert!(h.get("CpusetCpus").is_none());
+    assert_eq!(h["Binds"], rank["HostConfig"]["Binds"]);
+    assert_eq!(h["CapAdd"], rank["HostConfig"]["CapAdd"]);
+    assert_eq!(h["GroupAdd"], rank["HostConfig"]["GroupAdd"]);
+    assert_eq!(b["User"], rank["User"]);
+    assert_eq!(b["Image"], rank["Image"]);
+    assert_eq!(b["Cmd"], serde_json::json!(["-c", "read x"]));
+    assert_eq!(b["AttachStdout"], false);
+    assert!(b["Env"].as_array().map_or(true, |e| e.is_empty()), "{b}");
+    // Never the task's Slurm id (berth slurm kill of one task would find
+    // the step's container); the rank's shape, which later ranks match.
+    assert!(b["Labels"].get("berth.slurm").is_none());
+    assert_eq!(rank["Labels"]["berth.slurm"], "vm.alice.17.0.3");
+    assert_eq!(b["Labels"]["berth.role"], "step");
+    assert_eq!(b["Labels"]["berth.mpi"], "vm.17.0");
+    assert_eq!(b["Labels"]["berth.shape"], rank["Labels"]["berth.shape"]);
+    // What the rank would be in a container of its own (a rank that asks
+    // for other settings): joined to the step's container.
+    assert_eq!(
+        rank["HostConfig"]["IpcMode"],
+        "container:berth-mpi-vm-17-0-2001"
+    );
+    assert_eq!(
+        rank["HostConfig"]["PidMode"],
+        "container:berth-mpi-vm-17-0-2001"
+    );
+}
+
+#[test]
+fn an_mpi_rank_joins_its_steps_holder_on_the_host_network() {
+    let p = plan_rank("ranks = \"container\"\n", &[]).unwrap();
+    assert!(p.task.is_none());
     let body = p.spec.create_body(&p.env);
     let h = &body["HostConfig"];
     assert_eq!(h["NetworkMode"], "host");
