@@ -15,7 +15,8 @@ times, interleaved round by round (the order alternates), as berth-alice:
   bare    srun -p mpi -N2 -n4 --mpi=pmix mpihello --loop L
   berth   srun -p mpi -N2 -n4 --mpi=pmix --container=docker.io/berth-test/mpi:1 mpihello --loop L
 
-(`--ntasks N` for -nN.) Each is checked (every rank `ok`, spread over both
+(`--ntasks N` for -nN; `--ranks container` for a container per rank,
+`--ipc host|private` for the other sharing modes.) Each is checked (every rank `ok`, spread over both
 nodes). It prints the medians of the
 wall time of srun (start-up, the Allreduce and ring checks, the loop and
 teardown) and of the loop alone (rank 0's MPI_Wtime), and their ratios.
@@ -25,7 +26,8 @@ import argparse, fcntl, os, shutil, statistics, subprocess, sys, tempfile, time
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=11)
 ap.add_argument("--loop", type=int, default=200, help="allreduces timed after the checks (0: start-up only)")
-ap.add_argument("--ipc", default="step", help="the policy's mpi.ipc: step (a holder per node), host or private")
+ap.add_argument("--ipc", default="step", help="the policy's mpi.ipc: step (a container per step and node), host or private")
+ap.add_argument("--ranks", default="exec", help="the policy's mpi.ranks: exec (each rank a process of its step's container) or container")
 ap.add_argument("--nodes", type=int, default=2, choices=(1, 2), help="1: every rank on trixie1")
 ap.add_argument("--ntasks", type=int, default=4, help="ranks, over the 2 nodes")
 ap.add_argument("--berth", default="target/release/berth")
@@ -66,6 +68,7 @@ mode = "none"
 [mpi]
 pmix = true
 ipc = "{args.ipc}"
+ranks = "{args.ranks}"
 [broker]
 socket = "{sock}"
 [audit]
@@ -120,7 +123,7 @@ try:
             res[c].append(srun(c))
     med = lambda c, k: statistics.median(r[k] for r in res[c])
     bw, cw, bl, cl = med(False, 0), med(True, 0), med(False, 1), med(True, 1)
-    print(f"runs {args.runs}, loop {args.loop} allreduces, {args.ntasks} ranks on {args.nodes} node(s), mpi.ipc {args.ipc}, load {os.getloadavg()[0]:.1f}")
+    print(f"runs {args.runs}, loop {args.loop} allreduces, {args.ntasks} ranks on {args.nodes} node(s), mpi.ipc {args.ipc}, mpi.ranks {args.ranks}, load {os.getloadavg()[0]:.1f}")
     print(f"wall  bare {bw*1000:.1f} ms  berth {cw*1000:.1f} ms  ratio {cw/bw:.3f}")
     if args.loop:
         print(f"loop  bare {bl*1000:.1f} ms  berth {cl*1000:.1f} ms  ratio {cl/bl:.3f}")
