@@ -2352,14 +2352,17 @@ impl FakeRes {
 
     /// What LSF does to a job's tasks on `host` at bkill: SIGKILL.
     fn kill_tasks_on(&self, host: &str) -> usize {
+        self.signal_tasks_on(host, nix::sys::signal::Signal::SIGKILL)
+    }
+
+    /// `sig` to the process group of each of the job's tasks on `host`
+    /// (as bkill -s, or RES passing a signal on).
+    fn signal_tasks_on(&self, host: &str, sig: nix::sys::signal::Signal) -> usize {
         let t = self.tasks.lock().unwrap();
         let mut n = 0;
         for (h, pgid) in t.iter() {
             if h == host {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(*pgid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pgid), sig);
                 n += 1;
             }
         }
@@ -2783,6 +2786,53 @@ fn killing_a_hosts_tasks_removes_its_container_and_everything_it_had() {
     // The task ended by SIGKILL (its starter's status through RES and
     // blaunch), long before its sleep would have.
     assert!(out.stdout.contains("rc=137"), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(15), || p.leftovers().is_empty()),
+        "left: {:?}",
+        p.leftovers()
+    );
+}
+
+#[test]
+fn a_signal_to_a_task_reaches_its_processes_in_the_container() {
+    let p = ParallelJob::new("blaunch-signal");
+    // One task in the job's own container (host 1), one in host 2's; each
+    // traps TERM, says it is ready, and waits. The broker passes the
+    // signal on to the task's processes itself (the engine has no call
+    // for it): as root it needs CAP_KILL for a process of alice's.
+    // (A script: blaunch runs its command words under a shell, as LSF's
+    // does, and `exec` makes the task's process the trapping shell.)
+    p.tree.file(
+        "task.sh",
+        "trap 'echo caught$1 TERM; exit 7' TERM; touch ready$1; while :; do sleep 0.1; done\n",
+        0o755,
+    );
+    let mut job = p.start(&format!(
+        "(blaunch {h1} exec sh task.sh 1; echo rc1=$?) & (blaunch {HOST2} exec sh task.sh 2; echo rc2=$?) & wait",
+        h1 = p.host1,
+    ));
+    for n in [1, 2] {
+        let ready = p.tree.0.join(format!("ready{n}"));
+        assert!(
+            wait_until(Duration::from_secs(60), || ready.exists()),
+            "task {n} did not start"
+        );
+    }
+    for host in [p.host1.as_str(), HOST2] {
+        assert_eq!(
+            p.res
+                .signal_tasks_on(host, nix::sys::signal::Signal::SIGTERM),
+            1,
+            "{host}"
+        );
+    }
+    let status = wait_child(&mut job, Duration::from_secs(60)).expect("the job did not end");
+    let out = output(job);
+    assert!(status.success(), "{out:?}");
+    for n in [1, 2] {
+        assert!(out.stdout.contains(&format!("caught{n} TERM")), "{out:?}");
+        assert!(out.stdout.contains(&format!("rc{n}=7")), "{out:?}");
+    }
     assert!(
         wait_until(Duration::from_secs(15), || p.leftovers().is_empty()),
         "left: {:?}",
