@@ -1590,6 +1590,61 @@ fn a_rank_lives_in_its_tasks_cgroups_and_cpus_as_on_bare_metal() {
 }
 
 #[test]
+fn a_signal_to_the_step_reaches_each_rank_in_its_steps_container() {
+    if !gen().is_24() {
+        return; // one node and no PMIx on 22.05
+    }
+    let s = slurm();
+    let _one = mpi_lock();
+    require_mpi_nodes();
+    // Each rank traps USR1, says it is ready and waits; `scancel -s USR1`
+    // signals the step's tasks (their `berth slurm run`), the broker the
+    // rank's processes in the step's container.
+    let dir = AliceDir::new("mpi-signal");
+    let script = dir.path.join("rank.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "trap 'echo caught $PMIX_RANK; exit 5' USR1; touch {d}/ready$PMIX_RANK; while :; do sleep 0.1; done\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&script, Some(ALICE_UID), Some(ALICE_GID)).unwrap();
+    let name = unique("mpi-signal");
+    let id = mpi_sbatch(
+        &dir.path,
+        &name,
+        &["-N1", "-n2", "-w", "trixie1"],
+        &format!(
+            "srun --mpi=pmix {MPI_IMAGE} sh {}; echo srun=$?",
+            script.display()
+        ),
+    );
+    for r in 0..2 {
+        let ready = dir.path.join(format!("ready{r}"));
+        assert!(
+            wait_until(Duration::from_secs(60), || ready.exists()),
+            "rank {r} of job {id} did not start: {}",
+            read_output(&dir.path.join(format!("{name}.out")))
+        );
+    }
+    assert_eq!(rank_execs(&s, &id).len(), 2);
+    let mut sig = client(&alice(), "/usr/bin/scancel", &[], Path::new("/"));
+    sig.args(["--signal=USR1", &id]);
+    broker::output(sig).expect_ok();
+    let (state, _) = wait_job(&id, Duration::from_secs(60));
+    let text = read_output(&dir.path.join(format!("{name}.out")));
+    let mut caught: Vec<&str> = text.lines().filter(|l| l.starts_with("caught ")).collect();
+    caught.sort();
+    assert_eq!(caught, ["caught 0", "caught 1"], "{state}: {text}");
+    // The program's own status: it is the rank's process (srun's argv,
+    // no shell between), as on bare metal.
+    assert!(text.contains("srun=5"), "{text}");
+    s.bed.assert_cleaned_within(&id, Duration::from_secs(10));
+}
+
+#[test]
 fn with_mpi_ranks_container_each_rank_is_a_container_joined_to_its_steps_holder() {
     if !gen().is_24() {
         return; // one node and no PMIx on 22.05

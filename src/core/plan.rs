@@ -747,7 +747,7 @@ pub fn plan(
             Some(id) => Some(task_plan(id, ctx, &spec, rank.is_some())?),
             None => match (&holder, &ctx.mpi_step) {
                 (Some(h), Some(step)) if policy.mpi.ranks == MpiRanks::Exec => {
-                    rank_task(step, slurm_id.as_deref(), &spec, h)
+                    rank_task(step, slurm_id.as_deref(), &spec, h, &req.command)
                 }
                 _ => None,
             },
@@ -897,18 +897,27 @@ pub const RANK_GATE: &str = "read -r berth_gate && exec \"$@\"";
 
 /// An MPI rank as a process of its step's container (`mpi.ranks =
 /// "exec"`): `None` (a container of its own) for a rank without a command.
+/// A command of several words (srun's argv) is what the gate execs, as
+/// srun execs it on bare metal: the rank's program is then the exec's own
+/// process, which a signal to the task reaches first and whose status is
+/// the task's (a `/bin/sh -c` between them would die of a signal the
+/// program traps). One word stays `/bin/sh -c` (a job script, as ever).
 fn rank_task(
     step: &mpi::Step,
     slurm_id: Option<&str>,
     spec: &ContainerSpec,
     step_container: &ContainerSpec,
+    command: &[String],
 ) -> Option<TaskPlan> {
-    let argv: Vec<String> = spec
-        .entrypoint
-        .iter()
-        .cloned()
-        .chain(spec.cmd.iter().cloned())
-        .collect();
+    let argv: Vec<String> = if command.len() > 1 {
+        command.to_vec()
+    } else {
+        spec.entrypoint
+            .iter()
+            .cloned()
+            .chain(spec.cmd.iter().cloned())
+            .collect()
+    };
     if argv.is_empty() {
         return None;
     }

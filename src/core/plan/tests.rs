@@ -1198,6 +1198,10 @@ fn gpu_policy_keys_are_checked() {
 /// A plan for a rank of job 17's step 0 (in TASK), its step directory
 /// verified, under POLICY plus `extra`.
 fn plan_rank(extra: &str, env: &[(&str, &str)]) -> Result<LaunchPlan> {
+    plan_rank_of(extra, env, &["mpihello"])
+}
+
+fn plan_rank_of(extra: &str, env: &[(&str, &str)], command: &[&str]) -> Result<LaunchPlan> {
     let policy = Policy::parse(&format!("{POLICY}\n[mpi]\npmix = true\n{extra}"), "test").unwrap();
     let mut e: BTreeMap<String, String> = BTreeMap::from([
         ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
@@ -1211,7 +1215,7 @@ fn plan_rank(extra: &str, env: &[(&str, &str)]) -> Result<LaunchPlan> {
         e.insert(k.to_string(), v.to_string());
     }
     let id = resolve(&FakeDb::standard(), &policy, 2001, None).unwrap();
-    let req = from_env(&e, None, vec!["mpihello".into()]).unwrap();
+    let req = from_env(&e, None, command.iter().map(|a| a.to_string()).collect()).unwrap();
     let c = Context {
         nonce: "cafe".into(),
         job_cgroup: Some((
@@ -1252,6 +1256,25 @@ fn an_mpi_rank_runs_in_its_steps_container_at_its_gate() {
         ]
         .map(String::from)
     );
+    // srun's argv is what the gate execs (the program is the exec's own
+    // process, as srun's task is on bare metal); one word is a script.
+    let p = plan_rank_of("", &[], &["sh", "rank.sh", "a b"]).unwrap();
+    assert_eq!(
+        p.task.as_ref().unwrap().argv,
+        [
+            "/bin/sh",
+            "-c",
+            RANK_GATE,
+            "berth-rank",
+            "sh",
+            "rank.sh",
+            "a b"
+        ]
+        .map(String::from)
+    );
+    assert_eq!(p.spec.cmd, ["-c", "sh rank.sh 'a b'"]);
+    let p = plan_rank("", &[]).unwrap();
+    let t = p.task.as_ref().unwrap();
     // The step's container: the rank's settings (host network, user,
     // groups, mounts, its /tmp), nothing of its own environment, waiting
     // on a stdin nobody writes, its IPC shareable and a PID namespace of
