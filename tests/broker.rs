@@ -249,6 +249,28 @@ fn an_unprivileged_user_runs_as_herself_through_the_broker() {
 }
 
 #[test]
+fn the_broker_keeps_only_the_capabilities_it_uses() {
+    // berth's seven (CHOWN 0, DAC_OVERRIDE 1, DAC_READ_SEARCH 2, FOWNER 3,
+    // SETGID 6, SETUID 7, SYS_ADMIN 21) and the broker's two: KILL 5 (it
+    // signals blaunch tasks' and MPI ranks' processes itself) and SYS_NICE
+    // 23 (it binds a rank to its task's CPUs); every set, exactly.
+    let b = broker();
+    let want: u64 = [0, 1, 2, 3, 5, 6, 7, 21, 23]
+        .iter()
+        .map(|c| 1u64 << c)
+        .sum();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", b.daemon.pid())).unwrap();
+    for set in ["CapBnd:", "CapPrm:", "CapEff:"] {
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(set))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        assert_eq!(v, want, "{set} {v:#x}, want {want:#x}");
+    }
+}
+
+#[test]
 fn exit_codes_and_stdin_pass_through_the_broker() {
     let b = broker();
     let alice = alice();

@@ -127,7 +127,7 @@ fn orphans(engine: &Engine, socket: &Path) -> Vec<String> {
 }
 
 pub fn serve(policy_path: &Path) -> Result<i32> {
-    crate::sys::harden()?;
+    crate::sys::harden(true)?;
     launch::require_root()?;
     let policy = Policy::load(policy_path)?;
     let socket = policy.broker.socket.clone();

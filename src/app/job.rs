@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 pub fn main(cli: Cli) -> i32 {
     // Every command, first: root runs more than `berth run` (slurmstepd
     // runs `slurm query|kill|delete`, an admin `policy check`).
-    let hardened = crate::sys::harden();
+    let hardened = crate::sys::harden(matches!(cli.command, Command::Daemon));
     crate::app::logger::init(log::LevelFilter::Warn);
     let esub = matches!(cli.command, Command::Lsf(LsfCommand::Esub(_)));
     let result = hardened.and_then(|()| match cli.command {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 /// privileges (setuid/setgid bits, file capabilities), set no_new_privs so
 /// nothing berth execs can gain privileges, make sure fds 0-2 are open and
 /// close every other inherited descriptor.
-pub fn harden() -> Result<()> {
+pub fn harden(daemon: bool) -> Result<()> {
     // SAFETY: getauxval only reads the auxiliary vector.
     let secure = unsafe { libc::getauxval(libc::AT_SECURE) };
     if secure != 0
@@ -66,7 +66,7 @@ pub fn harden() -> Result<()> {
         // The credential helper is this very binary: hold on to it.
         as_user::open_self_exe()?;
         sane_rlimits();
-        drop_capabilities()?;
+        drop_capabilities(daemon)?;
         // The docker client needs a few dozen descriptors; below that it
         // fails with a misleading "cannot connect to the Docker daemon".
         if let Ok((soft, _)) =
@@ -89,15 +89,11 @@ const MIN_NOFILE: u64 = 64;
 /// credentials (SETUID, SETGID), handing the per-job /tmp to the user
 /// (CHOWN, FOWNER), reaching and removing what users left in their 0700
 /// directories (DAC_OVERRIDE, DAC_READ_SEARCH), pinning volumes
-/// (SYS_ADMIN, for mount), signalling the job user's processes of a task
-/// in a shared container, which the engine has no call for (KILL), and
-/// binding an MPI rank to its task's CPUs (SYS_NICE, for
-/// sched_setaffinity). Everything else is dropped from the bounding,
+/// (SYS_ADMIN, for mount). The broker keeps [`TASK_CAPS`] too. Everything
+/// else is dropped from the bounding,
 /// permitted, effective and inheritable sets, so neither berth nor the
 /// docker client it runs (a mere client of dockerd's socket) holds it.
-const KEPT_CAPS: [caps::Capability; 9] = [
-    caps::Capability::CAP_KILL,
-    caps::Capability::CAP_SYS_NICE,
+const KEPT_CAPS: [caps::Capability; 7] = [
     caps::Capability::CAP_SETUID,
     caps::Capability::CAP_SETGID,
     caps::Capability::CAP_CHOWN,
@@ -107,8 +103,19 @@ const KEPT_CAPS: [caps::Capability; 9] = [
     caps::Capability::CAP_SYS_ADMIN,
 ];
 
-fn drop_capabilities() -> Result<()> {
-    let keep: caps::CapsHashSet = KEPT_CAPS.into_iter().collect();
+/// What only the broker (`berth daemon`) keeps besides [`KEPT_CAPS`]: it
+/// runs blaunch tasks and MPI ranks as processes of shared containers,
+/// which the engine has no call to signal, so it signals the job user's
+/// processes itself (KILL), and binds a rank to its Slurm task's CPUs
+/// (SYS_NICE, for sched_setaffinity on another user's process).
+const TASK_CAPS: [caps::Capability; 2] =
+    [caps::Capability::CAP_KILL, caps::Capability::CAP_SYS_NICE];
+
+fn drop_capabilities(daemon: bool) -> Result<()> {
+    let mut keep: caps::CapsHashSet = KEPT_CAPS.into_iter().collect();
+    if daemon {
+        keep.extend(TASK_CAPS);
+    }
     let fail = |what: &str, e: caps::errors::CapsError| {
         Error::internal(&format!("dropping capabilities ({what})"), e)
     };
