@@ -506,8 +506,16 @@ pub fn describe(p: &LaunchPlan, facts_checked: bool) -> String {
                 t.id, t.host, t.host_spec.name,
             ),
             plan::TaskKind::Rank => format!(
-                "mpi task   {} on {}: runs in the step's container {} (made by the step's first rank here, removed after its last; a rank asking for other settings gets a container of its own), in its task's cgroup and CPUs, as: {argv}\n",
-                t.id, t.host, t.host_spec.name,
+                "mpi task   {} on {}: a process of the step's container {} (made by the step's first rank here, removed after its last; pids limit {} for the node's ranks together), moved into its task's cpuset, cpu, cpuacct and memory cgroups (cgroup v1; on v2 only bound) and bound to CPUs {} before it starts, as: {argv}; the container below is what it gets only if it asks for other settings than {} was made with\n",
+                t.id,
+                t.host,
+                t.host_spec.name,
+                t.host_spec.pids_limit,
+                p.placement
+                    .as_ref()
+                    .and_then(|pl| pl.cpus.as_deref())
+                    .unwrap_or("the step's"),
+                t.host_spec.name,
             ),
         };
     }

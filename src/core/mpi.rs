@@ -28,6 +28,10 @@ pub struct Step {
     /// The step's spool directory on the node (`…/oci-job<J>-<S>`): owned
     /// by the job user inside a root-owned SlurmdSpoolDir.
     pub dir: PathBuf,
+    /// The CPUs of the step's cpuset on the node, as the kernel has it
+    /// (`None`: unknown): the bound of its ranks here that berth believes
+    /// (`SLURM_STEP_NUM_TASKS` is the job's to set).
+    pub cpus: Option<u32>,
 }
 
 /// How a rank shares memory with the step's other ranks on its node.
@@ -210,6 +214,7 @@ mod tests {
             job: "7".into(),
             step: "0".into(),
             dir: "/var/spool/slurmd/oci-job7-0".into(),
+            cpus: Some(2),
         }
     }
 

@@ -753,6 +753,17 @@ pub fn plan(
             },
         };
 
+    // A rank that is no exec (no command of its own) joins a plain holder:
+    // a step container made from its plan would hold its per-job
+    // directory, which its own container's end removes.
+    let holder = match (holder, &task, shared, &ctx.mpi_step) {
+        (Some(_), None, Some(mpi::Sharing::Step { holder }), Some(step))
+            if policy.mpi.ranks == MpiRanks::Exec =>
+        {
+            Some(holder_spec(holder, &spec, step, placement.as_ref(), memory))
+        }
+        (h, ..) => h,
+    };
     let pins_dir = mounts
         .iter()
         .any(|m| m.staged.is_some())
@@ -854,9 +865,11 @@ fn holder_spec(
 /// (not a task's, which ends with its task), its IPC shareable (a rank that
 /// differs joins it in a container of its own), its /dev/shm as big as the
 /// job's memory here. Its processes count against one pids limit: the
-/// rank's, once for each task of the step (an upper bound of its ranks on
-/// the node). Never the task's Slurm id (`berth slurm kill` of one task
-/// must not find the step's container).
+/// rank's, once for each of the node's ranks, which are at most the step's
+/// CPUs here (the kernel's count, as Slurm places a task per CPU unless
+/// overcommitted) and its tasks (the job's own claim, never believed
+/// above that), within the kernel's largest limit. Never the task's Slurm
+/// id (`berth slurm kill` of one task must not find the step's container).
 fn step_container_spec(
     name: &str,
     task: &ContainerSpec,
@@ -881,13 +894,20 @@ fn step_container_spec(
     s.init = true;
     s.ipc = "shareable".into();
     s.pid_mode = None;
-    s.pids_limit = task.pids_limit.saturating_mul(tasks.max(1));
+    let ranks_here = tasks.min(step.cpus.unwrap_or(1)).max(1);
+    s.pids_limit = task
+        .pids_limit
+        .saturating_mul(ranks_here)
+        .min(PIDS_MAX_LIMIT);
     s.shm_size = memory.or(task.shm_size);
     s.cgroup_parent = placement.map(|p| crate::core::cgroup::step_parent(&p.job, name));
     s.cpuset_cpus = None;
     s.memory = None;
     s
 }
+
+/// The largest pids.max the kernel takes (PID_MAX_LIMIT on 64-bit).
+const PIDS_MAX_LIMIT: u32 = 4 * 1024 * 1024;
 
 /// The gate an MPI rank's exec waits at (SPEC §14): the broker moves the
 /// waiting shell into its Slurm task's cgroups and CPUs, then writes one
@@ -939,10 +959,11 @@ fn rank_task(
     })
 }
 
-/// What a blaunch task must share with the container it runs in (SPEC
-/// §14): the image, the user and groups, the network and IPC, the job's
-/// own mounts and working directory (not the per-container /tmp, passwd or
-/// image volumes), devices, /dev/shm's size, extra hosts and ports. An
+/// What a blaunch task or an MPI rank must share with the container it
+/// runs in (SPEC §14): the image, the user and groups, the network and
+/// IPC, the job's own mounts and working directory (not the per-container
+/// /tmp, passwd or image volumes), devices and GPUs (nodes, or the
+/// engine's device requests), /dev/shm's size, extra hosts and ports. An
 /// exec cannot change any of them, so a task that would differ is refused
 /// rather than run with what it did not ask for.
 fn shape(spec: &ContainerSpec, mounts: &[MountPlan]) -> String {
@@ -967,6 +988,7 @@ fn shape(spec: &ContainerSpec, mounts: &[MountPlan]) -> String {
         "ipc": spec.ipc,
         "mounts": own,
         "devices": spec.devices,
+        "gpus": spec.device_requests,
         "shm": spec.shm_size,
         "memlock": spec.memlock_unlimited,
         "hosts": spec.extra_hosts,

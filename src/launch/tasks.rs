@@ -204,11 +204,27 @@ fn start_and_follow(
             plan.name
         );
     }
+    let mut early = Vec::new();
     if plan.task.as_ref().is_some_and(|t| t.kind == TaskKind::Rank) {
+        // The client gone, or a termination, while the rank waited to be
+        // placed: its gate never opens (the program never runs).
+        while let Ok(ev) = events.try_recv() {
+            match ev {
+                Event::Abandon => return Ok(Outcome::Abandoned),
+                Event::Signal(s)
+                    if matches!(s, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) =>
+                {
+                    kill_until_gone(engine, exec, full_id);
+                    return Ok(Outcome::Exited(128 + s as i32));
+                }
+                Event::Signal(s) => early.push(s),
+                Event::Exited(_) => {}
+            }
+        }
         release_rank(plan, pid, full_id, &attach.stream)?;
     }
     follow(
-        plan, engine, exec, full_id, attach, stdio, tx, events, started,
+        plan, engine, exec, full_id, attach, stdio, tx, events, early, started,
     )
 }
 
@@ -304,6 +320,7 @@ fn follow(
     stdio: Stdio,
     tx: Sender<Event>,
     events: &Receiver<Event>,
+    early_signals: Vec<Signal>,
     started: &mut dyn FnMut(),
 ) -> Result<Outcome> {
     let task = plan
@@ -384,7 +401,7 @@ fn follow(
         full_id,
         name: format!("task {} of {}", task.id, plan.name),
     };
-    let status = match follow_events(events, plan.stop_timeout, Vec::new(), &mut target) {
+    let status = match follow_events(events, plan.stop_timeout, early_signals, &mut target) {
         Ended::Abandoned => {
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = nix::unistd::write(&stop_w, b"x");

@@ -142,18 +142,35 @@ const TASK_CONTROLLERS: [&str; 4] = ["cpuset", "cpu", "cpuacct", "memory"];
 /// cgroup `p.job.path` in [`TASK_CONTROLLERS`]' hierarchies (v1) and bind
 /// it to the caller's CPUs `p.cpus` (v1 and v2), as slurmstepd placed and
 /// bound the task: a rank's own container would have lived in that cgroup
-/// with that cpuset. Checked to be the container's process first (the pid
-/// is awaited from the engine, and the gate holds it until this returns).
+/// with that cpuset.
+///
+/// The pid is the engine's word: a process of the container's user could
+/// end the gated shell and its pid go to another process. So the process
+/// is held by a pidfd, checked to be in the container, moved, and then
+/// asked through the pidfd whether it still exists: if so its pid was
+/// never free, and every write moved it and no other.
 pub fn enter_task(pid: i32, container_id: &str, p: &Placement) -> Result<()> {
-    if !crate::sys::process::in_container(pid, container_id) {
-        return Err(Error::Unavailable(format!(
+    let gone = || {
+        Error::Unavailable(format!(
             "MPI rank process {pid} is no longer in its step's container: requeue the job"
+        ))
+    };
+    let Some(fd) = crate::sys::process::pidfd_open(pid) else {
+        return Err(Error::Unavailable(format!(
+            "cannot hold MPI rank process {pid} (pidfd_open: {}; Linux 5.3 or later is needed to run ranks in their step's container): set mpi.ranks = \"container\", or requeue the job",
+            std::io::Error::last_os_error()
         )));
+    };
+    if !crate::sys::process::in_container(pid, container_id) {
+        return Err(gone());
     }
     if p.job.version == Version::V1 {
         for h in hierarchies(Version::V1) {
+            // Only a hierarchy of the task's controllers alone: moving a
+            // rank out of a co-mounted devices, pids or freezer cgroup
+            // would take it out of its container's limits.
             let name = h.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if !name.split(',').any(|c| TASK_CONTROLLERS.contains(&c)) {
+            if !name.split(',').all(|c| TASK_CONTROLLERS.contains(&c)) {
                 continue;
             }
             let procs = h
@@ -183,7 +200,41 @@ pub fn enter_task(pid: i32, container_id: &str, p: &Placement) -> Result<()> {
             ))
         })?;
     }
+    if !crate::sys::process::pidfd_signal(&fd, None) {
+        // It ended meanwhile: a write may have reached a process that took
+        // its pid (not believed possible in this time, but said).
+        log::error!(
+            "MPI rank process {pid} ended while it was moved into its task's cgroup {}; a process that took its pid may have been moved",
+            p.job.path
+        );
+        return Err(gone());
+    }
     Ok(())
+}
+
+/// How many CPUs the cpuset of `job`'s Slurm step has on this node (v1:
+/// the task cgroup's parent in the cpuset hierarchy; v2: the step's
+/// `cpuset.cpus.effective`, two levels above the task's leaf).
+pub fn step_cpus(job: &JobCgroup) -> Option<u32> {
+    let path = job.path.trim_start_matches('/');
+    let (file, step) = match job.version {
+        Version::V1 => {
+            let h = hierarchies(Version::V1).into_iter().find(|h| {
+                h.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.split(',').any(|c| c == "cpuset"))
+            })?;
+            (h.join(path.rsplit_once('/')?.0), "cpuset.cpus")
+        }
+        Version::V2 => {
+            let (user, _) = path.rsplit_once('/')?;
+            let (step, _) = user.rsplit_once('/')?;
+            (Path::new(ROOT).join(step), "cpuset.cpus.effective")
+        }
+    };
+    let text = std::fs::read_to_string(file.join(step)).ok()?;
+    let n = cpu_list(&text).len();
+    (n > 0).then_some(n as u32)
 }
 
 /// The CPUs of a list as the kernel writes it (`0-3,8`); nothing for a

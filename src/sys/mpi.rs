@@ -92,6 +92,7 @@ pub fn verify_step(task_dir: &Path, job: &JobCgroup, uid: u32, node: &str) -> Re
         job: job.job_id.clone(),
         step,
         dir,
+        cpus: crate::sys::cgroup::step_cpus(job),
     })
 }
 

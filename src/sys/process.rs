@@ -140,6 +140,33 @@ pub fn rename_exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A descriptor of process `pid` (pidfd_open(2)): it names that process
+/// only, whatever later takes its pid. `None`: no such process, or a
+/// kernel before 5.3.
+pub fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open(2) on a pid, no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: the descriptor was just returned to us and is closed once.
+    (fd >= 0).then(|| unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32)
+    })
+}
+
+/// Send `sig` (`None`: only ask whether it still exists) to the process
+/// of `fd`; whether it was there to receive it.
+pub fn pidfd_signal(fd: &std::os::fd::OwnedFd, sig: Option<Signal>) -> bool {
+    // SAFETY: pidfd_send_signal(2) with a null siginfo.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            sig.map_or(0, |s| s as i32),
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        ) == 0
+    }
+}
+
 /// Whether process `pid` is in container `container_id`'s cgroup in some
 /// hierarchy: `id:controllers:path`, the path ending in the container's
 /// own cgroup (cgroupfs driver: `…/<id>`; systemd driver:
@@ -195,30 +222,15 @@ pub fn signal_tree_in_container(pid: i32, container_id: &str, sig: Signal) {
             continue;
         }
         todo.extend(children.get(&p).into_iter().flatten().copied());
-        // SAFETY: pidfd_open(2) on a pid, no pointers.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p, 0) };
-        if fd < 0 {
-            // No pidfd (a kernel before 5.3): check, then kill. Any other
-            // failure (the process is gone, no descriptor left): skip it.
-            if nix::errno::Errno::last() == nix::errno::Errno::ENOSYS && in_container(p) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
-            }
+        // No pidfd (a kernel before 5.3), the process gone, no descriptor
+        // left: skip it. Never a check-then-kill by pid: as root with
+        // CAP_KILL that could hit a process that took a dead one's pid
+        // (the task then ends with its container).
+        let Some(fd) = pidfd_open(p) else {
             continue;
-        }
-        // SAFETY: the descriptor was just returned to us and is closed once.
-        let fd =
-            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        };
         if in_container(p) {
-            // SAFETY: pidfd_send_signal(2) with a null siginfo.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    std::os::fd::AsRawFd::as_raw_fd(&fd),
-                    sig as i32,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-            }
+            pidfd_signal(&fd, Some(sig));
         }
     }
 }

@@ -1136,6 +1136,19 @@ fn a_job_without_gpus_gets_none_whatever_its_environment_says() {
 }
 
 #[test]
+fn the_shape_a_task_must_match_tells_gpus_apart_in_every_mode() {
+    // A rank or blaunch task with other GPUs never runs in a container
+    // made with the first's: device nodes or the engine's requests.
+    for mode in ["devices", "nvidia", "cdi"] {
+        let shape = |held: &[u32]| {
+            plan_with_gpus(mode, held, &[]).unwrap().spec.labels["berth.shape"].clone()
+        };
+        assert_ne!(shape(&[0]), shape(&[1]), "{mode}");
+        assert_eq!(shape(&[1]), shape(&[1]), "{mode}");
+    }
+}
+
+#[test]
 fn nvidia_and_cdi_modes_name_the_host_gpu() {
     let p = plan_with_gpus("nvidia", &[0, 1], &[]).unwrap();
     let h = &p.spec.create_body(&p.env)["HostConfig"];
@@ -1228,6 +1241,7 @@ fn plan_rank_of(extra: &str, env: &[(&str, &str)], command: &[&str]) -> Result<L
             job: "17".into(),
             step: "0".into(),
             dir: "/var/spool/slurmd/oci-job17-0".into(),
+            cpus: Some(2),
         }),
         slurm_id: Some("vm.alice.17.0.3".into()),
         ..Default::default()
@@ -1275,6 +1289,13 @@ fn an_mpi_rank_runs_in_its_steps_container_at_its_gate() {
     assert_eq!(p.spec.cmd, ["-c", "sh rank.sh 'a b'"]);
     let p = plan_rank("", &[]).unwrap();
     let t = p.task.as_ref().unwrap();
+    // The job's own claim of its step's tasks widens nothing: the step has
+    // 2 CPUs here.
+    let many = plan_rank("", &[("SLURM_STEP_NUM_TASKS", "1000000")]).unwrap();
+    assert_eq!(
+        many.holder.as_ref().unwrap().pids_limit,
+        many.spec.pids_limit * 2
+    );
     // The step's container: the rank's settings (host network, user,
     // groups, mounts, its /tmp), nothing of its own environment, waiting
     // on a stdin nobody writes, its IPC shareable and a PID namespace of
@@ -1293,7 +1314,8 @@ fn an_mpi_rank_runs_in_its_steps_container_at_its_gate() {
     assert_eq!(h["ShmSize"], 1u64 << 30);
     assert_eq!(
         h["PidsLimit"],
-        rank["HostConfig"]["PidsLimit"].as_u64().unwrap() * 4
+        // 4 tasks in the step, 2 CPUs of it here: at most 2 ranks here.
+        rank["HostConfig"]["PidsLimit"].as_u64().unwrap() * 2
     );
     assert_eq!(h["CgroupParent"], "/slurm_vm/uid_2001/job_17/step_0");
     assert!(h.get("CpusetCpus").is_none());
