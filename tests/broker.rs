@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -778,6 +778,61 @@ fn a_restarted_broker_cleans_what_a_killed_one_left() {
         std::fs::read_dir("/storage1/fs1/alice").unwrap().count(),
         victim
     );
+}
+
+#[test]
+fn a_restarted_broker_removes_a_step_container_with_the_files_of_the_rank_that_made_it() {
+    // An MPI step's container on a node (mpi.ranks = "exec") is named for
+    // the step, and holds the per-job directory and pins of the rank whose
+    // plan made it: after a crash the restart removes them with it (its
+    // berth.dirs label), not only once they are stale.
+    let mut b = broker();
+    b.daemon.signal(Signal::SIGKILL);
+    assert!(b.daemon.wait_exit(Duration::from_secs(10)).is_some());
+    let job = b.bed.job();
+    let rank = format!("berth-{}-0-cafe0001", job.id);
+    let step = format!("berth-mpi-vm-{}-0-{ALICE_UID}", job.id);
+    let dir = b.bed.jobs_dir().join(&rank);
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let pin_dir = b
+        .bed
+        .policy
+        .get("mounts")
+        .and_then(|m| m.get("pin_dir"))
+        .and_then(|d| d.as_str())
+        .unwrap_or("/run/berth/mnt")
+        .to_string();
+    let pins = Path::new(&pin_dir).join(&rank);
+    std::fs::create_dir_all(pins.join("0")).unwrap();
+    // A label naming what is no berth job's is never followed.
+    let keep = b.bed.jobs_dir().join("keep-me");
+    std::fs::create_dir_all(&keep).unwrap();
+    let socket = b.daemon.socket.clone();
+    for (name, dirs) in [(step.as_str(), rank.as_str()), ("berth-other-1", "keep-me")] {
+        let out = docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            &format!("berth.broker={}", socket.display()),
+            "--label",
+            &format!("berth.dirs={dirs}"),
+            "--label",
+            &format!("berth.job={}", job.id),
+            "berth-test/busybox:1",
+            "sleep",
+            "120",
+        ]);
+        assert!(out.code == Some(0), "{out:?}");
+    }
+    b.daemon = Daemon::start(&b.bed, &socket);
+    b.bed
+        .assert_cleaned_within(&job.id, Duration::from_secs(15));
+    assert!(!dir.exists(), "the first rank's per-job directory is left");
+    assert!(!pins.exists(), "the first rank's pins are left");
+    assert!(keep.exists());
+    let _ = std::fs::remove_dir(&keep);
 }
 
 #[test]

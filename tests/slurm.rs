@@ -1440,6 +1440,15 @@ fn an_mpi_program_runs_across_two_nodes_with_srun_and_sbatch() {
     for c in &steps {
         assert_eq!(c.body["User"], "2001:2001", "{:?}", c.body);
         assert_eq!(c.body["Labels"]["berth.role"], "step");
+        // The first rank's plan, whose per-job directory it uses (removed
+        // with it after a crash: tests/broker.rs).
+        assert!(
+            c.body["Labels"]["berth.dirs"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(&format!("berth-{id}-0-"))),
+            "{:?}",
+            c.body["Labels"]
+        );
         assert_eq!(c.host()["NetworkMode"], "host");
         assert_eq!(c.host()["IpcMode"], "shareable");
         assert_eq!(c.host()["Init"], true);

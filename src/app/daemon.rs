@@ -110,14 +110,20 @@ impl Drop for Pending {
 pub const BROKER_LABEL: &str = "berth.broker";
 
 /// Containers labelled as this broker's: at its start-up, every one is an
-/// orphan of a broker that died.
-fn orphans(engine: &Engine, socket: &Path) -> Vec<String> {
+/// orphan of a broker that died. With each, the name of the plan whose
+/// files it used when that is another's (`berth.dirs`).
+fn orphans(engine: &Engine, socket: &Path) -> Vec<(String, Option<String>)> {
     match engine.list_containers(&[format!("{BROKER_LABEL}={}", socket.display())]) {
         Ok(list) => list
             .iter()
-            .filter_map(|c| c["Names"][0].as_str())
-            .map(|n| n.trim_start_matches('/').to_string())
-            .filter(|n| n.starts_with("berth-"))
+            .filter_map(|c| {
+                let name = c["Names"][0].as_str()?.trim_start_matches('/');
+                let dirs = c["Labels"][launch::holder::DIRS_LABEL]
+                    .as_str()
+                    .map(str::to_string);
+                Some((name.to_string(), dirs))
+            })
+            .filter(|(n, _)| n.starts_with("berth-"))
             .collect(),
         Err(e) => {
             log::warn!("cannot list containers left by a previous broker: {e}");
@@ -143,9 +149,12 @@ pub fn serve(policy_path: &Path) -> Result<i32> {
     // before the socket accepts anyone. Containers of a broker that died
     // have no client any more: killed and removed, with their files.
     let engine = Engine::new(&policy.docker.socket);
-    for name in orphans(&engine, &socket) {
+    for (name, dirs) in orphans(&engine, &socket) {
         log::warn!("removing container {name}: its broker died and its client is gone");
         launch::abandon_by_name(&policy, &engine, &name);
+        if let Some(d) = dirs {
+            launch::remove_files_of(&policy, &d);
+        }
     }
     for p in launch::sweep(&policy, &engine, STALE_AFTER) {
         log::warn!(

@@ -21,6 +21,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// The label of a shared container whose per-job directory and pins are
+/// those of another name (the plan of the first rank that made it).
+pub const DIRS_LABEL: &str = "berth.dirs";
+
 /// Holder name → its step's entry.
 #[derive(Default)]
 pub struct Holders(Mutex<HashMap<String, Arc<Mutex<Entry>>>>);
@@ -177,6 +181,20 @@ impl Holders {
                 .inspect_err(|_| crate::launch::remove_job_dir(&plan.job_dir))?;
             crate::launch::pin(plan).inspect_err(|_| crate::launch::cleanup(plan))?;
         }
+        // Named for the step, not for the plan whose per-job directory and
+        // pins it uses: the label tells a broker's start-up sweep which to
+        // remove with it after a crash.
+        let mut labelled;
+        let spec = match dirs {
+            Some(plan) if plan.name != spec.name => {
+                labelled = spec.clone();
+                labelled
+                    .labels
+                    .insert(DIRS_LABEL.to_string(), plan.name.clone());
+                &labelled
+            }
+            _ => spec,
+        };
         let made = Self::make_container(engine, spec, placement, e);
         match (made, dirs) {
             (Err(err), Some(plan)) => {

@@ -345,6 +345,16 @@ pub fn abandon_by_name(policy: &crate::core::policy::Policy, engine: &Engine, na
         return;
     }
     destroy(engine, name, Duration::from_secs(3));
+    remove_files_of(policy, name);
+}
+
+/// Detach the pins and remove the per-job directory of the plan named
+/// `name` (a job's, or the first rank's of a step container: its
+/// `berth.dirs` label).
+pub fn remove_files_of(policy: &crate::core::policy::Policy, name: &str) {
+    if !name.starts_with("berth-") || name.contains('/') || name.contains("..") {
+        return;
+    }
     let pins = crate::core::plan::pins_dir(policy, name);
     if let Ok(subs) = std::fs::read_dir(&pins) {
         for sub in subs.flatten() {
