@@ -89,9 +89,21 @@ pub trait ContainerApi {
     fn kill(&self, id: &str, signal: &str) -> Result<bool>;
     fn unpause(&self, id: &str) -> Result<bool>;
     fn remove(&self, id: &str) -> Result<bool>;
+    /// The host pid of the container's first process, if it runs.
+    fn init_pid(&self, _id: &str) -> Option<i32> {
+        None
+    }
 }
 
 impl ContainerApi for Engine {
+    fn init_pid(&self, id: &str) -> Option<i32> {
+        self.inspect_container(id)
+            .ok()
+            .flatten()
+            .and_then(|v| v.pointer("/State/Pid").and_then(Value::as_i64))
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|p| *p > 0)
+    }
     fn create(&self, name: &str, body: &Value) -> Result<String> {
         Engine::create(self, name, body)
     }

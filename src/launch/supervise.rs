@@ -182,7 +182,11 @@ fn run_created(
         events,
         plan.stop_timeout,
         early,
-        &mut ContainerTarget { engine, id },
+        &mut ContainerTarget {
+            engine,
+            id,
+            init_ready: !plan.spec.init,
+        },
     ) {
         Ended::Abandoned => {
             let _ = nix::unistd::write(&stop_w, b"x");
@@ -349,10 +353,47 @@ pub(super) fn follow_events(
 struct ContainerTarget<'a> {
     engine: &'a dyn ContainerApi,
     id: &'a str,
+    /// Whether the container's init is known to take signals.
+    init_ready: bool,
+}
+
+impl ContainerTarget<'_> {
+    /// The kernel drops a signal sent to a PID namespace's init that has
+    /// no handler for it, and docker-init blocks signals (to pass them on)
+    /// only once it runs: a termination right after the start could be
+    /// lost, and the job end 137 after stop_timeout instead of 128+n. So
+    /// the first signal waits (at most 300 ms) until the init blocks or
+    /// catches it.
+    fn await_init(&mut self, sig: Signal) {
+        if self.init_ready {
+            return;
+        }
+        self.init_ready = true;
+        let Some(pid) = self.engine.init_pid(self.id) else {
+            return;
+        };
+        let bit = 1u64 << (sig as i32 - 1);
+        let takes = || {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|st| {
+                st.lines().any(|l| {
+                    ["SigBlk:", "SigCgt:"].iter().any(|k| {
+                        l.strip_prefix(k)
+                            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                            .is_some_and(|m| m & bit != 0)
+                    })
+                })
+            })
+        };
+        let until = Instant::now() + std::time::Duration::from_millis(300);
+        while !takes() && Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
 }
 
 impl Target for ContainerTarget<'_> {
     fn forward(&mut self, sig: Signal) {
+        self.await_init(sig);
         log::info!("forwarding {sig} to container {}", self.id);
         let _ = self.engine.kill(self.id, sig.as_str());
         if is_termination(sig) {
