@@ -81,6 +81,26 @@ pub fn install_berth(dir: &Path) -> PathBuf {
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", berth_bin(), tmp.display()));
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&tmp, &dst).unwrap();
+    // A child another test thread forked while the copy was open for
+    // writing holds that descriptor until it execs: the kernel refuses to
+    // run the copy meanwhile (ETXTBSY). Wait until it runs.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match std::process::Command::new(&dst)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+        {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ETXTBSY) && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            _ => break,
+        }
+    }
     dst
 }
 
