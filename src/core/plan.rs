@@ -929,14 +929,14 @@ fn rank_task(
     step_container: &ContainerSpec,
     command: &[String],
 ) -> Option<TaskPlan> {
-    let argv: Vec<String> = if command.len() > 1 {
+    // (Only when the container would run the words under /bin/sh -c: an
+    // entrypoint the site lets the job choose comes first, as ever.)
+    let shell_form = spec.entrypoint.as_deref() == Some("/bin/sh")
+        && spec.cmd == ["-c".to_string(), shell_script(command)];
+    let argv = if command.len() > 1 && shell_form {
         command.to_vec()
     } else {
-        spec.entrypoint
-            .iter()
-            .cloned()
-            .chain(spec.cmd.iter().cloned())
-            .collect()
+        spec_argv(spec)
     };
     if argv.is_empty() {
         return None;
@@ -957,6 +957,16 @@ fn rank_task(
             .collect(),
         host_spec: step_container.clone(),
     })
+}
+
+/// The process a container of `spec` runs: its entrypoint, then its cmd
+/// (what a task run as an exec in a shared container runs instead).
+fn spec_argv(spec: &ContainerSpec) -> Vec<String> {
+    spec.entrypoint
+        .iter()
+        .cloned()
+        .chain(spec.cmd.iter().cloned())
+        .collect()
 }
 
 /// What a blaunch task or an MPI rank must share with the container it
@@ -1015,12 +1025,7 @@ fn task_plan(id: u32, ctx: &Context, spec: &ContainerSpec, mpi_rank: bool) -> Re
             "a job has both an LSF task id (LSF_PM_TASKID) and a Slurm PMIx rank".into(),
         ));
     }
-    let argv: Vec<String> = spec
-        .entrypoint
-        .iter()
-        .cloned()
-        .chain(spec.cmd.iter().cloned())
-        .collect();
+    let argv = spec_argv(spec);
     if argv.is_empty() {
         return deny(
             "images.raw_args",

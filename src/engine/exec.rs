@@ -1,5 +1,6 @@
-//! Exec calls (SPEC §14, LSF parallel jobs): a blaunch task runs as a
-//! process of its job's container on its host — create the exec, start it
+//! Exec calls (SPEC §14): a blaunch task runs as a process of its LSF
+//! job's container on its host, an MPI rank as one of its Slurm step's
+//! container on its node — create the exec, start it
 //! on a hijacked connection carrying its streams (as attach does for a
 //! container), and inspect it for its pid and exit status. The exec runs
 //! with the container's own process settings (capabilities, no new

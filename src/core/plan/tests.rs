@@ -1215,7 +1215,16 @@ fn plan_rank(extra: &str, env: &[(&str, &str)]) -> Result<LaunchPlan> {
 }
 
 fn plan_rank_of(extra: &str, env: &[(&str, &str)], command: &[&str]) -> Result<LaunchPlan> {
-    let policy = Policy::parse(&format!("{POLICY}\n[mpi]\npmix = true\n{extra}"), "test").unwrap();
+    plan_rank_in(POLICY, extra, env, command)
+}
+
+fn plan_rank_in(
+    base: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+    command: &[&str],
+) -> Result<LaunchPlan> {
+    let policy = Policy::parse(&format!("{base}\n[mpi]\npmix = true\n{extra}"), "test").unwrap();
     let mut e: BTreeMap<String, String> = BTreeMap::from([
         ("LSB_CONTAINER_IMAGE".into(), "alpine".into()),
         ("LS_SUBCWD".into(), "/storage1/fs1/alice/proj".into()),
@@ -1287,6 +1296,18 @@ fn an_mpi_rank_runs_in_its_steps_container_at_its_gate() {
         .map(String::from)
     );
     assert_eq!(p.spec.cmd, ["-c", "sh rank.sh 'a b'"]);
+    // An entrypoint the site lets the job choose still comes first.
+    let p = plan_rank_in(
+        &POLICY.replace("[images]", "[images]\nentrypoint = \"any\""),
+        "",
+        &[("LSF_DOCKER_ENTRYPOINT", "/opt/run")],
+        &["sh", "rank.sh"],
+    )
+    .unwrap();
+    assert_eq!(
+        p.task.as_ref().unwrap().argv[4..],
+        ["/opt/run", "sh", "rank.sh"].map(String::from)
+    );
     let p = plan_rank("", &[]).unwrap();
     let t = p.task.as_ref().unwrap();
     // The job's own claim of its step's tasks widens nothing: the step has
