@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -69,18 +69,22 @@ impl Broker {
             .collect()
     }
 
+    /// The policy's mounts.pin_dir.
+    fn pin_dir(&self) -> PathBuf {
+        PathBuf::from(
+            self.bed
+                .policy
+                .get("mounts")
+                .and_then(|m| m.get("pin_dir"))
+                .and_then(|d| d.as_str())
+                .unwrap_or("/run/berth/mnt"),
+        )
+    }
+
     /// The job's directories of pinned volumes (under mounts.pin_dir).
     fn pins(&self, job: &str) -> Vec<PathBuf> {
-        let dir = self
-            .bed
-            .policy
-            .get("mounts")
-            .and_then(|m| m.get("pin_dir"))
-            .and_then(|d| d.as_str())
-            .unwrap_or("/run/berth/mnt")
-            .to_string();
         let prefix = format!("berth-{job}-");
-        std::fs::read_dir(dir)
+        std::fs::read_dir(self.pin_dir())
             .map(|rd| {
                 rd.flatten()
                     .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
@@ -794,15 +798,7 @@ fn a_restarted_broker_removes_a_step_container_with_the_files_of_the_rank_that_m
     let step = format!("berth-mpi-vm-{}-0-{ALICE_UID}", job.id);
     let dir = b.bed.jobs_dir().join(&rank);
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
-    let pin_dir = b
-        .bed
-        .policy
-        .get("mounts")
-        .and_then(|m| m.get("pin_dir"))
-        .and_then(|d| d.as_str())
-        .unwrap_or("/run/berth/mnt")
-        .to_string();
-    let pins = Path::new(&pin_dir).join(&rank);
+    let pins = b.pin_dir().join(&rank);
     std::fs::create_dir_all(pins.join("0")).unwrap();
     // A label naming what is no berth job's is never followed.
     let keep = b.bed.jobs_dir().join("keep-me");
