@@ -953,13 +953,13 @@ pub fn write_bundle(
             expect_id = v.get("Id").and_then(Value::as_str).map(str::to_string);
             let total = v.get("Size").and_then(Value::as_u64).unwrap_or(0);
             let mut child = run_docker_save(policy, img)?;
-            let stdout = child
+            let mut stdout = child
                 .stdout
                 .take()
                 .ok_or_else(|| Error::Internal("docker save stdout".into()))?;
             let r = copy_save(
                 Counted {
-                    r: stdout,
+                    r: &mut stdout,
                     done: 0,
                     total,
                     last: std::time::Instant::now(),
@@ -968,6 +968,14 @@ pub fn write_bundle(
                 &mut out,
                 &format!("docker save {img}"),
             );
+            if r.is_ok() {
+                // The tar ends before docker's last writes (the padding of
+                // its final record): read them, or docker dies of SIGPIPE
+                // writing them and a complete save looks failed. Bounded:
+                // more than a record's padding is not a tar's.
+                let _ = io::copy(&mut (&mut stdout).take(1 << 20), &mut io::sink());
+            }
+            drop(stdout);
             let st = child
                 .wait()
                 .map_err(|e| Error::internal("docker save", e))?;
